@@ -1,0 +1,20 @@
+"""codegen: Salesforce CodeGen models in plain PyTorch, compatible with transformers checkpoints."""
+
+from .cache import KVCache
+from .checkpoint import CheckpointError
+from .config import CodeGenConfig, ConfigError
+from .model import CodeGenForCausalLM, CodeGenModel
+from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseModelOutputWithPast",
+    "CausalLMOutputWithPast",
+    "CheckpointError",
+    "CodeGenConfig",
+    "CodeGenForCausalLM",
+    "CodeGenModel",
+    "ConfigError",
+    "KVCache",
+]

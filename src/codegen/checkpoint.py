@@ -1,0 +1,253 @@
+"""Checkpoint files: reading and writing transformers-format CodeGen checkpoints.
+
+A checkpoint is a directory with `config.json` and weights as `model.safetensors`,
+`pytorch_model.bin`, or shards listed by `model.safetensors.index.json` /
+`pytorch_model.bin.index.json`. State-dict keys equal our module names, so no layout conversion is
+needed; only the known non-parameter buffers of older checkpoints are dropped.
+
+Loading builds the model on the meta device and assigns tensors taken from memory-mapped files,
+so a checkpoint needs about its own size of RAM (no second full copy). `.bin` files are only ever
+read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .config import CONFIG_NAME, CodeGenConfig
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_WEIGHTS = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+# Non-parameter buffers found in some CodeGen checkpoints (transformers' causal mask, jaxformer's
+# `bias`/`masked_bias`): present or not, they carry nothing we need.
+IGNORED_KEY = re.compile(r"(^|\.)attn\.(causal_mask|bias|masked_bias)$")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
+          "float": torch.float32}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as the requested model; the message names file and key."""
+
+
+# --------------------------------------------------------------------------- locating files
+def resolve(path: str | os.PathLike, revision: str | None = None) -> str:
+    """A local checkpoint directory for `path`: the path itself, or a hub download of a hub id."""
+    path = os.fspath(path)
+    if os.path.exists(path) or not HUB_ID.match(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such checkpoint directory")
+        return path
+    how = (
+        f"download the checkpoint elsewhere (e.g. `huggingface-cli download {path} --local-dir DIR` "
+        f"or `git clone https://huggingface.co/{path}`) and pass DIR"
+    )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{path}: not a local directory, and huggingface_hub is not installed to fetch it from the hub "
+            f"(pip install 'codegen[hub]'); or {how}"
+        ) from None
+    try:
+        local = snapshot_download(path, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        if not _weight_files(local)[1]:
+            local = snapshot_download(path, revision=revision, allow_patterns=["*.json", "*.bin", "*.txt"])
+    except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
+        raise FileNotFoundError(f"{path}: not a local directory and could not be fetched from the hub ({e}); {how}") from None
+    return local
+
+
+def _weight_files(directory: str) -> tuple[str, list[str]]:
+    """(layout, files), preferring safetensors over .bin; layout is '' when there are no weights."""
+    for name, layout in ((SAFE_WEIGHTS, "safetensors"), (SAFE_INDEX, "safetensors-sharded"),
+                         (BIN_WEIGHTS, "bin"), (BIN_INDEX, "bin-sharded")):
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            continue
+        if not name.endswith(".index.json"):
+            return layout, [file]
+        try:
+            with open(file, encoding="utf-8") as fh:
+                weight_map = json.load(fh)["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{file}: not a valid shard index ({e!r})") from None
+        missing = [f for f in shards if not os.path.isfile(os.path.join(directory, f))]
+        if missing:
+            raise CheckpointError(f"{file} lists shard(s) missing from {directory}: {', '.join(missing)}")
+        return layout, [os.path.join(directory, f) for f in shards]
+    return "", []
+
+
+def weight_files(directory: str) -> tuple[str, list[str]]:
+    layout, files = _weight_files(directory)
+    if not files:
+        raise CheckpointError(
+            f"{directory}: no weights found (expected {SAFE_WEIGHTS}, {BIN_WEIGHTS}, or a sharded checkpoint "
+            f"with {SAFE_INDEX} / {BIN_INDEX})"
+        )
+    return layout, files
+
+
+def iter_tensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) pairs of one weights file; safetensors tensors are views of a memory map."""
+    if file.endswith(".safetensors"):
+        try:
+            with safe_open(file, framework="pt") as fh:
+                for key in fh.keys():
+                    yield key, fh.get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e}); it may be truncated or corrupt") from None
+        return
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # legacy (non-zip) .bin files cannot be memory-mapped
+            raise CheckpointError(f"{file}: not a readable PyTorch weights file ({e})") from None
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for anything but plain tensors, EOFError for truncation
+        raise CheckpointError(f"{file}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
+    yield from state.items()
+
+
+# --------------------------------------------------------------------------- loading
+def resolve_dtype(torch_dtype: Any, config: CodeGenConfig, first_floating: torch.dtype | None) -> torch.dtype:
+    if torch_dtype is None:
+        return torch.float32  # transformers 4.x default: fp32 whatever the file holds
+    if torch_dtype == "auto":
+        stored = config.torch_dtype
+        if isinstance(stored, str) and stored in DTYPES:
+            return DTYPES[stored]
+        return first_floating or torch.float32
+    if isinstance(torch_dtype, torch.dtype):
+        if torch_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"torch_dtype {torch_dtype} is not supported; use float32, float16 or bfloat16")
+        return torch_dtype
+    if isinstance(torch_dtype, str) and torch_dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[torch_dtype.removeprefix("torch.")]
+    raise ValueError(f"torch_dtype {torch_dtype!r} is not supported; use None, 'auto', float32, float16 or bfloat16")
+
+
+def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, revision=None, progress=None):
+    """Build `cls` (CodeGenModel or CodeGenForCausalLM) from a checkpoint directory or hub id."""
+    directory = resolve(path, revision)
+    config = config if config is not None else CodeGenConfig.from_pretrained(directory)
+    layout, files = weight_files(directory)
+    with torch.device("meta"):
+        model = cls(config)
+    expected = {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
+    tied = {"lm_head.weight"} if config.tie_word_embeddings and "lm_head.weight" in expected else set()
+    # A CodeGenModel loads the `transformer.` part of a causal-LM checkpoint, as in transformers.
+    strip = "transformer." if "wte.weight" in expected else ""
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype: torch.dtype | None = None if torch_dtype == "auto" and config.torch_dtype is None else resolve_dtype(torch_dtype, config, None)
+    state: dict[str, torch.Tensor] = {}
+    total = sum(os.path.getsize(f) for f in files)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {os.path.basename(os.path.abspath(directory))}",
+               disable=None if progress is None else not progress)
+    for file in files:
+        for key, tensor in iter_tensors(file):
+            if strip and key.startswith(strip):
+                key = key[len(strip):]
+            elif strip and key.startswith("lm_head."):
+                continue
+            if IGNORED_KEY.search(key):
+                continue
+            if key not in expected:
+                raise CheckpointError(f"{file}: unexpected tensor {key!r} {tuple(tensor.shape)}: not a parameter of {cls.__name__}")
+            if tensor.shape != expected[key]:
+                raise CheckpointError(
+                    f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, but the config "
+                    f"({directory}/{CONFIG_NAME}) requires {tuple(expected[key])}"
+                )
+            if dtype is None and tensor.is_floating_point():
+                dtype = tensor.dtype  # "auto" without torch_dtype in config.json: the file's own dtype
+            bar.update(tensor.numel() * tensor.element_size())
+            if tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor = tensor.to(dtype)
+            state[key] = tensor.to(device)
+    bar.close()
+    missing = sorted(set(expected) - set(state) - tied)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise CheckpointError(f"{directory}: the checkpoint ({layout}) lacks {len(missing)} tensor(s) of {cls.__name__}: {shown}")
+    if tied:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:
+        model.lm_head.weight = model.transformer.wte.weight
+    model.eval()
+    logger.info("loaded %s from %s (%s, %s)", cls.__name__, directory, layout, dtype)
+    return model
+
+
+# --------------------------------------------------------------------------- saving
+def parse_size(size: int | str) -> int:
+    """'5GB' -> 5 * 10**9, '500MiB' -> 500 * 2**20, as transformers' max_shard_size."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", size.upper())
+    if not m:
+        raise ValueError(f"max_shard_size {size!r} is not a size like 5GB, 500MB or 2GiB")
+    base = 1024 if m.group(3) == "IB" else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index(m.group(2) or " "))
+
+
+def save_pretrained(model, path, *, safe_serialization: bool = True, max_shard_size: int | str = "5GB") -> None:
+    os.makedirs(path, exist_ok=True)
+    config = model.config
+    config.torch_dtype = str(model.dtype).removeprefix("torch.")
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(path)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # shared with wte; safetensors refuses aliased tensors
+
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+
+    for name in os.listdir(path):  # stale weights of an earlier save would shadow or mix with these
+        if re.fullmatch(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?|model\.safetensors\.index\.json", name):
+            os.remove(os.path.join(path, name))
+    stem, ext = ("model", "safetensors") if safe_serialization else ("pytorch_model", "bin")
+    names = [f"{stem}.{ext}"] if len(shards) == 1 else [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        file = os.path.join(path, name)
+        if safe_serialization:
+            save_file(shard, file, metadata={"format": "pt"})
+        else:
+            torch.save(shard, file)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
+        }
+        with open(os.path.join(path, f"{stem}.{ext}.index.json"), "w", encoding="utf-8") as fh:
+            json.dump(index, fh, indent=2, sort_keys=True)
