@@ -36,3 +36,37 @@ def hf_model(cfg: dict, seed: int = 0, attn: str = "eager"):
 def save_hf(model, path: str, **kwargs) -> str:
     model.save_pretrained(path, **kwargs)
     return path
+
+
+def save_hf_checkpoint(model, path, safe_serialization: bool = True, max_shard_size: int | None = None) -> None:
+    """Save like transformers' save_pretrained. transformers 5 writes only safetensors, so .bin
+    checkpoints are written as transformers 4.x's `safe_serialization=False` did: torch.save of the
+    state dict, or shards `pytorch_model-0000i-of-0000n.bin` plus `pytorch_model.bin.index.json`."""
+    import json
+
+    if safe_serialization:
+        kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        model.save_pretrained(path, **kwargs)
+        return
+    os.makedirs(path, exist_ok=True)
+    model.config.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if max_shard_size is None:
+        torch.save(state, os.path.join(path, "pytorch_model.bin"))
+        return
+    shards, size = [{}], 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if shards[-1] and size + n > max_shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += n
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin"
+        torch.save(shard, os.path.join(path, name))
+        weight_map.update({k: name for k in shard})
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    with open(os.path.join(path, "pytorch_model.bin.index.json"), "w") as fh:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)

@@ -38,6 +38,8 @@ IGNORED_KEY = re.compile(r"(^|\.)attn\.(causal_mask|bias|masked_bias)$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
           "float": torch.float32}
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -69,7 +71,7 @@ def resolve(path: str | os.PathLike, revision: str | None = None) -> str:
         if not _weight_files(local)[1]:
             local = snapshot_download(path, revision=revision, allow_patterns=["*.json", "*.bin", "*.txt"])
     except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
-        raise FileNotFoundError(f"{path}: not a local directory and could not be fetched from the hub ({e}); {how}") from None
+        raise FileNotFoundError(f"{path}: not a local directory and could not be fetched from the hub ({' '.join(str(e).split())}); {how}") from None
     return local
 
 
@@ -251,3 +253,43 @@ def save_pretrained(model, path, *, safe_serialization: bool = True, max_shard_s
         }
         with open(os.path.join(path, f"{stem}.{ext}.index.json"), "w", encoding="utf-8") as fh:
             json.dump(index, fh, indent=2, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- inspection
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """Config, layout, files, tensor count, parameter count and stored dtypes, without loading weights."""
+    directory = resolve(path)
+    config = CodeGenConfig.from_pretrained(directory)
+    layout, files = weight_files(directory)
+    dtypes: dict[str, int] = {}
+    n_params = n_tensors = 0
+    ignored = []
+    for file in files:
+        if file.endswith(".safetensors"):
+            try:
+                with safe_open(file, framework="pt") as fh:
+                    shapes = {k: (fh.get_slice(k).get_shape(), SAFETENSORS_DTYPES.get(fh.get_slice(k).get_dtype(), fh.get_slice(k).get_dtype())) for k in fh.keys()}
+            except SafetensorError as e:
+                raise CheckpointError(f"{file}: not a readable safetensors file ({e}); it may be truncated or corrupt") from None
+        else:
+            shapes = {k: (list(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in iter_tensors(file)}
+        for key, (shape, dtype) in shapes.items():
+            if IGNORED_KEY.search(key):
+                ignored.append(key)
+                continue
+            n_tensors += 1
+            count = 1
+            for s in shape:
+                count *= s
+            n_params += count
+            dtypes[dtype] = dtypes.get(dtype, 0) + count
+    return {
+        "path": os.path.abspath(directory),
+        "layout": layout,
+        "files": [{"name": os.path.basename(f), "bytes": os.path.getsize(f)} for f in files],
+        "tensors": n_tensors,
+        "ignored_buffers": len(ignored),
+        "parameters": n_params,
+        "dtypes": dtypes,
+        "config": config.to_dict(),
+    }

@@ -1,0 +1,48 @@
+"""The `codegen` console script: info and init, with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from codegen.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "codegen.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_init_then_info(tmp_path, capsys):
+    assert main(["init", str(tmp_path / "m"), "--preset", "tiny", "--seed", "3"]) == 0
+    assert main(["info", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "parameters  6,704,128 in 21 tensors" in out
+    assert "layout      safetensors: 1 file(s)" in out
+    assert "n_layer=2 n_embd=64 n_head=4 head_dim=16 rotary_dim=8" in out
+    assert main(["info", "--json", str(tmp_path / "m")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 6_704_128 and info["dtypes"] == {"float32": 6_704_128}
+
+
+def test_info_sharded_bin_checkpoint(tmp_path, capsys):
+    from codegen import CodeGenConfig, CodeGenForCausalLM
+
+    m = CodeGenForCausalLM(CodeGenConfig.preset("tiny")).half()
+    m.save_pretrained(tmp_path, safe_serialization=False, max_shard_size="5MB")
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "bin-sharded: 4 file(s)" in out and "pytorch_model-00001-of-00004.bin" in out
+    assert "float16 (6,704,128); config says float16" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", "/nonexistent/dir"], "codegen: error: /nonexistent/dir: no such checkpoint directory"),
+    (["info", "/"], "codegen: error: /: no config.json found"),
+])
+def test_errors_are_one_line(args, message):
+    r = run(*args)
+    assert r.returncode == 1
+    assert r.stderr.startswith(message) and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
