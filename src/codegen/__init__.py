@@ -5,6 +5,7 @@ from .checkpoint import CheckpointError
 from .config import CodeGenConfig, ConfigError
 from .model import CodeGenForCausalLM, CodeGenModel
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from .tokenizer import CodeGenTokenizer, CodeGenTokenizerFast, TokenizerFileError
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,9 @@ __all__ = [
     "CodeGenConfig",
     "CodeGenForCausalLM",
     "CodeGenModel",
+    "CodeGenTokenizer",
+    "CodeGenTokenizerFast",
     "ConfigError",
     "KVCache",
+    "TokenizerFileError",
 ]
