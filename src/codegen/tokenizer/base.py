@@ -63,6 +63,26 @@ def clean_up_tokenization(text: str) -> str:
     return text
 
 
+def _leftmost_longest(tokens: Iterable[str]) -> str:
+    """A regex matching the longest of `tokens` at the leftmost position. Runs of one character with
+    contiguous lengths (CodeGen's 2..31 spaces, 2..9 tabs) become `c{a,b}`, which scans much faster
+    than 30 alternatives; greedy repetition still takes the longest run."""
+    tokens = set(tokens)
+    runs: dict[str, set[int]] = {}
+    for t in tokens:
+        if len(set(t)) == 1:
+            runs.setdefault(t[0], set()).add(len(t))
+    parts: list[tuple[int, str]] = []
+    for ch, lengths in runs.items():
+        others = [t for t in tokens if t[0] == ch and len(set(t)) > 1]
+        lo, hi = min(lengths), max(lengths)
+        if not others and len(lengths) == hi - lo + 1:
+            parts.append((hi, f"{re.escape(ch)}{{{lo},{hi}}}" if hi > lo else re.escape(ch * lo)))
+            tokens -= {ch * n for n in lengths}
+    parts += [(len(t), re.escape(t)) for t in tokens]
+    return "|".join(p for _, p in sorted(parts, key=lambda lp: -lp[0]))
+
+
 def _to_id_list(ids: Any) -> list[int]:
     if hasattr(ids, "tolist"):  # torch / numpy
         ids = ids.tolist()
@@ -163,7 +183,7 @@ class CodeGenTokenizerBase:
         self.added_tokens_decoder = {i: t for t, i in self.added_tokens_encoder.items()}
         # Leftmost-longest matching: at each position the regex tries longer tokens first.
         splitters = list(self.added_tokens_encoder) + [t for t in self._special if t in self.encoder]
-        self._splitter = re.compile("|".join(re.escape(t) for t in sorted(set(splitters), key=len, reverse=True))) if splitters else None
+        self._splitter = re.compile(_leftmost_longest(splitters)) if splitters else None
         self._split_ids = {t: self.added_tokens_encoder.get(t, self.encoder.get(t)) for t in splitters}
         self._special_ids = {self._split_ids.get(t, self.encoder.get(t)) for t in self.all_special_tokens}
         self._on_vocabulary_change()
@@ -265,6 +285,9 @@ class CodeGenTokenizerBase:
             raise TypeError(f"text must be a string or a list of strings, got {type(bad).__name__}")
         if self.add_prefix_space if add_prefix_space is None else add_prefix_space:
             texts = [" " + t for t in texts]
+        return self._encode_texts(texts)
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         segmented = [self._segments(t) for t in texts]
         pieces = [p for segs in segmented for p in segs if isinstance(p, str)]
         encoded = iter(self._encode_ordinary_batch(pieces))
@@ -318,6 +341,11 @@ class CodeGenTokenizerBase:
         max_length: int | None = None,
         return_tensors: str | None = None,
     ):
+        if text_pair is None and not padding and truncation in (None, False) and return_tensors is None:
+            ids = self._encode_many([text])[0]
+            if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
+                ids = [self.bos_token_id] + ids
+            return ids
         enc = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                    max_length=max_length, return_tensors=return_tensors)
         return enc["input_ids"]
@@ -360,15 +388,22 @@ class CodeGenTokenizerBase:
         elif max_length is not None and strategy != "max_length":
             logger.warning("max_length=%d is ignored without truncation=True", max_length)
 
-        rows, types = [], []
-        for a, b in zip(firsts, seconds):
-            if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
-                a = [self.bos_token_id] + a
-                b = [self.bos_token_id] + b if b is not None else None
-            if limit is not None:
-                a, b = self._truncate(a, b, limit, truncation)
-            rows.append(a + (b or []))
-            types.append([0] * len(a) + [1] * len(b or []))
+        bos = [self.bos_token_id] if add_special_tokens and self.add_bos_token and self.bos_token_id is not None else None
+        if bos is None and limit is None and pairs is None:
+            rows, lengths = firsts, None  # the common case: nothing to add or cut
+        else:
+            rows, lengths = [], []
+            for a, b in zip(firsts, seconds):
+                if bos is not None:
+                    a = bos + a
+                    b = bos + b if b is not None else None
+                if limit is not None:
+                    a, b = self._truncate(a, b, limit, truncation)
+                rows.append(a + b if b is not None else a)
+                lengths.append(len(a))
+        want_types = bool(return_token_type_ids)
+        types = [[0] * n + [1] * (len(r) - n) for r, n in zip(rows, lengths)] if want_types and lengths else (
+            [[0] * len(r) for r in rows] if want_types else None)
         masks = [[1] * len(r) for r in rows]
 
         target = None
@@ -387,12 +422,16 @@ class CodeGenTokenizerBase:
                 n = target - len(r)
                 if n > 0:
                     if side == "left":
-                        rows[i], masks[i], types[i] = [pad] * n + r, [0] * n + masks[i], [0] * n + types[i]
+                        rows[i], masks[i] = [pad] * n + r, [0] * n + masks[i]
+                        if types is not None:
+                            types[i] = [0] * n + types[i]
                     else:
-                        rows[i], masks[i], types[i] = r + [pad] * n, masks[i] + [0] * n, types[i] + [0] * n
+                        rows[i], masks[i] = r + [pad] * n, masks[i] + [0] * n
+                        if types is not None:
+                            types[i] = types[i] + [0] * n
 
         out = BatchEncoding(input_ids=rows)
-        if return_token_type_ids:
+        if types is not None:
             out["token_type_ids"] = types
         if return_attention_mask is None or return_attention_mask:
             out["attention_mask"] = masks
