@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 
@@ -46,3 +48,35 @@ def test_errors_are_one_line(args, message):
     r = run(*args)
     assert r.returncode == 1
     assert r.stderr.startswith(message) and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+TOKENIZER_ARGS = ["--model", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "codegen-tokenizer")]
+needs_tokenizer = pytest.mark.skipif(not os.path.isdir(TOKENIZER_ARGS[1]), reason="CodeGen tokenizer files not in ../shared")
+
+
+@needs_tokenizer
+def test_tokenize_and_detokenize(capsys, monkeypatch):
+    assert main(["tokenize", "def f(x):\n    return x", *TOKENIZER_ARGS]) == 0
+    assert json.loads(capsys.readouterr().out) == [4299, 277, 7, 87, 2599, 198, 50284, 7783, 2124]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("    return x"))
+    assert main(["tokenize", "--tokens", *TOKENIZER_ARGS]) == 0
+    assert json.loads(capsys.readouterr().out) == ["    ", "return", "\u0120x"]
+    assert main(["detokenize", "4299, 277, 7, 87, 2599, 198, 50284, 7783, 2124", *TOKENIZER_ARGS]) == 0
+    assert capsys.readouterr().out == "def f(x):\n    return x"
+    assert main(["detokenize", "[15496, 995, 50256]", "--skip-special-tokens", *TOKENIZER_ARGS]) == 0
+    assert capsys.readouterr().out == "Hello world"
+
+
+@needs_tokenizer
+@pytest.mark.parametrize("args, message", [
+    (["detokenize", "1 99999"], "token id 99999 is outside the tokenizer's vocabulary [0, 50295)"),
+    (["detokenize", "a b"], "IDS must be integers separated by spaces or commas"),
+])
+def test_token_cli_errors(args, message):
+    r = run(*args, *TOKENIZER_ARGS)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tokenize_without_tokenizer_files(tmp_path):
+    r = run("tokenize", "x", "--model", str(tmp_path))
+    assert r.returncode == 1 and "no tokenizer files found" in r.stderr

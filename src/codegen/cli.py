@@ -9,6 +9,7 @@ import sys
 
 from . import checkpoint
 from .config import CodeGenConfig, ConfigError, preset_names
+from .tokenizer import TokenizerFileError
 
 
 def _human(n: float) -> str:
@@ -58,6 +59,44 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_arg(value: str | None) -> str:
+    """An argument, or standard input when it is '-' or absent."""
+    if value is None or value == "-":
+        if sys.stdin is None or sys.stdin.isatty() and value is None:
+            raise ValueError("no input: give it as an argument or on standard input")
+        return sys.stdin.read()
+    return value
+
+
+def _tokenizer(path: str):
+    from .tokenizer import CodeGenTokenizerFast
+
+    return CodeGenTokenizerFast.from_pretrained(path)
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    tok = _tokenizer(args.model)
+    text = _read_arg(args.text)
+    ids = tok.encode(text)
+    print(json.dumps(tok.convert_ids_to_tokens(ids) if args.tokens else ids, ensure_ascii=False))
+    return 0
+
+
+def cmd_detokenize(args: argparse.Namespace) -> int:
+    tok = _tokenizer(args.model)
+    raw = _read_arg(args.ids).strip()
+    try:
+        ids = json.loads(raw) if raw.startswith("[") else [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"IDS must be integers separated by spaces or commas, or a JSON list; got {raw[:40]!r}") from None
+    if not all(isinstance(i, int) for i in ids):
+        raise ValueError("IDS must all be integers")
+    sys.stdout.write(tok.decode(ids, skip_special_tokens=args.skip_special_tokens))
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegen", description="Run Salesforce CodeGen models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details")
@@ -74,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("tokenize", help="text -> token ids (JSON list)")
+    p.add_argument("text", nargs="?", help="text to encode; '-' or nothing reads standard input")
+    p.add_argument("--model", required=True, help="directory with the tokenizer files (a checkpoint directory)")
+    p.add_argument("--tokens", action="store_true", help="print the token strings instead of ids")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("detokenize", help="token ids -> text")
+    p.add_argument("ids", nargs="?", help="ids as '1 2 3', '1,2,3' or a JSON list; '-' or nothing reads standard input")
+    p.add_argument("--model", required=True, help="directory with the tokenizer files (a checkpoint directory)")
+    p.add_argument("--skip-special-tokens", action="store_true", help="drop <|endoftext|> and other special tokens")
+    p.set_defaults(func=cmd_detokenize)
     return parser
 
 
@@ -83,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ConfigError, checkpoint.CheckpointError, ValueError) as e:
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ConfigError, checkpoint.CheckpointError,
+            TokenizerFileError, ValueError, TypeError) as e:
         print(f"codegen: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,8 +5,12 @@ leftmost-first in hash order, not leftmost-longest, so "    " could come out as 
 them in Python, replacing each occurrence by a private-use sentinel character that tiktoken knows
 as a special token with the real id, and encode the whole text in one tiktoken call (one call per
 piece would cost more than the BPE itself). Texts that already contain a sentinel character take
-the piecewise path. The ranks are vocab.json's ids: GPT-2's merge order equals its id order, so
-rank-by-id BPE makes the same merges as merges.txt.
+the piecewise path.
+
+tiktoken merges by the rank of the merged bytes, not by merge order; with ranks = vocab.json ids
+that is the same BPE when the vocabulary is GPT-2-shaped: all 256 bytes present and each merge's
+result numbered in merge order (checked at load; CodeGen's vocabulary is). Other vocabularies fall
+back to the pure-Python BPE, with a warning.
 """
 
 from __future__ import annotations
@@ -16,8 +20,13 @@ import re
 
 import tiktoken
 
+import logging
+
 from .base import CodeGenTokenizerBase
-from .files import token_bytes
+from .files import bytes_to_unicode, token_bytes
+from .slow import PythonBPE
+
+logger = logging.getLogger(__name__)
 
 # GPT-2's pre-tokenization pattern as tiktoken writes it for r50k: the same splits, but possessive
 # quantifiers and a `\s++$` branch keep fancy-regex off its slow backtracking path.
@@ -29,22 +38,47 @@ class CodeGenTokenizerFast(CodeGenTokenizerBase):
     num_threads = min(8, os.cpu_count() or 1)
 
     def _on_vocabulary_change(self) -> None:
-        ranks = getattr(self, "_ranks", None)
-        if ranks is None:
-            ranks = self._ranks = {token_bytes(t): i for t, i in self.encoder.items()}
+        if not hasattr(self, "_ranks"):
+            self._ranks = self._tiktoken_ranks()
+            if self._ranks is None:
+                logger.warning("%s: vocabulary is not GPT-2-shaped; using the pure-Python BPE", self.name_or_path or "tokenizer")
+                self._bpe = PythonBPE(self.encoder, self.bpe_ranks)
         self._sentinel = {tok: chr(SENTINEL_BASE + n) for n, tok in enumerate(sorted(self._split_ids))}
         self._has_sentinel = re.compile("[%s]" % "".join(self._sentinel.values())) if self._sentinel else None
-        self._tiktoken = tiktoken.Encoding(
-            name=f"codegen-{id(self)}",
-            pat_str=TIKTOKEN_GPT2_PATTERN,
-            mergeable_ranks=ranks,
-            special_tokens={self._sentinel[t]: i for t, i in self._split_ids.items()},
-        )
+        if self._ranks is not None:
+            self._tiktoken = tiktoken.Encoding(
+                name=f"codegen-{id(self)}",
+                pat_str=TIKTOKEN_GPT2_PATTERN,
+                mergeable_ranks=self._ranks,
+                special_tokens={self._sentinel[t]: i for t, i in self._split_ids.items()},
+            )
+
+    def _tiktoken_ranks(self) -> dict[bytes, int] | None:
+        """bytes -> vocab id for the 256 bytes and every merge result, or None if ids are not in merge order."""
+        enc = self.encoder
+        byte_tokens = list(bytes_to_unicode().values())
+        if any(t not in enc for t in byte_tokens):
+            return None
+        ranks = {token_bytes(t): enc[t] for t in byte_tokens}
+        last = max(ranks.values())
+        for a, b in self._merges:
+            merged = token_bytes(a + b)
+            if merged in ranks:
+                continue
+            idx = enc[a + b]
+            if idx <= last:
+                return None
+            ranks[merged] = last = idx
+        return ranks
 
     def _encode_ordinary(self, text: str) -> list[int]:
+        if self._ranks is None:
+            return self._bpe.encode(text, self.unk_token_id)
         return self._tiktoken.encode_ordinary(text)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        if self._ranks is None:
+            return super()._encode_texts(texts)
         if self._splitter is None:
             return self._tiktoken.encode_ordinary_batch(texts, num_threads=self.num_threads)
         out: list[list[int] | None] = [None] * len(texts)
