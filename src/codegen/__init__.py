@@ -22,3 +22,7 @@ __all__ = [
     "KVCache",
     "TokenizerFileError",
 ]
+
+from .complete import Completion, CompletionDelta, CompletionOptions, complete, stream_complete  # noqa: E402
+
+__all__ += ["Completion", "CompletionDelta", "CompletionOptions", "complete", "stream_complete"]

@@ -97,6 +97,67 @@ def cmd_detokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+# Salesforce's README truncation for completions (a plain "^#" would also cut at a "# prompt").
+DEFAULT_TRUNCATE = [r"\n\n^#", "^'''", "\n\n\n"]
+
+
+def load_for_inference(model_dir: str, tokenizer_dir: str | None, dtype: str, device: str, threads: int | None):
+    """Model + fast tokenizer, with the thread count set first (it matters for decode speed)."""
+    import torch
+
+    from .model import CodeGenForCausalLM
+    from .tokenizer import CodeGenTokenizerFast
+
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    model_dir = checkpoint.resolve(model_dir)
+    tokenizer = CodeGenTokenizerFast.from_pretrained(tokenizer_dir or model_dir)
+    model = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device)
+    return model, tokenizer
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from .complete import CompletionOptions, complete, stream_complete
+
+    if args.file is not None and args.prompt is not None:
+        raise ValueError("give the prompt as an argument or with --file, not both")
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                prompt = fh.read()
+        except OSError as e:
+            raise FileNotFoundError(f"--file {args.file}: {e.strerror}") from None
+    else:
+        prompt = _read_arg(args.prompt)
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    if args.stream and args.n > 1:
+        raise ValueError("--stream prints one completion; use --n 1")
+    opts = CompletionOptions(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        n=args.n, stop=tuple(args.stop or ()), truncate_before_pattern=DEFAULT_TRUNCATE if args.truncate else (),
+        seed=args.seed,
+    )
+    opts.validate()
+    model, tokenizer = load_for_inference(args.model, args.tokenizer, args.dtype, args.device, args.threads)
+    out = sys.stdout
+    if args.stream:
+        if args.echo:
+            out.write(prompt)
+        for delta in stream_complete(model, tokenizer, prompt, opts):
+            out.write(delta.text)
+            out.flush()
+        out.write("\n")
+        return 0
+    for c in complete(model, tokenizer, prompt, opts):
+        if args.n > 1:
+            out.write(f"--- completion {c.index + 1} of {args.n} ({c.finish_reason}) ---\n")
+        out.write((prompt if args.echo else "") + c.text + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegen", description="Run Salesforce CodeGen models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details")
@@ -113,6 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("complete", help="complete code from a prompt",
+                       description="Complete a prompt. Defaults follow Salesforce's sample.py: temperature 0.2, "
+                                   "top_p 0.95 (and transformers' implicit top_k 50), 128 new tokens.")
+    p.add_argument("prompt", nargs="?", help="the prompt; '-' or nothing (with no --file) reads standard input")
+    p.add_argument("--file", help="read the prompt from this file")
+    p.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer files)")
+    p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint directory")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (default 50)")
+    p.add_argument("--n", type=int, default=1, help="number of completions (default 1)")
+    p.add_argument("--stop", action="append", help="stop string (repeatable); the completion ends before it")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut completions with CodeGen's rule (2nd top-level def/print, a comment after a blank line, "
+                        "''', three newlines)")
+    p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default float32; auto = as stored)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice, one per core)")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--no-echo", dest="echo", action="store_false", help="print only the completion, not the prompt")
+    p.set_defaults(func=cmd_complete)
 
     p = sub.add_parser("tokenize", help="text -> token ids (JSON list)")
     p.add_argument("text", nargs="?", help="text to encode; '-' or nothing reads standard input")
