@@ -80,3 +80,45 @@ def test_token_cli_errors(args, message):
 def test_tokenize_without_tokenizer_files(tmp_path):
     r = run("tokenize", "x", "--model", str(tmp_path))
     assert r.returncode == 1 and "no tokenizer files found" in r.stderr
+
+
+@needs_tokenizer
+def test_complete_end_to_end(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "m")
+    assert main(["init", out, "--tokenizer", TOKENIZER_ARGS[1]]) == 0
+    capsys.readouterr()
+    assert main(["complete", "def fibonacci(n):", "--model", out, "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out
+    assert greedy.startswith("def fibonacci(n):") and greedy.endswith("\n")
+    assert main(["complete", "def fibonacci(n):", "--model", out, "--max-new-tokens", "8", "--temperature", "0",
+                 "--stream", "--threads", "1"]) == 0
+    assert capsys.readouterr().out == greedy
+    (tmp_path / "p.py").write_text("import os\n")
+    assert main(["complete", "--file", str(tmp_path / "p.py"), "--model", out, "--max-new-tokens", "4", "--n", "2",
+                 "--seed", "1", "--no-echo"]) == 0
+    text = capsys.readouterr().out
+    assert "--- completion 1 of 2" in text and "--- completion 2 of 2" in text and "import os" not in text
+    monkeypatch.setattr(sys, "stdin", io.StringIO("x = "))
+    assert main(["complete", "--model", out, "--max-new-tokens", "3", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("x = ")
+
+
+@needs_tokenizer
+@pytest.mark.parametrize("extra, message", [
+    (["--max-new-tokens", "5000"], "exceeds the context window of 2048 tokens"),
+    (["--top-p", "2"], "top_p must be in (0, 1], got 2.0"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--file", "/nonexistent.py"], "--file /nonexistent.py: No such file or directory"),
+])
+def test_complete_errors(tmp_path, extra, message):
+    out = str(tmp_path / "m")
+    assert main(["init", out, "--tokenizer", TOKENIZER_ARGS[1]]) == 0
+    args = ["complete"] + ([] if "--file" in extra else ["x"]) + ["--model", out, *extra]
+    r = run(*args)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_complete_missing_model():
+    r = run("complete", "x", "--model", "/nonexistent/model")
+    assert r.returncode == 1 and "/nonexistent/model: no such checkpoint directory" in r.stderr

@@ -55,7 +55,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = CodeGenForCausalLM(config).to(resolve_dtype(args.dtype, config, None))
     model.save_pretrained(args.out)
-    print(f"wrote a randomly initialised {args.preset} checkpoint ({model.num_parameters():,} parameters) to {args.out}")
+    if args.tokenizer:
+        from .tokenizer import CodeGenTokenizerFast
+
+        CodeGenTokenizerFast.from_pretrained(args.tokenizer).save_pretrained(args.out)
+    print(f"wrote a randomly initialised {args.preset} checkpoint ({model.num_parameters():,} parameters) to {args.out}"
+          + (" with the tokenizer" if args.tokenizer else ""))
     return 0
 
 
@@ -173,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=preset_names(), help="model shape (default: tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--tokenizer", help="copy the tokenizer from this directory into the checkpoint")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("complete", help="complete code from a prompt",

@@ -1,0 +1,193 @@
+"""Generation speed: ours vs transformers' `generate`, A/B interleaved in one process.
+
+    python benchmarks/generate.py                      # 350M shape, batch 1 and 8, fp32 and bf16, greedy and sampling
+    python benchmarks/generate.py --quick              # batch 1 greedy, fp32 and bf16
+    python benchmarks/generate.py --prefill-2048       # also a 2048-token prefill
+    python benchmarks/generate.py --rss                # also peak RSS of load + generate, each library in a fresh process
+
+One random checkpoint of a preset shape (default 350M-mono) is built once; transformers'
+CodeGenForCausalLM gets the same weights. Prompt 64 tokens, 128 new tokens, EOS disabled
+(min_new_tokens = max_new_tokens in both). For each case and repeat, ours and transformers run
+back to back: a prefill (1 new token) and a full generation; decode tokens/s = batch * (new - 1) /
+(full - prefill). Medians over repeats are reported, with the ratio ours / transformers, the weight
+bytes streamed per decode step times steps/s (GB/s), and that as a fraction of this machine's
+measured read bandwidth (the decode ceiling at batch 1). Run it on an idle machine: decode speed
+collapses when another process competes for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def read_bandwidth_gbs() -> float:
+    a = torch.ones(2**28)  # 1 GiB of fp32
+    best = float("inf")
+    for _ in range(7):
+        t = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t)
+    return a.numel() * 4 / best / 1e9
+
+
+def build(preset: str):
+    import transformers
+
+    import codegen
+
+    torch.manual_seed(0)
+    cfg = codegen.CodeGenConfig.preset(preset)
+    ours = codegen.CodeGenForCausalLM(cfg).eval()
+    keys = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "rotary_dim", "bos_token_id", "eos_token_id")
+    hf_cfg = transformers.CodeGenConfig(**{k: getattr(cfg, k) for k in keys})
+    hf = transformers.CodeGenForCausalLM(hf_cfg).eval()
+    hf.load_state_dict(ours.state_dict())
+    return ours, hf
+
+
+def gen_kwargs(mode: str, new: int) -> dict:
+    kw = dict(max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+    if mode == "sample":
+        kw.update(do_sample=True, temperature=0.8, top_p=0.95, top_k=50)
+    else:
+        kw.update(do_sample=False)
+    return kw
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_case(ours, hf, batch: int, prompt: int, new: int, mode: str, repeats: int) -> dict:
+    x = torch.randint(0, 50000, (batch, prompt), generator=torch.Generator().manual_seed(1))
+    runners = {
+        "ours": lambda n: ours.generate(x, **gen_kwargs(mode, n)),
+        "transformers": lambda n: hf.generate(x, **gen_kwargs(mode, n)),
+    }
+    with torch.inference_mode():
+        for run in runners.values():  # warm-up
+            run(2)
+        pre = {k: [] for k in runners}
+        full = {k: [] for k in runners}
+        for _ in range(repeats):
+            for name, run in runners.items():
+                pre[name].append(timed(lambda: run(1)))
+                full[name].append(timed(lambda: run(new)))
+    out = {}
+    for name in runners:
+        p, f = statistics.median(pre[name]), statistics.median(full[name])
+        out[name] = {"prefill_ms": p * 1e3, "decode_tok_s": batch * (new - 1) / (f - p), "steps_s": (new - 1) / (f - p)}
+    return out
+
+
+def prefill_case(ours, hf, length: int, repeats: int) -> dict:
+    x = torch.randint(0, 50000, (1, length), generator=torch.Generator().manual_seed(2))
+    kw = dict(max_new_tokens=1, min_new_tokens=1, pad_token_id=0, do_sample=False)
+    res = {"ours": [], "transformers": []}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            res["ours"].append(timed(lambda: ours.generate(x, **kw)))
+            res["transformers"].append(timed(lambda: hf.generate(x, **kw)))
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+RSS_CHILD = r"""
+import json, sys, torch
+lib, path, dtype, batch, prompt, new, threads = sys.argv[1:8]
+torch.set_num_threads(int(threads))
+dtype = getattr(torch, dtype)
+if lib == "ours":
+    import codegen
+    m = codegen.CodeGenForCausalLM.from_pretrained(path, torch_dtype=dtype)
+else:
+    import transformers
+    m = transformers.CodeGenForCausalLM.from_pretrained(path, dtype=dtype).eval()
+x = torch.randint(0, 50000, (int(batch), int(prompt)))
+with torch.inference_mode():
+    m.generate(x, max_new_tokens=int(new), min_new_tokens=int(new), pad_token_id=0, do_sample=False)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+print(json.dumps({"peak_rss_mb": hwm}))
+"""
+
+
+def rss_section(ours, args) -> None:
+    path = tempfile.mkdtemp(prefix="codegen-bench-")
+    ours.save_pretrained(path)
+    print(f"\npeak RSS of loading {args.preset} and generating {args.new} tokens, each library in a fresh process:")
+    print(f"{'dtype':<10}{'batch':>6}{'ours MB':>10}{'transformers MB':>17}{'ratio':>8}")
+    for dtype in args.dtype:
+        for batch in args.batch:
+            peaks = {}
+            for lib in ("ours", "transformers"):
+                r = subprocess.run([sys.executable, "-c", RSS_CHILD, lib, path, dtype, str(batch), str(args.prompt), str(args.new),
+                                    str(args.threads)], capture_output=True, text=True)
+                peaks[lib] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"] if r.returncode == 0 else float("nan")
+            print(f"{dtype:<10}{batch:>6}{peaks['ours']:>10.0f}{peaks['transformers']:>17.0f}{peaks['ours'] / peaks['transformers']:>8.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="350M-mono")
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--mode", nargs="+", default=["greedy", "sample"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--quick", action="store_true", help="batch 1, greedy only")
+    ap.add_argument("--prefill-2048", action="store_true", help="also time a 2048-token prefill")
+    ap.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh processes")
+    args = ap.parse_args()
+    if args.quick:
+        args.batch, args.mode = [1], ["greedy"]
+    torch.set_num_threads(args.threads)
+
+    import transformers
+
+    bw = read_bandwidth_gbs()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    print(f"machine: {cpu}, {os.cpu_count()} cpus, threads {args.threads}; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
+    print(f"measured read bandwidth: {bw:.1f} GB/s; shape {args.preset}; prompt {args.prompt}, new {args.new}, "
+          f"EOS disabled; median of {args.repeats}, A/B interleaved")
+    ours32, hf32 = build(args.preset)
+    streamed = sum(p.numel() for n, p in ours32.named_parameters() if n != "transformer.wte.weight")
+
+    print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
+          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}")
+    for dtype in args.dtype:
+        ours, hf = ours32.to(getattr(torch, dtype)), hf32.to(getattr(torch, dtype))
+        nbytes = streamed * ours.lm_head.weight.element_size()
+        for batch in args.batch:
+            for mode in args.mode:
+                r = run_case(ours, hf, batch, args.prompt, args.new, mode, args.repeats)
+                o, h = r["ours"], r["transformers"]
+                gbs_o, gbs_h = nbytes * o["steps_s"] / 1e9, nbytes * h["steps_s"] / 1e9
+                print(f"{dtype:<10}{batch:>6}{mode:>8}{o['prefill_ms']:>12.0f} / {h['prefill_ms']:<7.0f}"
+                      f"{o['decode_tok_s']:>19.1f}{h['decode_tok_s']:>8.1f}{o['decode_tok_s'] / h['decode_tok_s']:>6.2f}x"
+                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / bw:>11.0%}")
+        if args.prefill_2048:
+            length = min(2048, ours.config.n_positions) - 1
+            p = prefill_case(ours, hf, length, max(1, args.repeats - 1))
+            print(f"{dtype:<10} prefill of {length} tokens: ours {p['ours']:.2f} s, transformers {p['transformers']:.2f} s "
+                  f"({p['transformers'] / p['ours']:.2f}x)")
+        ours32, hf32 = ours.float(), hf.float()
+    if args.rss:
+        rss_section(ours32, args)
+
+
+if __name__ == "__main__":
+    main()
