@@ -369,34 +369,8 @@ class CodeGenForCausalLM(CodeGenPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        max_new_tokens: int | None = None,
-        min_new_tokens: int | None = None,
-        max_length: int | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = 50,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        num_return_sequences: int = 1,
-        pad_token_id: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        use_cache: bool = True,
-        suppress_tokens: list[int] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """transformers' generate (greedy and sampling); see `codegen.generate.generate`."""
-        return _generate.generate(
-            self, input_ids, attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-            max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
-            pad_token_id=pad_token_id, eos_token_id=eos_token_id, use_cache=use_cache,
-            suppress_tokens=suppress_tokens, generator=generator,
-        )
+    # transformers' generate (greedy and sampling), same keywords and output; see codegen.generate.
+    generate = _generate.generate
 
     def forward(
         self,
