@@ -295,6 +295,36 @@ def _add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_ne
     p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: one per core)")
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    result = train(cfg)
+    final = result["eval"][-1] if result["eval"] else None
+    print(json.dumps({"steps": result["steps"], "final_train_loss": result["history"][-1][1] if result["history"] else None,
+                      "held_out_loss": final[1] if final else None, "held_out_perplexity": final[2] if final else None,
+                      "tokens_per_second": round(result["tokens_per_second"], 1), "out": cfg.out}))
+    return 0
+
+
+def cmd_eval_perplexity(args: argparse.Namespace) -> int:
+    import math
+
+    from .train import perplexity
+
+    model, tokenizer = load_for_inference(args.model, args.tokenizer, "float32", args.device, args.threads)
+    loss, tokens = perplexity(model, tokenizer, args.data, args.seq_len, args.batch_size)
+    print(json.dumps({"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": tokens}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegen", description="Run Salesforce CodeGen models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details")
@@ -344,6 +374,32 @@ def build_parser() -> argparse.ArgumentParser:
     ServerSettings.add_arguments(p)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("train", help="train from scratch or fine-tune (full or LoRA) on code",
+                       description="Causal-LM training with packed sequences, AdamW, warmup + cosine, exact resume.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint directory to fine-tune")
+    src.add_argument("--config", help="train from scratch: a preset name (e.g. tiny, 350M-mono) or a config.json")
+    p.add_argument("--data", nargs="+", required=True, help="files, directories (their .py files), globs, or JSONL of {\"text\"}")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, final model)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
+    for flag, kind, default, text in (
+        ("--seq-len", int, 512, "tokens per sequence"), ("--batch-size", int, 8, "sequences per micro-batch"),
+        ("--grad-accum", int, 1, "micro-batches per optimizer step"), ("--max-steps", int, 1000, "optimizer steps"),
+        ("--lr", float, 3e-4, "peak learning rate"), ("--min-lr", float, 3e-5, "final learning rate of the cosine"),
+        ("--warmup-steps", int, 100, "linear warmup steps"), ("--weight-decay", float, 0.1, "AdamW weight decay (matrices only)"),
+        ("--grad-clip", float, 1.0, "gradient norm clip"), ("--eval-fraction", float, 0.05, "held-out share of the texts"),
+        ("--eval-every", int, 100, "steps between held-out evaluations"), ("--eval-batches", int, 16, "held-out batches per evaluation"),
+        ("--save-every", int, 200, "steps between checkpoints"), ("--seed", int, 0, "seed (data order, init)"),
+        ("--lora-rank", int, 0, "LoRA rank; 0 = full fine-tuning"), ("--lora-alpha", float, 16.0, "LoRA alpha"),
+        ("--threads", int, None, "CPU threads"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    p.add_argument("--lora-targets", nargs="+", default=["qkv_proj", "out_proj"], help="modules to adapt (default qkv_proj out_proj)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype (default float32)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward to save memory")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if OUT has a checkpoint")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("eval", help="evaluate a model: HumanEval pass@k, MTPB")
     evals = p.add_subparsers(dest="benchmark", required=True)
     e = evals.add_parser("humaneval", help="HumanEval pass@k (generate and/or score samples)")
@@ -358,6 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--single-turn", action="store_true", help="all turns in one prompt")
     e.add_argument("--timeout", type=float, default=20.0, help="seconds per program (default 20)")
     e.set_defaults(func=cmd_eval_mtpb, k="1")
+    e = evals.add_parser("perplexity", help="loss and perplexity of a model on held-out texts")
+    e.add_argument("--model", required=True)
+    e.add_argument("--tokenizer")
+    e.add_argument("--data", nargs="+", required=True, help="files, directories, globs, or JSONL of {\"text\"}")
+    e.add_argument("--seq-len", type=int, default=512)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int)
+    e.set_defaults(func=cmd_eval_perplexity)
 
     p = sub.add_parser("tokenize", help="text -> token ids (JSON list)")
     p.add_argument("text", nargs="?", help="text to encode; '-' or nothing reads standard input")
