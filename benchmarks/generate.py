@@ -9,7 +9,8 @@ One random checkpoint of a preset shape (default 350M-mono) is built once; trans
 CodeGenForCausalLM gets the same weights. Prompt 64 tokens, 128 new tokens, EOS disabled
 (min_new_tokens = max_new_tokens in both). For each case and repeat, ours and transformers run
 back to back: a prefill (1 new token) and a full generation; decode tokens/s = batch * (new - 1) /
-(full - prefill). Medians over repeats are reported, with the ratio ours / transformers, the weight
+(full - prefill); CTranslate2, when installed, runs the same weights converted with its transformers
+converter (the same prompt tokens). Medians over repeats are reported, with the ratio ours / transformers, the weight
 bytes streamed per decode step times steps/s (GB/s), and that as a fraction of this machine's
 measured read bandwidth (the decode ceiling at batch 1). Run it on an idle machine: decode speed
 collapses when another process competes for the cores.
@@ -70,12 +71,39 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def run_case(ours, hf, batch: int, prompt: int, new: int, mode: str, repeats: int) -> dict:
+def ct2_generator(ours, dtype: str, threads: int):
+    """CTranslate2 (when installed) converted from the same weights with its transformers converter."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return None
+    import codegen
+
+    src, out = tempfile.mkdtemp(prefix="codegen-ct2-src-"), tempfile.mkdtemp(prefix="codegen-ct2-")
+    ours.float().save_pretrained(src)
+    here = os.path.dirname(os.path.abspath(__file__))
+    codegen.CodeGenTokenizerFast.from_pretrained(os.path.join(here, "..", "src", "codegen", "demo")).save_pretrained(src)
+    ctranslate2.converters.TransformersConverter(src).convert(out, quantization=dtype, force=True)
+    try:
+        return ctranslate2.Generator(out, device="cpu", compute_type=dtype, intra_threads=threads)
+    except ValueError:
+        return None  # this build has no kernels for the dtype
+
+
+def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeats: int) -> dict:
     x = torch.randint(0, 50000, (batch, prompt), generator=torch.Generator().manual_seed(1))
     runners = {
         "ours": lambda n: ours.generate(x, **gen_kwargs(mode, n)),
         "transformers": lambda n: hf.generate(x, **gen_kwargs(mode, n)),
     }
+    if ct2 is not None:
+        import codegen
+
+        tok = codegen.CodeGenTokenizerFast.from_pretrained(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "codegen", "demo"))
+        tokens = [tok.convert_ids_to_tokens(row) for row in x.tolist()]
+        sampling = dict(sampling_topk=50, sampling_topp=0.95, sampling_temperature=0.8) if mode == "sample" else dict(sampling_topk=1)
+        runners["ctranslate2"] = lambda n: ct2.generate_batch(tokens, max_length=n, min_length=n, end_token=[],
+                                                              include_prompt_in_result=False, **sampling)
     with torch.inference_mode():
         for run in runners.values():  # warm-up
             run(2)
@@ -150,6 +178,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="batch 1, greedy only")
     ap.add_argument("--prefill-2048", action="store_true", help="also time a 2048-token prefill")
     ap.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh processes")
+    ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 even when it is installed")
     args = ap.parse_args()
     if args.quick:
         args.batch, args.mode = [1], ["greedy"]
@@ -167,18 +196,21 @@ def main() -> None:
     streamed = sum(p.numel() for n, p in ours32.named_parameters() if n != "transformer.wte.weight")
 
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
-          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}")
+          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}{'ct2 tok/s':>11}{'ours/ct2':>10}")
     for dtype in args.dtype:
+        ct2 = ct2_generator(ours32, dtype, args.threads) if not args.no_ct2 else None
         ours, hf = ours32.to(getattr(torch, dtype)), hf32.to(getattr(torch, dtype))
         nbytes = streamed * ours.lm_head.weight.element_size()
         for batch in args.batch:
             for mode in args.mode:
-                r = run_case(ours, hf, batch, args.prompt, args.new, mode, args.repeats)
+                r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats)
                 o, h = r["ours"], r["transformers"]
                 gbs_o, gbs_h = nbytes * o["steps_s"] / 1e9, nbytes * h["steps_s"] / 1e9
+                c = r.get("ctranslate2")
+                ct2_cols = f"{c['decode_tok_s']:>11.1f}{o['decode_tok_s'] / c['decode_tok_s']:>9.2f}x" if c else f"{'-':>11}{'-':>10}"
                 print(f"{dtype:<10}{batch:>6}{mode:>8}{o['prefill_ms']:>12.0f} / {h['prefill_ms']:<7.0f}"
                       f"{o['decode_tok_s']:>19.1f}{h['decode_tok_s']:>8.1f}{o['decode_tok_s'] / h['decode_tok_s']:>6.2f}x"
-                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / bw:>11.0%}")
+                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / bw:>11.0%}{ct2_cols}")
         if args.prefill_2048:
             length = min(2048, ours.config.n_positions) - 1
             p = prefill_case(ours, hf, length, max(1, args.repeats - 1))

@@ -146,6 +146,10 @@ def cmd_complete(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     opts.validate()
+    if args.model is None:
+        from .demo import demo_path
+
+        args.model = demo_path()
     model, tokenizer = load_for_inference(args.model, args.tokenizer, args.dtype, args.device, args.threads)
     out = sys.stdout
     if args.stream:
@@ -348,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "top_p 0.95 (and transformers' implicit top_k 50), 128 new tokens.")
     p.add_argument("prompt", nargs="?", help="the prompt; '-' or nothing (with no --file) reads standard input")
     p.add_argument("--file", help="read the prompt from this file")
-    p.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer files)")
+    p.add_argument("--model", help="checkpoint directory (config.json, weights, tokenizer files); default: the small "
+                                    "bundled demo model, for trying the tool")
     p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint directory")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")
@@ -394,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--threads", int, None, "CPU threads"),
     ):
         p.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    p.add_argument("--exclude", nargs="+", default=[], help="glob patterns of paths to leave out (e.g. '*/site-packages/*')")
     p.add_argument("--lora-targets", nargs="+", default=["qkv_proj", "out_proj"], help="modules to adapt (default qkv_proj out_proj)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype (default float32)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward to save memory")

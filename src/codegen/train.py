@@ -11,6 +11,7 @@ subsequent losses as one that was never interrupted.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import logging
@@ -38,6 +39,7 @@ LAST_FILE = "last-checkpoint"
 class TrainConfig:
     out: str
     data: list[str]
+    exclude: list[str] = field(default_factory=list)  # glob patterns of paths to leave out
     model: str | None = None  # fine-tune this checkpoint...
     config: str | None = None  # ...or train from scratch: a preset name or a config.json
     tokenizer: str | None = None
@@ -77,8 +79,9 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- data
-def collect_texts(paths: list[str]) -> list[tuple[str, str]]:
-    """(name, text) for files, directories (their *.py files), globs, and JSONL files of {"text": ...}."""
+def collect_texts(paths: list[str], exclude: list[str] = ()) -> list[tuple[str, str]]:
+    """(name, text) for files, directories (their *.py files), globs, and JSONL files of {"text": ...};
+    paths matching an `exclude` glob are left out."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
@@ -92,6 +95,7 @@ def collect_texts(paths: list[str]) -> list[tuple[str, str]]:
             files.append(p)
         else:
             raise FileNotFoundError(f"--data {p}: no such file or directory")
+    files = [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in exclude)]
     texts = []
     for f in files:
         if f.endswith(".jsonl"):
@@ -258,7 +262,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, stop_after: int | None
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size} rows")
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 
-    train_texts, held_texts = split(collect_texts(cfg.data), cfg.eval_fraction)
+    train_texts, held_texts = split(collect_texts(cfg.data, cfg.exclude), cfg.eval_fraction)
     batches = Batches(pack(train_texts, tokenizer, cfg.seq_len), cfg.seed)
     held = pack(held_texts, tokenizer, cfg.seq_len) if held_texts else torch.empty(0, cfg.seq_len, dtype=torch.long)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,48 @@
+"""The bundled demo model and its tokenizer files (built from PyPI data by scripts/make_tokenizer.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import codegen
+from codegen.demo import DEMO_DIR
+from helpers import TOKENIZER_DIR
+
+needs_shared = pytest.mark.skipif(not os.path.isdir(TOKENIZER_DIR), reason="CodeGen tokenizer files not in ../shared")
+has_weights = os.path.isfile(os.path.join(DEMO_DIR, "model.safetensors"))
+
+
+@needs_shared
+def test_shipped_tokenizer_files_equal_codegens():
+    ours = codegen.CodeGenTokenizerFast.from_pretrained(DEMO_DIR)
+    ref = codegen.CodeGenTokenizerFast.from_pretrained(TOKENIZER_DIR)
+    assert ours.encoder == ref.encoder and ours._merges == ref._merges
+    assert ours.added_tokens_encoder == ref.added_tokens_encoder and len(ours) == 50295
+    from test_tokenizer import handwritten_texts, stdlib_texts
+
+    texts = [t for _, t in stdlib_texts()[:300]] + handwritten_texts()
+    assert ours(texts)["input_ids"] == ref(texts)["input_ids"]
+
+
+@pytest.mark.skipif(not has_weights, reason="the demo model's weights are not built")
+def test_demo_model_card_and_size():
+    size = os.path.getsize(os.path.join(DEMO_DIR, "model.safetensors"))
+    assert size < 32 * 10**6
+    card = open(os.path.join(DEMO_DIR, "MODEL_CARD.md"), encoding="utf-8").read()
+    for needle in ("held-out loss", "codegen train", "PSF", "tokens"):
+        assert needle in card
+
+
+@pytest.mark.skipif(not has_weights, reason="the demo model's weights are not built")
+def test_complete_without_model_uses_the_demo(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "complete", "def fibonacci(n):", "--temperature", "0",
+                        "--max-new-tokens", "24"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("def fibonacci(n):") and len(r.stdout) > len("def fibonacci(n):") + 5
+    config = json.load(open(os.path.join(DEMO_DIR, "config.json")))
+    assert config["model_type"] == "codegen"
