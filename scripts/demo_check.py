@@ -40,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", help="checkpoint directory (default: the bundled demo model)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--repetition-penalty", type=float, default=1.0, help="transformers' repetition penalty (default off)")
     ap.add_argument("--show", action="store_true", help="print every completion")
     args = ap.parse_args()
 
@@ -49,8 +50,8 @@ def main() -> None:
     path = args.model or demo_path()
     model = codegen.CodeGenForCausalLM.from_pretrained(path)
     tok = codegen.CodeGenTokenizerFast.from_pretrained(path)
-    opts = codegen.CompletionOptions(temperature=0, max_new_tokens=args.max_new_tokens,
-                                     stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"))
+    opts = codegen.CompletionOptions(temperature=0, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                                     stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n\n\n"))
     parsed = 0
     for prompt, c in zip(PROMPTS, codegen.complete(model, tok, PROMPTS, opts)):
         try:
@@ -61,7 +62,8 @@ def main() -> None:
         parsed += ok
         if args.show:
             print(f"--- {'parses' if ok else 'does not parse'} ({c.finish_reason})\n{prompt}{c.text}")
-    print(json.dumps({"prompts": len(PROMPTS), "parse": parsed, "max_new_tokens": args.max_new_tokens}))
+    print(json.dumps({"prompts": len(PROMPTS), "parse": parsed, "max_new_tokens": args.max_new_tokens,
+                      "repetition_penalty": args.repetition_penalty}))
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     opts = CompletionOptions(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         n=args.n, stop=tuple(args.stop or ()), truncate_before_pattern=DEFAULT_TRUNCATE if args.truncate else (),
-        seed=args.seed,
+        seed=args.seed, truncate_prompt=args.truncate_prompt,
     )
     opts.validate()
     if args.model is None:
@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut completions with CodeGen's rule (2nd top-level def/print, a comment after a blank line, "
                         "''', three newlines)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
+    p.add_argument("--truncate-prompt", action="store_true",
+                   help="keep the end of a prompt too long for the context window instead of failing")
     p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (default float32; auto = as stored)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -82,7 +82,6 @@ class CodeGenAttention(nn.Module):
     def __init__(self, config: CodeGenConfig) -> None:
         super().__init__()
         self.n_head, self.head_dim, self.embed_dim = config.n_head, config.head_dim, config.n_embd
-        self.rotary_dim = config.rotary_dim
         self.qkv_proj = Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.out_proj = Linear(config.n_embd, config.n_embd, bias=False)
         self.attn_pdrop = config.attn_pdrop
