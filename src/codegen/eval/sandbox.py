@@ -135,9 +135,24 @@ def describe_isolation() -> str:
     }[kind]
 
 
+PRIVATE = ("/tmp", "/var/tmp", "/dev/shm")  # replaced by empty tmpfs inside the sandbox
+
+
+def _interpreter_paths() -> list[str]:
+    """Directories the interpreter needs that the private /tmp would hide (a venv under /tmp, say)."""
+    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(sys.executable), *filter(None, sys.path)}
+    found = sorted(os.path.realpath(p) for p in candidates if os.path.isdir(p))
+    found = [p for p in found if any(p == h or p.startswith(h + "/") for h in PRIVATE)]
+    return [p for i, p in enumerate(found) if not any(p.startswith(q + "/") for q in found[:i])]
+
+
 def _bwrap_prefix(workdir: str) -> list[str]:
-    args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
-            "--tmpfs", "/dev/shm", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for path in PRIVATE:
+        args += ["--tmpfs", path]
+    for path in _interpreter_paths():
+        args += ["--ro-bind", path, path]
+    args += ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if workdir != "/":
         args += ["--bind", workdir, workdir, "--chdir", workdir]
     return args + ["--"]
