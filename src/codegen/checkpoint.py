@@ -131,14 +131,15 @@ def iter_tensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 # --------------------------------------------------------------------------- loading
-def resolve_dtype(torch_dtype: Any, config: CodeGenConfig, first_floating: torch.dtype | None) -> torch.dtype:
+def resolve_dtype(torch_dtype: Any, config: CodeGenConfig) -> torch.dtype | None:
+    """The dtype to load in; None for "auto" when config.json names none (then the file's own dtype)."""
     if torch_dtype is None:
         return torch.float32  # transformers 4.x default: fp32 whatever the file holds
     if torch_dtype == "auto":
         stored = config.torch_dtype
         if isinstance(stored, str) and stored in DTYPES:
             return DTYPES[stored]
-        return first_floating or torch.float32
+        return None if stored is None else torch.float32
     if isinstance(torch_dtype, torch.dtype):
         if torch_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"torch_dtype {torch_dtype} is not supported; use float32, float16 or bfloat16")
@@ -161,7 +162,7 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     strip = "transformer." if "wte.weight" in expected else ""
 
     device = torch.device(device) if device is not None else torch.device("cpu")
-    dtype: torch.dtype | None = None if torch_dtype == "auto" and config.torch_dtype is None else resolve_dtype(torch_dtype, config, None)
+    dtype = resolve_dtype(torch_dtype, config)
     state: dict[str, torch.Tensor] = {}
     total = sum(os.path.getsize(f) for f in files)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {os.path.basename(os.path.abspath(directory))}",

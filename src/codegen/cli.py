@@ -53,7 +53,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     config = CodeGenConfig.preset(args.preset)
     torch.manual_seed(args.seed)
-    model = CodeGenForCausalLM(config).to(resolve_dtype(args.dtype, config, None))
+    model = CodeGenForCausalLM(config).to(resolve_dtype(args.dtype, config))
     model.save_pretrained(args.out)
     if args.tokenizer:
         from .tokenizer import CodeGenTokenizerFast

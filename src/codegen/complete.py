@@ -148,7 +148,7 @@ class _Run:
 
     def __init__(self, model, tokenizer, prompts: list[str], opts: CompletionOptions, generator) -> None:
         opts.validate()
-        self.tok, self.opts = tokenizer, opts
+        self.opts = opts
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         encoded = [tokenizer.encode(p) for p in prompts]
@@ -177,7 +177,6 @@ class _Run:
             num_return_sequences=opts.n, eos_token_ids=(eos,) if eos is not None else (), pad_token_id=pad,
             vocab_limit=len(tokenizer), logprobs=opts.logprobs,
         )
-        self.eos = eos
         if generator is None and opts.seed is not None:
             generator = torch.Generator(device=model.lm_head.weight.device).manual_seed(opts.seed)
         self.generator = generator

@@ -55,6 +55,9 @@ def truncate_before_pattern(text: str, patterns: Sequence[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
+_truncate = truncate_before_pattern  # decode() has a parameter of the same name
+
+
 def clean_up_tokenization(text: str) -> str:
     """transformers' `clean_up_tokenization` (for English prose; it edits code, so it is opt-in)."""
     for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
@@ -523,7 +526,7 @@ class CodeGenTokenizerBase:
         if self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
             text = clean_up_tokenization(text)
         if truncate_before_pattern:
-            text = truncate_before_pattern_fn(text, truncate_before_pattern)
+            text = _truncate(text, truncate_before_pattern)
         return text
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None,
@@ -610,9 +613,6 @@ class CodeGenTokenizerBase:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, len={len(self)}, "
                 f"padding_side={self.padding_side!r}, special_tokens={self.special_tokens_map})")
-
-
-truncate_before_pattern_fn = truncate_before_pattern
 
 
 class IncrementalDecoder:
