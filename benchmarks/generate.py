@@ -188,8 +188,11 @@ def main() -> None:
 
     bw = read_bandwidth_gbs()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    from codegen import kernels
+
+    native = "on" if kernels.load() else "off (torch's kernels)"
     print(f"machine: {cpu}, {os.cpu_count()} cpus, threads {args.threads}; torch {torch.__version__}, "
-          f"transformers {transformers.__version__}")
+          f"transformers {transformers.__version__}; codegen native kernels {native}")
     print(f"measured read bandwidth: {bw:.1f} GB/s; shape {args.preset}; prompt {args.prompt}, new {args.new}, "
           f"EOS disabled; median of {args.repeats}, A/B interleaved")
     ours32, hf32 = build(args.preset)

@@ -130,3 +130,26 @@ def test_cli_train_and_perplexity(setup, capsys):
     assert main(["eval", "perplexity", "--model", out, "--data", data, "--seq-len", "32"]) == 0
     ppl = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ppl["tokens"] > 0 and ppl["perplexity"] == pytest.approx(2.718281828 ** ppl["loss"], rel=1e-6)
+
+
+def test_jsonl_records_and_their_names_decide_the_split(tmp_path):
+    from codegen.train import collect_texts, split
+
+    path = tmp_path / "texts.jsonl"
+    names = [f"/lib/mod{i}.py" for i in range(40)]
+    with open(path, "w") as fh:
+        for name in names:  # a file and a function cut out of it share a name: same side of the split
+            fh.write(json.dumps({"name": name, "text": f"# {name}\n"}) + "\n")
+            fh.write(json.dumps({"name": name, "text": f"def f():  # {name}\n"}) + "\n")
+        fh.write(json.dumps({"text": "x = 1\n"}) + "\n\n")  # unnamed: named by file and line
+    texts = collect_texts([str(path)])
+    assert len(texts) == 81 and texts[-1] == (f"{path}:80", "x = 1\n")
+    train_texts, held = split(texts[:80], 0.2)
+    assert 0 < len(held) < 80 and len(held) % 2 == 0
+    for text in held:
+        name = text.split("# ")[-1].strip()
+        assert f"# {name}\n" in held and f"def f():  # {name}\n" in held
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"name": "a"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl, line 1: a JSONL record needs a 'text' field"):
+        collect_texts([str(bad)])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from . import checkpoint, generate as _generate
+from . import checkpoint, generate as _generate, kernels
 from .cache import KVCache
 from .config import MP_NUM, CodeGenConfig
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -37,9 +37,11 @@ ACT_FNS = {
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same checkpoint keys) that picks a faster CPU kernel for the few
-    rows of a decode step. Measured on a 2-core Xeon (benchmarks/generate.py): torch's default
-    x @ W.T runs bf16 matrix-vector products at ~14 GB/s where addmv reaches ~20, and an 8-row fp32
-    product 1.4x slower than the equivalent W @ x.T."""
+    rows of a decode step, when no gradient is needed. Measured on a 2-core Xeon (kernels.cpp,
+    benchmarks/generate.py): torch's x @ W.T streams bf16 matrix-vector products at ~10-14 GB/s, its
+    addmv ~14-19, our AVX512-BF16 kernel ~24-26 (fp32: ours a few % faster than torch's); 2 to 8 fp32
+    rows run ~1.4x faster in our kernel than in torch's best route, W @ x.T, itself 1.4x faster than
+    x @ W.T up to 32 rows."""
 
     SMALL = 32  # at most this many rows take the W @ x.T route
 
@@ -48,13 +50,20 @@ class Linear(nn.Linear):
         if x.device.type != "cpu" or rows > self.SMALL or x.dim() < 2:
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, x.shape[-1])
-        if rows == 1 and x.dtype != torch.float32:
+        out = None
+        if not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)):
+            if rows == 1:
+                out = kernels.gemv(self.weight, flat[0], self.bias)  # None where the kernel is unavailable
+            elif rows > 1:
+                out = kernels.f32_smallmm(self.weight, flat, self.bias)  # None: unavailable, not fp32, > 8 rows
+        if out is None and rows == 1:
+            if x.dtype == torch.float32:  # here torch's x @ W.T is its fastest route
+                return F.linear(x, self.weight, self.bias)
             out = torch.mv(self.weight, flat[0]) if self.bias is None else torch.addmv(self.bias, self.weight, flat[0])
-            return out.view(*x.shape[:-1], -1)
-        if rows == 1:
-            return F.linear(x, self.weight, self.bias)
-        out = torch.mm(self.weight, flat.t()) if self.bias is None else torch.addmm(self.bias[:, None], self.weight, flat.t())
-        return out.t().contiguous().view(*x.shape[:-1], -1)
+        if out is None:
+            out = torch.mm(self.weight, flat.t()) if self.bias is None else torch.addmm(self.bias[:, None], self.weight, flat.t())
+            out = out.t().contiguous()
+        return out.view(*x.shape[:-1], -1)
 
 
 def rotary_tables(position_ids: torch.Tensor, rotary_dim: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,7 +81,8 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- data
 def collect_texts(paths: list[str], exclude: list[str] = ()) -> list[tuple[str, str]]:
     """(name, text) for files, directories (their *.py files), globs, and JSONL files of {"text": ...};
-    paths matching an `exclude` glob are left out."""
+    paths matching an `exclude` glob are left out. A JSONL record may carry a "name" (the held-out split
+    hashes it), so texts derived from one source file land on the same side of the split."""
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
@@ -105,7 +106,7 @@ def collect_texts(paths: list[str], exclude: list[str] = ()) -> list[tuple[str, 
                         record = json.loads(line)
                         if "text" not in record:
                             raise ValueError(f"{f}, line {n + 1}: a JSONL record needs a 'text' field")
-                        texts.append((f"{f}:{n}", record["text"]))
+                        texts.append((str(record.get("name", f"{f}:{n}")), record["text"]))
             continue
         try:
             with open(f, encoding="utf-8") as fh:

@@ -1,0 +1,75 @@
+"""Stage-2 training texts for the demo model, all from the CPython standard library of this machine.
+
+    python scripts/make_demo_data.py OUT.jsonl [--stdlib DIR]
+
+Writes one JSONL record {"name", "text"} per text:
+- every non-test module file as it is (tests are mostly `self.assertEqual(...)`, which a model this
+  small copies into every completion);
+- every function and method of the non-test modules, cut out with `ast` and dedented, so the model
+  sees many `def name(args):` at the top level followed by a 4-space body (in the files most
+  definitions are methods, indented 4 spaces, with 8-space bodies).
+
+"name" is the source file's path, so the trainer's held-out split (a hash of the name) keeps a
+held-out file and the functions cut out of it on the same side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sysconfig
+import textwrap
+
+TEST_PARTS = ("/test/", "/tests/", "/idle_test/", "/site-packages/")
+
+
+def functions(source: str) -> list[str]:
+    """Source of each module-level function and each method of a module-level class, dedented."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    lines = source.splitlines(keepends=True)
+    nodes = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            nodes += [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            nodes.append(node)
+    out = []
+    for n in nodes:
+        start = min([d.lineno for d in n.decorator_list] + [n.lineno]) - 1
+        out.append(textwrap.dedent("".join(lines[start:n.end_lineno])))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out")
+    ap.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"])
+    args = ap.parse_args()
+    files = records = chars = 0
+    with open(args.out, "w", encoding="utf-8") as fh:
+        for root, dirs, names in os.walk(args.stdlib):
+            dirs.sort()
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                if not name.endswith(".py") or any(p in path + "/" for p in TEST_PARTS) or name.startswith("test_"):
+                    continue
+                try:
+                    with open(path, encoding="utf-8") as src:
+                        text = src.read()
+                except UnicodeDecodeError:
+                    continue
+                files += 1
+                for t in [text] + functions(text):
+                    fh.write(json.dumps({"name": path, "text": t}) + "\n")
+                    records += 1
+                    chars += len(t)
+    print(json.dumps({"files": files, "records": records, "characters": chars, "out": args.out}))
+
+
+if __name__ == "__main__":
+    main()
