@@ -51,6 +51,8 @@ def cache_dir() -> str:
 def build(compiler: str) -> str:
     """Path of the compiled library (built now if the cache lacks it); raises on a failed build."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    if "clang" in version.lower():  # its -fopenmp links libomp: a second thread pool beside torch's libgomp
+        raise RuntimeError(f"{compiler} is clang; the kernels need g++ (set CXX=g++)")
     with open(SOURCE, "rb") as fh:
         key = hashlib.sha256(fh.read() + version.encode()).hexdigest()[:16]
     out = os.path.join(cache_dir(), f"kernels-{key}.so")
@@ -63,7 +65,8 @@ def build(compiler: str) -> str:
         cmd = [compiler, "-O3", "-shared", "-fPIC", "-fopenmp", SOURCE, "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+            raise RuntimeError(f"{' '.join(cmd)} failed: {last}")
         os.replace(tmp, out)  # atomic: concurrent first uses never load a half-written file
     finally:
         if os.path.exists(tmp):
