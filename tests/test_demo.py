@@ -46,3 +46,28 @@ def test_complete_without_model_uses_the_demo(tmp_path):
     assert r.stdout.startswith("def fibonacci(n):") and len(r.stdout) > len("def fibonacci(n):") + 5
     config = json.load(open(os.path.join(DEMO_DIR, "config.json")))
     assert config["model_type"] == "codegen"
+
+
+def test_demo_data_cuts_functions_and_methods_out_dedented():
+    import ast
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_demo_data.py")
+    spec = importlib.util.spec_from_file_location("make_demo_data", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    source = (
+        "import os\n\n"
+        "def top(a):\n    def inner():\n        return a\n    return inner\n\n"
+        "class C:\n    x = 1\n\n    @property\n    def value(self):\n        return self.x\n\n"
+        "    async def fetch(self, url):\n        return url\n"
+    )
+    texts = mod.functions(source)
+    assert texts == [
+        "def top(a):\n    def inner():\n        return a\n    return inner\n",
+        "@property\ndef value(self):\n    return self.x\n",
+        "async def fetch(self, url):\n    return url\n",
+    ]
+    for t in texts:
+        ast.parse(t)
+    assert mod.functions("def broken(:\n") == []
