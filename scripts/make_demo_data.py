@@ -22,7 +22,7 @@ import os
 import sysconfig
 import textwrap
 
-TEST_PARTS = ("/test/", "/tests/", "/idle_test/", "/site-packages/")
+SKIP_PARTS = ("/test/", "/tests/", "/idle_test/", "/site-packages/")  # tests, and what pip installed
 
 
 def functions(source: str) -> list[str]:
@@ -50,13 +50,15 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"])
     args = ap.parse_args()
+    if not os.path.isdir(args.stdlib):
+        ap.error(f"--stdlib {args.stdlib}: not a directory")
     files = records = chars = 0
     with open(args.out, "w", encoding="utf-8") as fh:
         for root, dirs, names in os.walk(args.stdlib):
             dirs.sort()
             for name in sorted(names):
                 path = os.path.join(root, name)
-                if not name.endswith(".py") or any(p in path + "/" for p in TEST_PARTS) or name.startswith("test_"):
+                if not name.endswith(".py") or any(p in path for p in SKIP_PARTS) or name.startswith("test_"):
                     continue
                 try:
                     with open(path, encoding="utf-8") as src:

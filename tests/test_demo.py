@@ -71,3 +71,11 @@ def test_demo_data_cuts_functions_and_methods_out_dedented():
     for t in texts:
         ast.parse(t)
     assert mod.functions("def broken(:\n") == []
+
+
+def test_demo_data_script_refuses_a_missing_stdlib(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_demo_data.py")
+    r = subprocess.run([sys.executable, script, str(tmp_path / "out.jsonl"), "--stdlib", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"--stdlib {tmp_path / 'nope'}: not a directory" in r.stderr
+    assert not (tmp_path / "out.jsonl").exists()

@@ -39,15 +39,20 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch does;
 
 constexpr int PREFETCH_BYTES = 2048;
 
+// The 256 bytes (4 cache lines) that lie PREFETCH_BYTES past p: one unrolled step of either dot product.
+inline void prefetch_256(const void* p) {
+    const char* q = (const char*)p + PREFETCH_BYTES;
+    _mm_prefetch(q, _MM_HINT_T0);
+    _mm_prefetch(q + 64, _MM_HINT_T0);
+    _mm_prefetch(q + 128, _MM_HINT_T0);
+    _mm_prefetch(q + 192, _MM_HINT_T0);
+}
+
 __attribute__((target("avx512f"))) inline float dot_f32(const float* w, const float* x, int64_t K) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-        const char* p = (const char*)(w + k) + PREFETCH_BYTES;
-        _mm_prefetch(p, _MM_HINT_T0);
-        _mm_prefetch(p + 64, _MM_HINT_T0);
-        _mm_prefetch(p + 128, _MM_HINT_T0);
-        _mm_prefetch(p + 192, _MM_HINT_T0);
+        prefetch_256(w + k);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
         a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
@@ -64,11 +69,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline float dot_bf16(con
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 128 <= K; k += 128) {
-        const char* p = (const char*)(w + k) + PREFETCH_BYTES;
-        _mm_prefetch(p, _MM_HINT_T0);
-        _mm_prefetch(p + 64, _MM_HINT_T0);
-        _mm_prefetch(p + 128, _MM_HINT_T0);
-        _mm_prefetch(p + 192, _MM_HINT_T0);
+        prefetch_256(w + k);
         a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + k), (__m512bh)_mm512_loadu_si512(x + k));
         a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + k + 32), (__m512bh)_mm512_loadu_si512(x + k + 32));
         a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(w + k + 64), (__m512bh)_mm512_loadu_si512(x + k + 64));
