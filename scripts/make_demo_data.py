@@ -1,6 +1,6 @@
 """Stage-2 training texts for the demo model, all from the CPython standard library of this machine.
 
-    python scripts/make_demo_data.py OUT.jsonl [--stdlib DIR]
+    python scripts/make_demo_data.py OUT.jsonl [--stdlib DIR] [--strip-docstrings]
 
 Writes one JSONL record {"name", "text"} per text:
 - every non-test module file as it is (tests are mostly `self.assertEqual(...)`, which a model this
@@ -25,8 +25,21 @@ import textwrap
 SKIP_PARTS = ("/test/", "/tests/", "/idle_test/", "/site-packages/")  # tests, and what pip installed
 
 
-def functions(source: str) -> list[str]:
-    """Source of each module-level function and each method of a module-level class, dedented."""
+def _docstring_lines(fn: ast.AST) -> tuple[int, int] | None:
+    """0-based [start, end) source lines of a function's docstring, or None when it has none."""
+    first = fn.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.lineno - 1, first.end_lineno
+    return None
+
+
+def functions(source: str, strip_docstrings: bool = False) -> list[str]:
+    """Source of each module-level function and each method of a module-level class, dedented.
+
+    With strip_docstrings, the function's own docstring lines are left out, and a function that is
+    only a docstring is skipped (a model this small that sees `def f():` followed by a docstring most
+    of the time writes docstrings, and loops in them, instead of code).
+    """
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -41,7 +54,15 @@ def functions(source: str) -> list[str]:
     out = []
     for n in nodes:
         start = min([d.lineno for d in n.decorator_list] + [n.lineno]) - 1
-        out.append(textwrap.dedent("".join(lines[start:n.end_lineno])))
+        keep = list(range(start, n.end_lineno))
+        doc = _docstring_lines(n) if strip_docstrings else None
+        if doc is not None:
+            if len(n.body) == 1:
+                continue
+            # a docstring sharing a line with other code (`"""x"""; y`) cannot be cut by lines
+            if lines[doc[0]].strip().startswith(("'", '"', "r'", 'r"')) and doc[0] > n.lineno - 1:
+                keep = [i for i in keep if not doc[0] <= i < doc[1]]
+        out.append(textwrap.dedent("".join(lines[i] for i in keep)))
     return out
 
 
@@ -49,6 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
     ap.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"])
+    ap.add_argument("--strip-docstrings", action="store_true",
+                    help="leave the docstrings out of the cut-out functions (the module files stay whole)")
     args = ap.parse_args()
     if not os.path.isdir(args.stdlib):
         ap.error(f"--stdlib {args.stdlib}: not a directory")
@@ -66,7 +89,7 @@ def main() -> None:
                 except UnicodeDecodeError:
                     continue
                 files += 1
-                for t in [text] + functions(text):
+                for t in [text] + functions(text, args.strip_docstrings):
                     fh.write(json.dumps({"name": path, "text": t}) + "\n")
                     records += 1
                     chars += len(t)

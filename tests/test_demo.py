@@ -72,6 +72,17 @@ def test_demo_data_cuts_functions_and_methods_out_dedented():
         ast.parse(t)
     assert mod.functions("def broken(:\n") == []
 
+    documented = ('class C:\n    def a(self):\n        """Doc\n        more."""\n        return 1\n\n'
+                  '    def b(self):\n        "only a docstring"\n\n'
+                  'def c(x): "same line"; return x\n\n'
+                  'def d(y):\n    r"""raw"""\n    def inner():\n        """kept"""\n    return inner\n')
+    assert mod.functions(documented, strip_docstrings=True) == [
+        "def a(self):\n    return 1\n",
+        'def c(x): "same line"; return x\n',
+        'def d(y):\n    def inner():\n        """kept"""\n    return inner\n',
+    ]
+    assert len(mod.functions(documented)) == 4
+
 
 def test_demo_data_script_refuses_a_missing_stdlib(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_demo_data.py")

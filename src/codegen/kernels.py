@@ -1,5 +1,6 @@
-"""Optional native kernels for decode-sized products (kernels.cpp): the bf16 and fp32 matrix-vector
-products of a batch-1 step and fp32 products of 2 to 8 rows.
+"""Optional native kernels for decode-sized work: the bf16 and fp32 matrix-vector products of a
+batch-1 step and fp32 products of 2 to 8 rows (kernels.cpp), and a whole batch-1 decode step
+(decode.cpp, driven by fused.py).
 
 They are compiled on first use with the system's C++ compiler (`$CXX`, else g++ or c++) into the user
 cache (`$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen`, else ~/.cache/codegen), keyed by a hash of
@@ -25,10 +26,12 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cpp")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp")]
+HEADERS = [os.path.join(_HERE, "simd.h")]
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = None
+_gemv = _f32_gemv = _smallmm = decode_step = decode_scratch = None
 _tried = False
 
 
@@ -53,8 +56,11 @@ def build(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     if "clang" in version.lower():  # its -fopenmp links libomp: a second thread pool beside torch's libgomp
         raise RuntimeError(f"{compiler} is clang; the kernels need g++ (set CXX=g++)")
-    with open(SOURCE, "rb") as fh:
-        key = hashlib.sha256(fh.read() + version.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(version.encode())
+    for path in SOURCES + HEADERS:
+        with open(path, "rb") as fh:
+            digest.update(fh.read())
+    key = digest.hexdigest()[:16]
     out = os.path.join(cache_dir(), f"kernels-{key}.so")
     if os.path.exists(out):
         return out
@@ -62,7 +68,7 @@ def build(compiler: str) -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
     os.close(fd)
     try:
-        cmd = [compiler, "-O3", "-shared", "-fPIC", "-fopenmp", SOURCE, "-o", tmp]
+        cmd = [compiler, "-O3", "-shared", "-fPIC", "-fopenmp", *SOURCES, "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
@@ -76,7 +82,7 @@ def build(compiler: str) -> str:
 
 def load() -> bool:
     """Build and load the kernels once; whether any is available."""
-    global _gemv, _f32_gemv, _smallmm, _tried
+    global _gemv, _f32_gemv, _smallmm, decode_step, decode_scratch, _tried
     with _lock:
         if not _tried:
             _tried = True
@@ -95,6 +101,12 @@ def load() -> bool:
                     lib.codegen_f32_gemv.argtypes = args + [ctypes.c_int]
                     lib.codegen_f32_gemv.restype = None
                     _f32_gemv = lib.codegen_f32_gemv
+                    lib.codegen_decode_scratch.argtypes = [ctypes.c_void_p]
+                    lib.codegen_decode_scratch.restype = ctypes.c_int64
+                    decode_scratch = lib.codegen_decode_scratch
+                    lib.codegen_decode_step.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 12
+                    lib.codegen_decode_step.restype = ctypes.c_int
+                    decode_step = lib.codegen_decode_step
                     if "avx512_bf16" in flags:
                         lib.codegen_bf16_gemv.argtypes = args + [ctypes.c_int]
                         lib.codegen_bf16_gemv.restype = None

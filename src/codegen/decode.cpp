@@ -1,0 +1,187 @@
+// A whole batch-1 decode step of a CodeGen model in one native call (codegen/fused.py calls it).
+//
+// With the matrix-vector products at the memory bandwidth (kernels.cpp), what is left of a step in
+// torch is ~60 small ops per layer, each dispatched from Python: ~5-6 ms of a ~56 ms fp32 step of the
+// 350M model on a 2-core Xeon. Here one OpenMP region runs every layer with four barriers each:
+//   1. ln_1(h) -> a                                       (one thread; E values)
+//   2. qkv = Wqkv a; pre = Wfc_in a + b                   (one loop over the 3E + I rows: same input)
+//   3. per head: GPT-J rotary on q and k, append k and v to the cache, softmax(q K^T / sqrt(D)) V;
+//      gelu_new(pre) -> inner                             (heads and 16-wide blocks shared out)
+//   4. h = (Wout attn + (Wfc_out inner + b)) + h           (one loop over the E rows, both products)
+// then ln_f and the LM head. T is the model's storage type, float or uint16_t (bf16 bits): every
+// value torch would store in T is rounded to T here too (rnd<T>), so results follow torch's bf16
+// path and not a more precise one; dot products accumulate in fp32 as in kernels.cpp.
+#include <math.h>
+
+#include "simd.h"
+
+namespace {
+
+using namespace codegen;
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+template <typename T> inline float rnd(float x);
+template <> inline float rnd<float>(float x) { return x; }
+template <> inline float rnd<uint16_t>(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+inline void put(float* p, float x) { *p = x; }
+inline void put(uint16_t* p, float x) { *p = f32_to_bf16(x); }
+inline float get(const float* p) { return *p; }
+inline float get(const uint16_t* p) { return bf16_to_f32(*p); }
+
+TARGET inline float dot(const float* w, const float* x, int64_t K) { return dot_f32(w, x, K); }
+TARGET inline float dot(const uint16_t* w, const uint16_t* x, int64_t K) { return dot_bf16(w, x, K); }
+
+// q (fp32) . k (T) over a head of D values.
+template <typename T> TARGET inline float dot_head(const float* q, const T* k, int64_t D) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < D; i += 16) {
+        const __mmask16 m = tail_mask(D - i);
+        acc = _mm512_fmadd_ps(load16(q + i, m), load16(k + i, m), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+// LayerNorm of fp32 x into T out; mean and variance summed in double.
+template <typename T> void layer_norm(const float* x, const T* w, const T* b, T* out, int64_t E, float eps) {
+    double s = 0.0, ss = 0.0;
+    for (int64_t i = 0; i < E; ++i) s += x[i];
+    const float mean = (float)(s / E);
+    for (int64_t i = 0; i < E; ++i) ss += (double)(x[i] - mean) * (x[i] - mean);
+    const float rstd = 1.0f / sqrtf((float)(ss / E) + eps);
+    for (int64_t i = 0; i < E; ++i) put(out + i, (x[i] - mean) * rstd * get(w + i) + get(b + i));
+}
+
+constexpr int64_t MAX_HEAD_DIM = 256;
+constexpr int MP_NUM = 4;  // qkv_proj's output is 4 shards of [q | v | k]
+
+// One head: rotate q and k (fp32, then rounded to T), append k and v at position `len` of the
+// head's cache rows (capacity x D), attend over positions 0..len, write the head's output to out.
+template <typename T>
+TARGET void attend(const float* q, const float* v, const float* k, const float* sin, const float* cos, T* kc, T* vc,
+                   int64_t len, int64_t D, float* scores, T* out) {
+    float qr[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];
+    for (int64_t i = 0; i < D; ++i) {
+        const float qs = (i & 1) ? q[i - 1] : -q[i + 1], ks = (i & 1) ? k[i - 1] : -k[i + 1];
+        qr[i] = rnd<T>(q[i] * cos[i] + qs * sin[i]);
+        put(kc + len * D + i, k[i] * cos[i] + ks * sin[i]);
+        put(vc + len * D + i, v[i]);
+    }
+    const float scale = 1.0f / sqrtf((float)D);
+    float mx = -INFINITY;
+    for (int64_t t = 0; t <= len; ++t) {
+        scores[t] = dot_head(qr, kc + t * D, D) * scale;
+        mx = scores[t] > mx ? scores[t] : mx;
+    }
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t t = 0; t <= len; t += 16) {
+        const __mmask16 m = tail_mask(len + 1 - t);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), _mm512_set1_ps(mx)));
+        _mm512_mask_storeu_ps(scores + t, m, e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+    }
+    const float inv = 1.0f / _mm512_reduce_add_ps(sum);
+    for (int64_t i = 0; i < D; ++i) acc[i] = 0.0f;
+    for (int64_t t = 0; t <= len; ++t) {
+        const __m512 p = _mm512_set1_ps(scores[t]);
+        for (int64_t i = 0; i < D; i += 16) {
+            const __mmask16 m = tail_mask(D - i);
+            _mm512_mask_storeu_ps(acc + i, m, _mm512_fmadd_ps(p, load16(vc + t * D + i, m), _mm512_maskz_loadu_ps(m, acc + i)));
+        }
+    }
+    for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
+}
+
+// gelu_new (tanh approximation) of 16 values, tanh(u) = 1 - 2 / (exp(2u) + 1).
+TARGET inline __m512 gelu16(__m512 x) {
+    const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(x3, _mm512_set1_ps(0.044715f), x));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(exp512(_mm512_add_ps(u, u)), one)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
+}
+
+enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, N_DIMS };
+enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, PER_LAYER };
+
+template <typename T>
+TARGET void decode_step(const int64_t* d, float eps, const void* const* layers, const T* wte, const T* lnf_w, const T* lnf_b,
+                        const T* head_w, const T* head_b, T* key, T* value, const float* sin, const float* cos,
+                        float* scratch, float* logits) {
+    const int64_t E = d[EMBD], H = d[HEADS], D = d[HEAD_DIM], I = d[INNER], cap = d[CAPACITY], len = d[LENGTH];
+    const int64_t L = E / MP_NUM, per_shard = H / MP_NUM;
+    float* h = scratch;        // E: the residual stream
+    float* qkv = h + E;        // 3E
+    float* pre = qkv + 3 * E;  // I: fc_in's output before the activation
+    float* scores = pre + I;   // H x cap
+    T* a = (T*)(scores + H * cap);  // E: ln_1's output, T for the products
+    T* attn = a + E;                // E
+    T* inner = attn + E;            // I
+    for (int64_t i = 0; i < E; ++i) h[i] = get(wte + d[TOKEN] * E + i);
+
+#pragma omp parallel num_threads((int)d[THREADS])
+    {
+        for (int64_t l = 0; l < d[N_LAYER]; ++l) {
+            const void* const* w = layers + l * PER_LAYER;
+            const T *wqkv = (const T*)w[QKV], *wout = (const T*)w[OUT], *win = (const T*)w[FC_IN], *wfo = (const T*)w[FC_OUT];
+            const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
+#pragma omp single
+            layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
+#pragma omp for schedule(static)
+            for (int64_t n = 0; n < 3 * E + I; ++n) {
+                if (n < 3 * E) qkv[n] = rnd<T>(dot(wqkv + n * E, a, E));
+                else pre[n - 3 * E] = rnd<T>(dot(win + (n - 3 * E) * E, a, E) + get(bin + n - 3 * E));
+            }
+#pragma omp for schedule(static) nowait
+            for (int64_t hd = 0; hd < H; ++hd) {
+                const float* q = qkv + (hd / per_shard) * 3 * L + (hd % per_shard) * D;
+                const int64_t row = ((l * H) + hd) * cap * D;
+                attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, len, D, scores + hd * cap, attn + hd * D);
+            }
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < I; i += 16) {
+                const __mmask16 m = tail_mask(I - i);
+                float y[16];
+                _mm512_storeu_ps(y, gelu16(_mm512_maskz_loadu_ps(m, pre + i)));
+                for (int j = 0; j < 16 && i + j < I; ++j) put(inner + i + j, y[j]);
+            }
+#pragma omp for schedule(static)
+            for (int64_t n = 0; n < E; ++n) {
+                const float o = rnd<T>(dot(wout + n * E, attn, E));
+                const float f = rnd<T>(dot(wfo + n * I, inner, I) + get(bfo + n));
+                h[n] = rnd<T>(rnd<T>(o + f) + h[n]);
+            }
+        }
+#pragma omp single
+        layer_norm(h, lnf_w, lnf_b, a, E, eps);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < d[VOCAB]; ++n) logits[n] = rnd<T>(dot(head_w + n * E, a, E) + (head_b ? get(head_b + n) : 0.0f));
+    }
+}
+
+}  // namespace
+
+// Floats of scratch that codegen_decode_step needs.
+extern "C" int64_t codegen_decode_scratch(const int64_t* d) {
+    return 8 * d[EMBD] + 2 * d[INNER] + d[HEADS] * d[CAPACITY] + 64;
+}
+
+// dims: the N_DIMS values above; layers: PER_LAYER pointers per layer (ln_1 weight and bias, qkv_proj,
+// out_proj, fc_in weight and bias, fc_out weight and bias); key/value: the cache, (n_layer, 1, H,
+// capacity, D); sin/cos: D values for this position. bf16 != 0: every tensor but sin, cos, scratch and
+// logits holds bf16. Returns 0, or 1 for a head_dim it does not take.
+extern "C" int codegen_decode_step(int bf16, const int64_t* dims, float eps, const void* const* layers, const void* wte,
+                                   const void* lnf_w, const void* lnf_b, const void* head_w, const void* head_b, void* key,
+                                   void* value, const float* sin, const float* cos, float* scratch, float* logits) {
+    if (dims[HEAD_DIM] > MAX_HEAD_DIM || dims[EMBD] % MP_NUM || dims[HEADS] % MP_NUM) return 1;
+    if (bf16)
+        decode_step<uint16_t>(dims, eps, layers, (const uint16_t*)wte, (const uint16_t*)lnf_w, (const uint16_t*)lnf_b,
+                              (const uint16_t*)head_w, (const uint16_t*)head_b, (uint16_t*)key, (uint16_t*)value, sin, cos,
+                              scratch, logits);
+    else
+        decode_step<float>(dims, eps, layers, (const float*)wte, (const float*)lnf_w, (const float*)lnf_b,
+                           (const float*)head_w, (const float*)head_b, (float*)key, (float*)value, sin, cos, scratch,
+                           logits);
+    return 0;
+}

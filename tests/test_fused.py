@@ -1,0 +1,146 @@
+"""The native batch-1 decode step (fused.py, decode.cpp): the same logits and cache as the module path,
+used by the engine where it applies and nowhere else, and clear errors for what it cannot take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import codegen
+from codegen import generate as engine
+from codegen import kernels
+from codegen.cache import KVCache
+from codegen.fused import FusedDecoder
+from codegen.lora import apply_lora
+from helpers import TINY_CONFIGS
+
+kernels.load()
+native = pytest.mark.skipif(kernels.decode_step is None, reason="no AVX-512 CPU or no C++ compiler here")
+bf16_native = pytest.mark.skipif(kernels._gemv is None, reason="no AVX512-BF16 CPU or no C++ compiler here")
+
+# head_dim 24 (demo model, not a multiple of 16), 80 (2B) and 16; partial and full rotary; n_inner set.
+SHAPES = {
+    "demo_like": dict(vocab_size=300, n_embd=96, n_layer=2, n_head=4, rotary_dim=12, n_positions=80),
+    **{k: TINY_CONFIGS[k] for k in ("h4_d16_r8", "h8_d80_r64", "h4_d32_r32")},
+}
+
+
+def make(cfg: dict, dtype=torch.float32, seed=0) -> codegen.CodeGenForCausalLM:
+    torch.manual_seed(seed)
+    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(**cfg)).eval()
+    with torch.no_grad():  # weights off their init so that every term matters
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.to(dtype)
+
+
+def run_both(model, prompt_len: int, steps: int, seed=0):
+    """Logits of `steps` decode steps by the module path and by the fused step, and both caches."""
+    V = model.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (1, prompt_len), generator=g)
+    fused = FusedDecoder.create(model)
+    assert fused is not None
+    caches = [KVCache.for_model(model, 1, prompt_len + steps) for _ in range(2)]
+    ref, got = [], []
+    with torch.inference_mode():
+        for c in caches:
+            model.transformer(input_ids=ids, past_key_values=c)
+        for _ in range(steps):
+            tok = int(torch.randint(0, V, (), generator=g))
+            pos = caches[0].length
+            ref.append(model(input_ids=torch.tensor([[tok]]), past_key_values=caches[0]).logits[:, -1])
+            got.append(fused(tok, pos, caches[1]))
+    return torch.cat(ref), torch.cat(got), caches
+
+
+@native
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_fp32_step_equals_the_module_path(shape):
+    model = make(SHAPES[shape])
+    # 20 steps after 7 prompt tokens: softmax lengths cross the 16-wide blocks
+    ref, got, (c_ref, c_got) = run_both(model, 7, 20)
+    assert got.shape == ref.shape == (20, model.lm_head.out_features) and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert c_got.length == c_ref.length == 27
+    torch.testing.assert_close(c_got.key, c_ref.key, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c_got.value, c_ref.value, rtol=1e-5, atol=1e-5)
+
+
+@bf16_native
+@pytest.mark.parametrize("shape", ["demo_like", "h4_d32_r32"])
+def test_bf16_step_follows_the_module_path(shape):
+    model = make(SHAPES[shape], torch.bfloat16)
+    ref, got, (c_ref, c_got) = run_both(model, 5, 12)
+    # every intermediate is rounded to bf16 where torch rounds it; only fp32 summation order differs,
+    # which can move a value across a bf16 rounding boundary: a few bf16 ulps at these magnitudes
+    assert (got - ref).abs().max() <= 4 * 2 ** -8 * ref.abs().max()
+    assert (c_got.key.float() - c_ref.key.float()).abs().max() <= 4 * 2 ** -8 * c_ref.key.float().abs().max()
+    # greedy picks agree up to near-ties of the bf16 logits
+    picked = ref.gather(1, got.argmax(-1, keepdim=True))[:, 0]
+    assert (ref.max(-1).values - picked).max() <= 4 * 2 ** -8 * ref.abs().max()
+
+
+@native
+def test_engine_uses_it_for_one_unpadded_row_only(monkeypatch):
+    model = make(SHAPES["h4_d32_r32"])
+    calls = []
+    real = FusedDecoder.__call__
+    monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    x = torch.randint(0, 1000, (1, 6), generator=torch.Generator().manual_seed(1))
+    fast = model.generate(x, max_new_tokens=30, pad_token_id=0, eos_token_id=[])
+    assert len(calls) == 29  # every step after the prefill
+    calls.clear()
+    model.generate(torch.cat([x, x]), max_new_tokens=5, pad_token_id=0, eos_token_id=[])
+    assert not calls  # two rows: the module path
+    mask = torch.ones_like(x)
+    mask[0, 0] = 0
+    model.generate(x, attention_mask=mask, max_new_tokens=5, pad_token_id=0, eos_token_id=[])
+    assert not calls  # padded: the module path
+    monkeypatch.setattr(engine.FusedDecoder, "create", classmethod(lambda cls, m: None))
+    slow = model.generate(x, max_new_tokens=30, pad_token_id=0, eos_token_id=[])
+    assert torch.equal(fast, slow)
+
+
+@native
+def test_a_batch_that_shrinks_to_one_row_continues_natively(monkeypatch):
+    model = make(SHAPES["h4_d16_r8"])
+    x = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(2))
+    config = engine.GenerationConfig(max_new_tokens=12)
+    stop_row0_early = lambda row, tok: row == 0  # noqa: E731
+    fast = [[e.token for e in ev] for ev in engine.stream(model, x, None, config, stopper=stop_row0_early)]
+    monkeypatch.setattr(engine.FusedDecoder, "create", classmethod(lambda cls, m: None))
+    slow = [[e.token for e in ev] for ev in engine.stream(model, x, None, config, stopper=stop_row0_early)]
+    assert fast == slow and len(fast) == 12 and len(fast[1]) == 1
+
+
+@native
+def test_where_it_does_not_apply():
+    cfg = SHAPES["h4_d16_r8"]
+    assert FusedDecoder.create(make(cfg)) is not None
+    assert FusedDecoder.create(make(cfg).train()) is None  # dropout
+    assert FusedDecoder.create(make(cfg).half()) is None
+    assert FusedDecoder.create(make({**cfg, "activation_function": "relu"})) is None
+    lora = make(cfg)
+    apply_lora(lora, rank=2, alpha=4)
+    assert FusedDecoder.create(lora.eval()) is None  # adapters are not in the native step
+    hooked = make(cfg)
+    hooked.transformer.h[0].mlp.register_forward_hook(lambda *a: None)
+    assert FusedDecoder.create(hooked) is None  # a user's hook must still run
+
+
+@native
+def test_bad_arguments_name_the_problem():
+    model = make(SHAPES["h4_d16_r8"])
+    fused = FusedDecoder.create(model)
+    cache = KVCache.for_model(model, 1, 2)
+    with pytest.raises(ValueError, match="token id 300 outside the embedding's \\[0, 300\\)"):
+        fused(300, 0, cache)
+    with pytest.raises(ValueError, match="position 64 outside \\[0, n_positions = 64\\)"):
+        fused(1, 64, cache)
+    with pytest.raises(ValueError, match="batch-1 KVCache"):
+        fused(1, 0, KVCache.for_model(model, 2, 2))
+    fused(1, 0, cache)
+    fused(2, 1, cache)
+    with pytest.raises(ValueError, match="KVCache holds 2 positions; all are used"):
+        fused(3, 2, cache)
