@@ -4,6 +4,7 @@
     python benchmarks/generate.py --quick              # batch 1 greedy, fp32 and bf16
     python benchmarks/generate.py --prefill-2048       # also a 2048-token prefill
     python benchmarks/generate.py --rss                # also peak RSS of load + generate, each library in a fresh process
+    python benchmarks/generate.py --hf-compile         # also transformers' StaticCache + torch.compile (slow to compile)
 
 One random checkpoint of a preset shape (default 350M-mono) is built once; transformers'
 CodeGenForCausalLM gets the same weights. Prompt 64 tokens, 128 new tokens, EOS disabled
@@ -32,12 +33,21 @@ import torch
 
 
 def read_bandwidth_gbs() -> float:
+    """Best of 7 reads of 1 GiB of fp32, by torch's sum and (when built) by our native matrix-vector
+    kernel, whose software prefetch reads faster than torch's sum on some machines."""
+    from codegen import kernels
+
     a = torch.ones(2**28)  # 1 GiB of fp32
+    x = torch.ones(1024)
+    readers = [lambda: a.sum()]
+    if kernels.load() and kernels.gemv(a[:1024].view(1, 1024), x, None) is not None:
+        readers.append(lambda: kernels.gemv(a.view(-1, 1024), x, None))
     best = float("inf")
-    for _ in range(7):
-        t = time.perf_counter()
-        a.sum()
-        best = min(best, time.perf_counter() - t)
+    for read in readers:
+        for _ in range(7):
+            t = time.perf_counter()
+            read()
+            best = min(best, time.perf_counter() - t)
     return a.numel() * 4 / best / 1e9
 
 
@@ -90,12 +100,29 @@ def ct2_generator(ours, dtype: str, threads: int):
         return None  # this build has no kernels for the dtype
 
 
-def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeats: int) -> dict:
+def compiled_kwargs() -> dict:
+    """transformers' best CPU configuration: a StaticCache and its torch.compile'd decode step (transformers
+    compiles only on accelerators unless the compile config allows every device)."""
+    import transformers
+
+    import torch._dynamo
+
+    for knob in ("cache_size_limit", "recompile_limit"):  # each case's shapes compile anew; keep them all
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 64)
+    cc = transformers.CompileConfig()
+    cc._compile_all_devices = True
+    return dict(cache_implementation="static", compile_config=cc)
+
+
+def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeats: int, hf_compile: bool = False) -> dict:
     x = torch.randint(0, 50000, (batch, prompt), generator=torch.Generator().manual_seed(1))
     runners = {
         "ours": lambda n: ours.generate(x, **gen_kwargs(mode, n)),
         "transformers": lambda n: hf.generate(x, **gen_kwargs(mode, n)),
     }
+    if hf_compile:
+        runners["compiled"] = lambda n: hf.generate(x, **compiled_kwargs(), **gen_kwargs(mode, n))
     if ct2 is not None:
         import codegen
 
@@ -105,8 +132,10 @@ def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeat
         runners["ctranslate2"] = lambda n: ct2.generate_batch(tokens, max_length=n, min_length=n, end_token=[],
                                                               include_prompt_in_result=False, **sampling)
     with torch.inference_mode():
-        for run in runners.values():  # warm-up
+        for name, run in runners.items():  # warm-up; compilation (twice: the static cache's size changes)
             run(2)
+            if name == "compiled":
+                run(new)
         pre = {k: [] for k in runners}
         full = {k: [] for k in runners}
         for _ in range(repeats):
@@ -179,6 +208,8 @@ def main() -> None:
     ap.add_argument("--prefill-2048", action="store_true", help="also time a 2048-token prefill")
     ap.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh processes")
     ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 even when it is installed")
+    ap.add_argument("--hf-compile", action="store_true",
+                    help="also transformers with a StaticCache and torch.compile (about a minute of compiling per case)")
     args = ap.parse_args()
     if args.quick:
         args.batch, args.mode = [1], ["greedy"]
@@ -199,21 +230,23 @@ def main() -> None:
     streamed = sum(p.numel() for n, p in ours32.named_parameters() if n != "transformer.wte.weight")
 
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
-          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}{'ct2 tok/s':>11}{'ours/ct2':>10}")
+          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
     for dtype in args.dtype:
         ct2 = ct2_generator(ours32, dtype, args.threads) if not args.no_ct2 else None
         ours, hf = ours32.to(getattr(torch, dtype)), hf32.to(getattr(torch, dtype))
         nbytes = streamed * ours.lm_head.weight.element_size()
         for batch in args.batch:
             for mode in args.mode:
-                r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats)
+                r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats, args.hf_compile)
                 o, h = r["ours"], r["transformers"]
                 gbs_o, gbs_h = nbytes * o["steps_s"] / 1e9, nbytes * h["steps_s"] / 1e9
                 c = r.get("ctranslate2")
                 ct2_cols = f"{c['decode_tok_s']:>11.1f}{o['decode_tok_s'] / c['decode_tok_s']:>9.2f}x" if c else f"{'-':>11}{'-':>10}"
+                hc = r.get("compiled")
+                hc_cols = f"{hc['decode_tok_s']:>12.1f}{o['decode_tok_s'] / hc['decode_tok_s']:>9.2f}x" if hc else f"{'-':>12}{'-':>10}"
                 print(f"{dtype:<10}{batch:>6}{mode:>8}{o['prefill_ms']:>12.0f} / {h['prefill_ms']:<7.0f}"
                       f"{o['decode_tok_s']:>19.1f}{h['decode_tok_s']:>8.1f}{o['decode_tok_s'] / h['decode_tok_s']:>6.2f}x"
-                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / bw:>11.0%}{ct2_cols}")
+                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / bw:>11.0%}{ct2_cols}{hc_cols}")
         if args.prefill_2048:
             length = min(2048, ours.config.n_positions) - 1
             p = prefill_case(ours, hf, length, max(1, args.repeats - 1))
