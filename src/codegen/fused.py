@@ -65,7 +65,7 @@ class FusedDecoder:
         if dtype == torch.bfloat16 and "avx512_bf16" not in kernels.cpu_flags():
             return None
         if (dtype not in (torch.float32, torch.bfloat16) or cfg.activation_function not in GELU_TANH
-                or cfg.head_dim > MAX_HEAD_DIM or cfg.n_head % 4 or cfg.rotary_dim % 2):
+                or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % 4 or cfg.rotary_dim % 2):
             return None
         from .model import Linear
 
