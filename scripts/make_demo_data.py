@@ -1,6 +1,6 @@
 """Stage-2 training texts for the demo model, all from the CPython standard library of this machine.
 
-    python scripts/make_demo_data.py OUT.jsonl [--stdlib DIR] [--strip-docstrings]
+    python scripts/make_demo_data.py OUT.jsonl [--stdlib DIR] [--strip-docstrings] [--functions-only]
 
 Writes one JSONL record {"name", "text"} per text:
 - every non-test module file as it is (tests are mostly `self.assertEqual(...)`, which a model this
@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"])
     ap.add_argument("--strip-docstrings", action="store_true",
                     help="leave the docstrings out of the cut-out functions (the module files stay whole)")
+    ap.add_argument("--functions-only", action="store_true", help="write the cut-out functions, not the module files")
     args = ap.parse_args()
     if not os.path.isdir(args.stdlib):
         ap.error(f"--stdlib {args.stdlib}: not a directory")
@@ -89,7 +90,7 @@ def main() -> None:
                 except UnicodeDecodeError:
                     continue
                 files += 1
-                for t in [text] + functions(text, args.strip_docstrings):
+                for t in ([] if args.functions_only else [text]) + functions(text, args.strip_docstrings):
                     fh.write(json.dumps({"name": path, "text": t}) + "\n")
                     records += 1
                     chars += len(t)

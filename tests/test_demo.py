@@ -90,3 +90,19 @@ def test_demo_data_script_refuses_a_missing_stdlib(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and f"--stdlib {tmp_path / 'nope'}: not a directory" in r.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_demo_data_script_writes_functions_without_docstrings(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_demo_data.py")
+    lib = tmp_path / "lib"
+    (lib / "test").mkdir(parents=True)
+    (lib / "mod.py").write_text('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x\n')
+    (lib / "test" / "test_mod.py").write_text("def test_f():\n    assert True\n")
+    out = tmp_path / "out.jsonl"
+    for flags, texts in (([], ['"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x\n', 'def f(x):\n    """Doc."""\n    return x\n']),
+                         (["--strip-docstrings", "--functions-only"], ["def f(x):\n    return x\n"])):
+        r = subprocess.run([sys.executable, script, str(out), "--stdlib", str(lib), *flags], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [rec["text"] for rec in records] == texts
+        assert {rec["name"] for rec in records} == {str(lib / "mod.py")}
