@@ -10,7 +10,7 @@ import codegen
 from codegen import generate as engine
 from codegen import kernels
 from codegen.cache import KVCache
-from codegen.fused import FusedDecoder
+from codegen.fused import FusedDecoder, suffix_start
 from codegen.lora import apply_lora
 from helpers import TINY_CONFIGS
 
@@ -82,7 +82,7 @@ def test_bf16_step_follows_the_module_path(shape):
 
 
 @native
-def test_engine_uses_it_for_one_unpadded_row_only(monkeypatch):
+def test_engine_uses_it_for_one_row_only(monkeypatch):
     model = make(SHAPES["h4_d32_r32"])
     calls = []
     real = FusedDecoder.__call__
@@ -93,13 +93,75 @@ def test_engine_uses_it_for_one_unpadded_row_only(monkeypatch):
     calls.clear()
     model.generate(torch.cat([x, x]), max_new_tokens=5, pad_token_id=0, eos_token_id=[])
     assert not calls  # two rows: the module path
-    mask = torch.ones_like(x)
-    mask[0, 0] = 0
-    model.generate(x, attention_mask=mask, max_new_tokens=5, pad_token_id=0, eos_token_id=[])
-    assert not calls  # padded: the module path
+    left_padded = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    holed = torch.tensor([[1, 0, 1, 1, 1, 1]])
+    fast_padded = model.generate(x, attention_mask=left_padded, max_new_tokens=5, pad_token_id=0, eos_token_id=[])
+    assert len(calls) == 4  # left padding: natively, attending from the first real token
+    calls.clear()
+    fast_holed = model.generate(x, attention_mask=holed, max_new_tokens=5, pad_token_id=0, eos_token_id=[])
+    assert not calls  # a hole in the mask: the module path
     monkeypatch.setattr(engine.FusedDecoder, "create", classmethod(lambda cls, m: None))
-    slow = model.generate(x, max_new_tokens=30, pad_token_id=0, eos_token_id=[])
-    assert torch.equal(fast, slow)
+    assert torch.equal(fast, model.generate(x, max_new_tokens=30, pad_token_id=0, eos_token_id=[]))
+    assert torch.equal(fast_padded, model.generate(x, attention_mask=left_padded, max_new_tokens=5, pad_token_id=0, eos_token_id=[]))
+    assert torch.equal(fast_holed, model.generate(x, attention_mask=holed, max_new_tokens=5, pad_token_id=0, eos_token_id=[]))
+
+
+def test_suffix_start():
+    assert suffix_start(torch.tensor([1, 1, 1])) == 0
+    assert suffix_start(torch.tensor([0, 0, 1, 1])) == 2
+    assert suffix_start(torch.tensor([1, 0, 1])) is None
+    assert suffix_start(torch.tensor([1, 1, 0])) is None
+    assert suffix_start(torch.tensor([0, 0])) is None
+
+
+@native
+def test_left_padded_step_equals_the_module_path():
+    model = make(SHAPES["demo_like"])
+    ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    fused = FusedDecoder.create(model)
+    caches = [KVCache.for_model(model, 1, 20) for _ in range(2)]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        for c in caches:
+            model.transformer(input_ids=ids, past_key_values=c, attention_mask=mask, position_ids=pos)
+        for step in range(8):
+            tok, p = 5 + step, 6 + step
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+            ref = model(input_ids=torch.tensor([[tok]]), past_key_values=caches[0], attention_mask=mask,
+                        position_ids=torch.tensor([[p]])).logits[:, -1]
+            got = fused(tok, p, caches[1], start=3)
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@native
+def test_server_batcher_uses_it_for_a_lone_request(monkeypatch):
+    from codegen.batching import BatchRequest, ContinuousBatcher, Update
+
+    model = make(SHAPES["h4_d32_r32"])
+
+    from codegen.demo import demo_path
+
+    tok = codegen.CodeGenTokenizerFast.from_pretrained(demo_path())
+
+    def run():
+        batcher = ContinuousBatcher(model, tok, max_batch=4)
+        out = []
+        batcher._admit(batcher.submit(BatchRequest([3, 1, 4, 1, 5], max_new_tokens=12, temperature=0),
+                                      lambda u: out.append(u.token) if isinstance(u, Update) else None))
+        batcher._pending.clear()
+        with torch.inference_mode():
+            while batcher.batch.rows:
+                batcher._step()
+        return batcher, out
+
+    calls = []
+    real = FusedDecoder.__call__
+    monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    batcher, fast = run()
+    assert batcher.fused is not None and len(calls) == 11 and len(fast) == 12
+    monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, m: None))
+    assert run()[1] == fast
 
 
 @native
@@ -138,6 +200,8 @@ def test_bad_arguments_name_the_problem():
         fused(300, 0, cache)
     with pytest.raises(ValueError, match="position 64 outside \\[0, n_positions = 64\\)"):
         fused(1, 64, cache)
+    with pytest.raises(ValueError, match="start 1 outside \\[0, cache length 0\\]"):
+        fused(1, 0, cache, start=1)
     with pytest.raises(ValueError, match="batch-1 KVCache"):
         fused(1, 0, KVCache.for_model(model, 2, 2))
     fused(1, 0, cache)

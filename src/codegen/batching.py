@@ -21,6 +21,7 @@ import torch
 
 from .cache import KVCache
 from .complete import RowText
+from .fused import FusedDecoder, suffix_start
 from .sampling import SamplingParams, ban_tokens, select, token_logprobs
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class ContinuousBatcher:
         self._thread: threading.Thread | None = None
         self.batch = _Batch()
         self.steps = 0
+        self.fused = FusedDecoder.create(model)  # a batch of one row steps in one native call
 
     # ------------------------------------------------------------------ public
     def validate(self, request: BatchRequest) -> None:
@@ -324,6 +326,10 @@ class ContinuousBatcher:
         self._ensure_room()
         cur = b.cache.length
         b.mask[:, cur] = 1
-        h = self._forward(chosen[:, None], b.cache, b.mask[:, :cur + 1], b.pos[:, None])
+        start = suffix_start(b.mask[0, :cur + 1]) if self.fused is not None and len(b.rows) == 1 else None
+        if start is not None:
+            b.logits = self.fused(int(chosen[0]), int(b.pos[0]), b.cache, start)
+        else:
+            h = self._forward(chosen[:, None], b.cache, b.mask[:, :cur + 1], b.pos[:, None])
+            b.logits = self.model.lm_head(h[:, -1]).float()
         b.pos = b.pos + 1
-        b.logits = self.model.lm_head(h[:, -1]).float()

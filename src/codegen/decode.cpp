@@ -57,10 +57,11 @@ constexpr int64_t MAX_HEAD_DIM = 256;
 constexpr int MP_NUM = 4;  // qkv_proj's output is 4 shards of [q | v | k]
 
 // One head: rotate q and k (fp32, then rounded to T), append k and v at position `len` of the
-// head's cache rows (capacity x D), attend over positions 0..len, write the head's output to out.
+// head's cache rows (capacity x D), attend over positions start..len (before start: padding), write
+// the head's output to out.
 template <typename T>
 TARGET void attend(const float* q, const float* v, const float* k, const float* sin, const float* cos, T* kc, T* vc,
-                   int64_t len, int64_t D, float* scores, T* out) {
+                   int64_t start, int64_t len, int64_t D, float* scores, T* out) {
     float qr[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];
     for (int64_t i = 0; i < D; ++i) {
         const float qs = (i & 1) ? q[i - 1] : -q[i + 1], ks = (i & 1) ? k[i - 1] : -k[i + 1];
@@ -70,12 +71,12 @@ TARGET void attend(const float* q, const float* v, const float* k, const float* 
     }
     const float scale = 1.0f / sqrtf((float)D);
     float mx = -INFINITY;
-    for (int64_t t = 0; t <= len; ++t) {
+    for (int64_t t = start; t <= len; ++t) {
         scores[t] = dot_head(qr, kc + t * D, D) * scale;
         mx = scores[t] > mx ? scores[t] : mx;
     }
     __m512 sum = _mm512_setzero_ps();
-    for (int64_t t = 0; t <= len; t += 16) {
+    for (int64_t t = start; t <= len; t += 16) {
         const __mmask16 m = tail_mask(len + 1 - t);
         const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), _mm512_set1_ps(mx)));
         _mm512_mask_storeu_ps(scores + t, m, e);
@@ -83,7 +84,7 @@ TARGET void attend(const float* q, const float* v, const float* k, const float* 
     }
     const float inv = 1.0f / _mm512_reduce_add_ps(sum);
     for (int64_t i = 0; i < D; ++i) acc[i] = 0.0f;
-    for (int64_t t = 0; t <= len; ++t) {
+    for (int64_t t = start; t <= len; ++t) {
         const __m512 p = _mm512_set1_ps(scores[t]);
         for (int64_t i = 0; i < D; i += 16) {
             const __mmask16 m = tail_mask(D - i);
@@ -102,7 +103,7 @@ TARGET inline __m512 gelu16(__m512 x) {
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
 }
 
-enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, N_DIMS };
+enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, N_DIMS };
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, PER_LAYER };
 
 template <typename T>
@@ -137,7 +138,7 @@ TARGET void decode_step(const int64_t* d, float eps, const void* const* layers, 
             for (int64_t hd = 0; hd < H; ++hd) {
                 const float* q = qkv + (hd / per_shard) * 3 * L + (hd % per_shard) * D;
                 const int64_t row = ((l * H) + hd) * cap * D;
-                attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, len, D, scores + hd * cap, attn + hd * D);
+                attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, d[START], len, D, scores + hd * cap, attn + hd * D);
             }
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < I; i += 16) {
@@ -174,7 +175,9 @@ extern "C" int64_t codegen_decode_scratch(const int64_t* d) {
 extern "C" int codegen_decode_step(int bf16, const int64_t* dims, float eps, const void* const* layers, const void* wte,
                                    const void* lnf_w, const void* lnf_b, const void* head_w, const void* head_b, void* key,
                                    void* value, const float* sin, const float* cos, float* scratch, float* logits) {
-    if (dims[HEAD_DIM] > MAX_HEAD_DIM || dims[EMBD] % MP_NUM || dims[HEADS] % MP_NUM) return 1;
+    if (dims[HEAD_DIM] > MAX_HEAD_DIM || dims[EMBD] % MP_NUM || dims[HEADS] % MP_NUM || dims[START] < 0 ||
+        dims[START] > dims[LENGTH])
+        return 1;
     if (bf16)
         decode_step<uint16_t>(dims, eps, layers, (const uint16_t*)wte, (const uint16_t*)lnf_w, (const uint16_t*)lnf_b,
                               (const uint16_t*)head_w, (const uint16_t*)head_b, (uint16_t*)key, (uint16_t*)value, sin, cos,

@@ -20,11 +20,18 @@ from .cache import KVCache
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
 # Indices into the dims array of decode.cpp.
-N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS = range(10)
+N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START = range(11)
 
 
 def _plain(module: torch.nn.Module) -> bool:
     return not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def suffix_start(mask: torch.Tensor) -> int | None:
+    """For one row's attention mask (L,) of zeros then ones (left padding), the first attended
+    position; None for any other pattern, which the native step cannot express."""
+    start = mask.shape[0] - int(mask.sum())
+    return start if start < mask.shape[0] and bool(mask[start:].all()) else None
 
 
 class FusedDecoder:
@@ -47,7 +54,7 @@ class FusedDecoder:
         sin, cos = rotary_tables(torch.arange(cfg.n_positions)[None], cfg.rotary_dim, cfg.head_dim)
         self.sin = sin.reshape(cfg.n_positions, cfg.head_dim).contiguous()
         self.cos = cos.reshape(cfg.n_positions, cfg.head_dim).contiguous()
-        self.dims = (ctypes.c_int64 * 10)()
+        self.dims = (ctypes.c_int64 * 11)()
         for i, v in ((N_LAYER, cfg.n_layer), (EMBD, cfg.n_embd), (HEADS, cfg.n_head), (HEAD_DIM, cfg.head_dim),
                      (INNER, cfg.inner_dim), (VOCAB, model.lm_head.out_features)):
             self.dims[i] = v
@@ -85,8 +92,9 @@ class FusedDecoder:
             return None
         return cls(model)
 
-    def __call__(self, token: int, position: int, cache: KVCache) -> torch.Tensor:
-        """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`."""
+    def __call__(self, token: int, position: int, cache: KVCache, start: int = 0) -> torch.Tensor:
+        """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`. Cache
+        positions before `start` are padding, not attended to (see `suffix_start`)."""
         if cache.batch_size != 1 or cache.key.dtype != self.model.lm_head.weight.dtype or not cache.key.is_contiguous():
             raise ValueError("the fused decode step takes a contiguous batch-1 KVCache of the model's dtype")
         if cache.length >= cache.capacity:
@@ -95,8 +103,11 @@ class FusedDecoder:
             raise ValueError(f"token id {token} outside the embedding's [0, {self.n_tokens})")
         if not 0 <= position < self.sin.shape[0]:
             raise ValueError(f"position {position} outside [0, n_positions = {self.sin.shape[0]})")
+        if not 0 <= start <= cache.length:
+            raise ValueError(f"start {start} outside [0, cache length {cache.length}]")
         d = self.dims
         d[CAPACITY], d[LENGTH], d[TOKEN], d[THREADS] = cache.capacity, cache.length, token, torch.get_num_threads()
+        d[START] = start
         need = kernels.decode_scratch(d)
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)

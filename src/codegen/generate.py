@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import KVCache
-from .fused import FusedDecoder
+from .fused import FusedDecoder, suffix_start
 from .sampling import SamplingParams, apply_repetition_penalty, ban_tokens, select, token_logprobs
 
 
@@ -94,7 +94,7 @@ def stream(
     eos = torch.tensor(config.eos_token_ids, device=device, dtype=torch.long)
 
     cache = KVCache.for_model(model, B, T + config.max_new_tokens) if config.use_cache else None
-    fused = FusedDecoder.create(model) if cache is not None else None  # batch-1 steps in one native call
+    fused = FusedDecoder.create(model) if cache is not None else None  # one-row steps in one native call
     logits = _forward(model, input_ids, cache, mask if padded else None, positions)
     rows = torch.arange(B * n, device=device)  # output row of each live batch row
     if n > 1:  # prefill once per prompt, then replicate its cache for the n samples
@@ -151,8 +151,9 @@ def stream(
             padded = not bool(mask.all())
         mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
         position = position + 1
-        if fused is not None and len(keep) == 1 and not padded:
-            logits = fused(ids_list[keep[0]], int(position[0]), cache)
+        start = suffix_start(mask[0]) if fused is not None and len(keep) == 1 else None
+        if start is not None:
+            logits = fused(ids_list[keep[0]], int(position[0]), cache, start)
         elif cache is not None:
             logits = _forward(model, next_ids[:, None], cache, mask if padded else None, position[:, None])
         else:  # recompute everything, as transformers does with use_cache=False
