@@ -111,3 +111,20 @@ def test_unbuildable_or_disabled_kernel_falls_back(tmp_path):
     env = dict(os.environ, CODEGEN_NATIVE="0")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+
+
+@pytest.mark.skipif(kernels._gelu is None, reason="no AVX-512 CPU or no C++ compiler here")
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 65536])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelu_tanh_matches_torch(n, dtype):
+    x = (torch.randn(n, generator=torch.Generator().manual_seed(n)) * 4).to(dtype)
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    got = kernels.gelu_tanh(x)
+    assert got.dtype == dtype and got.shape == x.shape and got.data_ptr() != x.data_ptr()
+    # fp32: an exp-based tanh, within a few fp32 ulps of torch's; bf16: computed in fp32 then rounded, so
+    # at most one bf16 ulp apart where the two fp32 values straddle a rounding boundary
+    ulp = 2 ** -23 if dtype == torch.float32 else 2 ** -8
+    assert ((got.float() - ref.float()).abs() <= 4 * ulp * ref.float().abs() + 4e-6).all()
+    same = x.clone()
+    assert kernels.gelu_tanh(same, inplace=True) is same and torch.equal(same, got)
+    assert kernels.gelu_tanh(x.half()) is None and kernels.gelu_tanh(x.view(-1, 1).expand(-1, 2).t()) is None

@@ -94,15 +94,6 @@ TARGET void attend(const float* q, const float* v, const float* k, const float* 
     for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
 }
 
-// gelu_new (tanh approximation) of 16 values, tanh(u) = 1 - 2 / (exp(2u) + 1).
-TARGET inline __m512 gelu16(__m512 x) {
-    const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-    const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(x3, _mm512_set1_ps(0.044715f), x));
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(exp512(_mm512_add_ps(u, u)), one)));
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
-}
-
 enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, N_DIMS };
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, PER_LAYER };
 

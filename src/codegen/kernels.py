@@ -1,6 +1,6 @@
 """Optional native kernels for decode-sized work: the bf16 and fp32 matrix-vector products of a
-batch-1 step and fp32 products of 2 to 8 rows (kernels.cpp), and a whole batch-1 decode step
-(decode.cpp, driven by fused.py).
+batch-1 step and fp32 products of 2 to 8 rows, gelu_new (kernels.cpp), and a whole batch-1 decode
+step (decode.cpp, driven by fused.py).
 
 They are compiled on first use with the system's C++ compiler (`$CXX`, else g++ or c++) into the user
 cache (`$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen`, else ~/.cache/codegen), keyed by a hash of
@@ -31,7 +31,7 @@ SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp")]
 HEADERS = [os.path.join(_HERE, "simd.h")]
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = decode_step = decode_scratch = None
+_gemv = _f32_gemv = _smallmm = _gelu = decode_step = decode_scratch = None
 _tried = False
 
 
@@ -82,7 +82,7 @@ def build(compiler: str) -> str:
 
 def load() -> bool:
     """Build and load the kernels once; whether any is available."""
-    global _gemv, _f32_gemv, _smallmm, decode_step, decode_scratch, _tried
+    global _gemv, _f32_gemv, _smallmm, _gelu, decode_step, decode_scratch, _tried
     with _lock:
         if not _tried:
             _tried = True
@@ -101,6 +101,9 @@ def load() -> bool:
                     lib.codegen_f32_gemv.argtypes = args + [ctypes.c_int]
                     lib.codegen_f32_gemv.restype = None
                     _f32_gemv = lib.codegen_f32_gemv
+                    lib.codegen_gelu_tanh.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+                    lib.codegen_gelu_tanh.restype = None
+                    _gelu = lib.codegen_gelu_tanh
                     lib.codegen_decode_scratch.argtypes = [ctypes.c_void_p]
                     lib.codegen_decode_scratch.restype = ctypes.c_int64
                     decode_scratch = lib.codegen_decode_scratch
@@ -145,4 +148,17 @@ def f32_smallmm(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None
     y = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
     _smallmm(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), x.shape[0],
              weight.shape[0], weight.shape[1], torch.get_num_threads())
+    return y
+
+
+def gelu_tanh(x: torch.Tensor, inplace: bool = False) -> torch.Tensor | None:
+    """gelu_new(x) for a contiguous fp32 or bf16 CPU tensor (written over x with inplace, which also
+    spares the page faults of a fresh output: ~3x faster than torch's on a prefill's activations), or
+    None when the kernel is unavailable or the tensor does not fit it."""
+    if not _tried:
+        load()
+    if _gelu is None or x.dtype not in (torch.float32, torch.bfloat16) or x.device.type != "cpu" or not x.is_contiguous():
+        return None
+    y = x if inplace else torch.empty_like(x)
+    _gelu(x.data_ptr(), y.data_ptr(), x.numel(), int(x.dtype == torch.bfloat16), torch.get_num_threads())
     return y

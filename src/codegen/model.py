@@ -142,10 +142,17 @@ class CodeGenMLP(nn.Module):
         self.fc_in = Linear(config.n_embd, config.inner_dim)
         self.fc_out = Linear(config.inner_dim, config.n_embd)
         self.act = ACT_FNS[config.activation_function]
+        self.tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc_out(self.act(self.fc_in(x))))
+        h = self.fc_in(x)
+        a = None
+        if (self.tanh_gelu and not self.fc_in._forward_hooks
+                and not (torch.is_grad_enabled() and h.requires_grad)):
+            # over fc_in's own output: torch's gelu took ~12 % of a bf16 prefill; None: unavailable
+            a = kernels.gelu_tanh(h, inplace=True)
+        return self.dropout(self.fc_out(self.act(h) if a is None else a))
 
 
 class CodeGenBlock(nn.Module):

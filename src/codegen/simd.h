@@ -1,6 +1,6 @@
 // Inline AVX-512 helpers shared by kernels.cpp (the products) and decode.cpp (a whole decode step):
 // bf16 <-> fp32 conversion, the matrix-vector dot products with their software prefetch, masked
-// loads of short fp32/bf16 vectors, and a vectorised exp for softmax and GELU.
+// loads of short fp32/bf16 vectors, a vectorised exp for softmax, and gelu_new.
 #pragma once
 #include <immintrin.h>
 #include <stdint.h>
@@ -92,6 +92,17 @@ __attribute__((target("avx512f"))) inline __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
+}
+
+// gelu_new (tanh approximation) of 16 values, with tanh(u) = 1 - 2 / (exp(2u) + 1): the form torch
+// and transformers evaluate (0.5 x (1 + tanh u)), cancellation for negative x included, so that
+// results round as theirs do.
+__attribute__((target("avx512f"))) inline __m512 gelu16(__m512 x) {
+    const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(x3, _mm512_set1_ps(0.044715f), x));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(exp512(_mm512_add_ps(u, u)), one)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
 }
 
 }  // namespace codegen
