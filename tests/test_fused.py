@@ -208,3 +208,6 @@ def test_bad_arguments_name_the_problem():
     fused(2, 1, cache)
     with pytest.raises(ValueError, match="KVCache holds 2 positions; all are used"):
         fused(3, 2, cache)
+    model.to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="the model's weights moved"):
+        fused(1, 0, KVCache.for_model(model, 1, 2))

@@ -1,11 +1,13 @@
-"""A batch-1 decode step of `CodeGenForCausalLM` as one native call (decode.cpp), for the engine.
+"""A one-row decode step of `CodeGenForCausalLM` as one native call (decode.cpp), for the engine
+(`generate.stream`) and the server's continuous batcher.
 
 A step of the 350M model in fp32 on a 2-core Xeon spends ~50 ms streaming weights and ~5-6 ms on the
 ~60 other ops per layer that torch dispatches one by one from Python; the native step runs them all
 in one OpenMP region. It applies to a CPU model in fp32 (or bf16 where the CPU has AVX512-BF16),
 in inference, with the gelu_new activation, and plain `Linear` modules (no LoRA adapters, no hooks),
-decoding one unpadded sequence into a KVCache. `FusedDecoder.create` returns None otherwise, and the
-engine keeps the module path; results are those of the module path up to fp32 summation order.
+decoding one sequence (left padding allowed) into a KVCache. `FusedDecoder.create` returns None
+otherwise, and the caller keeps the module path; results are those of the module path up to fp32
+summation order.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def suffix_start(mask: torch.Tensor) -> int | None:
 
 
 class FusedDecoder:
+    """Holds the addresses of the model's weights: create it after the model's last `.to()`; a call
+    after the weights moved raises instead of reading freed memory."""
+
     def __init__(self, model) -> None:
         from .model import rotary_tables
 
@@ -95,6 +100,9 @@ class FusedDecoder:
     def __call__(self, token: int, position: int, cache: KVCache, start: int = 0) -> torch.Tensor:
         """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`. Cache
         positions before `start` are padding, not attended to (see `suffix_start`)."""
+        first_qkv = self.model.transformer.h[0].attn.qkv_proj.weight
+        if self.model.lm_head.weight.data_ptr() != self.fixed[3] or first_qkv.data_ptr() != self.layers[2]:
+            raise RuntimeError("the model's weights moved (.to() or a new state dict) since this FusedDecoder was created")
         if cache.batch_size != 1 or cache.key.dtype != self.model.lm_head.weight.dtype or not cache.key.is_contiguous():
             raise ValueError("the fused decode step takes a contiguous batch-1 KVCache of the model's dtype")
         if cache.length >= cache.capacity:
