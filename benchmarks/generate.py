@@ -122,7 +122,8 @@ def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeat
         "transformers": lambda n: hf.generate(x, **gen_kwargs(mode, n)),
     }
     if hf_compile:
-        runners["compiled"] = lambda n: hf.generate(x, **compiled_kwargs(), **gen_kwargs(mode, n))
+        compiled = compiled_kwargs()
+        runners["compiled"] = lambda n: hf.generate(x, **compiled, **gen_kwargs(mode, n))
     if ct2 is not None:
         import codegen
 

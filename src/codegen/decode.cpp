@@ -134,9 +134,7 @@ TARGET void decode_step(const int64_t* d, float eps, const void* const* layers, 
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < I; i += 16) {
                 const __mmask16 m = tail_mask(I - i);
-                float y[16];
-                _mm512_storeu_ps(y, gelu16(_mm512_maskz_loadu_ps(m, pre + i)));
-                for (int j = 0; j < 16 && i + j < I; ++j) put(inner + i + j, y[j]);
+                store16(inner + i, m, gelu16(_mm512_maskz_loadu_ps(m, pre + i)));
             }
 #pragma omp for schedule(static)
             for (int64_t n = 0; n < E; ++n) {

@@ -19,7 +19,6 @@ import torch
 from . import kernels
 from .cache import KVCache
 
-GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
 # Indices into the dims array of decode.cpp.
 N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START = range(11)
@@ -76,19 +75,18 @@ class FusedDecoder:
         dtype = model.lm_head.weight.dtype
         if dtype == torch.bfloat16 and "avx512_bf16" not in kernels.cpu_flags():
             return None
+        from .model import GELU_TANH, Linear
+
         if (dtype not in (torch.float32, torch.bfloat16) or cfg.activation_function not in GELU_TANH
                 or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % 4 or cfg.rotary_dim % 2):
             return None
-        from .model import Linear
-
         t = model.transformer
         if not all(_plain(m) for m in model.modules()):
             return None
         linears = [model.lm_head] + [m for b in t.h for m in (b.attn.qkv_proj, b.attn.out_proj, b.mlp.fc_in, b.mlp.fc_out)]
         if any(type(m) is not Linear for m in linears):  # e.g. LoRA adapters
             return None
-        params = [p for p in model.parameters()]
-        if any(p.device.type != "cpu" or p.dtype != dtype or not p.is_contiguous() for p in params):
+        if any(p.device.type != "cpu" or p.dtype != dtype or not p.is_contiguous() for p in model.parameters()):
             return None
         if any(b.mlp.fc_in.bias is None or b.mlp.fc_out.bias is None or b.attn.qkv_proj.bias is not None
                or b.attn.out_proj.bias is not None for b in t.h):

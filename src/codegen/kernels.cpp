@@ -84,22 +84,18 @@ extern "C" __attribute__((target("avx512f"))) void codegen_f32_gemv(const float*
 
 // y = gelu_new(x) elementwise over n values, fp32 or (bf16 != 0) bf16 computed in fp32 and rounded to
 // nearest even, as torch does (y may be x).
-extern "C" __attribute__((target("avx512f,avx512bw"))) void codegen_gelu_tanh(const void* x, void* y, int64_t n, int bf16,
-                                                                            int threads) {
+template <typename T> __attribute__((target("avx512f,avx512bw"))) void gelu_tanh(const T* x, T* y, int64_t n, int threads) {
     const int64_t blocks = (n + 15) / 16;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t i = b * 16;
-        const __mmask16 m = tail_mask(n - i);
-        if (bf16) {
-            const __m512i bits = _mm512_castps_si512(gelu16(load16((const uint16_t*)x + i, m)));
-            const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-            const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-            _mm512_mask_cvtepi32_storeu_epi16((uint16_t*)y + i, m, rounded);
-        } else {
-            _mm512_mask_storeu_ps((float*)y + i, m, gelu16(_mm512_maskz_loadu_ps(m, (const float*)x + i)));
-        }
+        const __mmask16 m = tail_mask(n - b * 16);
+        store16(y + b * 16, m, gelu16(load16(x + b * 16, m)));
     }
+}
+
+extern "C" void codegen_gelu_tanh(const void* x, void* y, int64_t n, int bf16, int threads) {
+    if (bf16) gelu_tanh((const uint16_t*)x, (uint16_t*)y, n, threads);
+    else gelu_tanh((const float*)x, (float*)y, n, threads);
 }
 
 extern "C" __attribute__((target("avx512f,avx512bw,avx512bf16"))) void codegen_bf16_gemv(

@@ -35,6 +35,9 @@ ACT_FNS = {
 }
 
 
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # what the native gelu kernel computes
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same checkpoint keys) that picks a faster CPU kernel for the few
     rows of a decode step, when no gradient is needed. Measured on a 2-core Xeon (kernels.cpp,
@@ -142,7 +145,7 @@ class CodeGenMLP(nn.Module):
         self.fc_in = Linear(config.n_embd, config.inner_dim)
         self.fc_out = Linear(config.inner_dim, config.n_embd)
         self.act = ACT_FNS[config.activation_function]
-        self.tanh_gelu = config.activation_function in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+        self.tanh_gelu = config.activation_function in GELU_TANH
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

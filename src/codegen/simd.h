@@ -75,6 +75,17 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const uint16_t*
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 
+// Up to 16 fp32 lanes stored as fp32, or as bf16 rounded to nearest even (NaN stays NaN), as f32_to_bf16.
+__attribute__((target("avx512f"))) inline void store16(float* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
+__attribute__((target("avx512f"))) inline void store16(uint16_t* p, __mmask16 m, __m512 v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i out = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    out = _mm512_mask_or_epi32(out, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+    _mm512_mask_cvtepi32_storeu_epi16(p, m, out);
+}
+
 inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
 
 // exp(x) for fp32 lanes, Cephes' expf polynomial (about 1 ulp); inputs below -103.9 give 0.
