@@ -35,7 +35,7 @@ import torch
 def read_bandwidth_gbs() -> float:
     """Best of 7 reads of 1 GiB of fp32, by torch's sum and (when built) by our native matrix-vector
     kernel, whose software prefetch reads faster than torch's sum on some machines."""
-    from codegen import kernels
+    from codegen.native import kernels
 
     a = torch.ones(2**28)  # 1 GiB of fp32
     x = torch.ones(1024)
@@ -220,7 +220,7 @@ def main() -> None:
 
     bw = read_bandwidth_gbs()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    from codegen import kernels
+    from codegen.native import kernels
 
     native = "on" if kernels.load() else "off (torch's kernels)"
     print(f"machine: {cpu}, {os.cpu_count()} cpus, threads {args.threads}; torch {torch.__version__}, "

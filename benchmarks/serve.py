@@ -33,7 +33,7 @@ def free_port() -> int:
 def start(model, tok, max_batch: int):
     import uvicorn
 
-    from codegen.batching import ContinuousBatcher
+    from codegen.engine.batcher import ContinuousBatcher
     from codegen.server.app import create_app
 
     batcher = ContinuousBatcher(model, tok, max_batch=max_batch, max_queue=1024)

@@ -1,8 +1,8 @@
 """codegen: Salesforce CodeGen models in plain PyTorch, compatible with transformers checkpoints."""
 
-from .cache import KVCache
 from .checkpoint import CheckpointError
 from .config import CodeGenConfig, ConfigError
+from .engine import KVCache, SamplingParams
 from .model import CodeGenForCausalLM, CodeGenModel
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .tokenizer import CodeGenTokenizer, CodeGenTokenizerFast, TokenizerFileError
@@ -20,6 +20,7 @@ __all__ = [
     "CodeGenTokenizerFast",
     "ConfigError",
     "KVCache",
+    "SamplingParams",
     "TokenizerFileError",
 ]
 

@@ -199,6 +199,13 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     if tied:
         model.lm_head.weight = model.transformer.wte.weight
     model.eval()
+    if hasattr(model, "tokenizer_size"):  # what generate may produce: ids the tokenizer can decode
+        from .tokenizer.files import TokenizerFileError, tokenizer_size
+
+        try:
+            model.tokenizer_size = tokenizer_size(directory)
+        except TokenizerFileError as e:
+            logger.warning("%s; generate will not limit ids to the tokenizer's", e)
     logger.info("loaded %s from %s (%s, %s)", cls.__name__, directory, layout, dtype)
     return model
 

@@ -4,98 +4,41 @@ Module and parameter names are the checkpoint keys (`transformer.h.0.attn.qkv_pr
 transformers' state dicts load key for key. What must match (see the reference note, section 1):
 a fused qkv_proj in 4 shards ordered (query, value, key); GPT-J interleaved rotary on the first
 `rotary_dim` dims of each head; a parallel block (one ln_1 feeds attention and MLP); fp32 attention
-scores; an untied lm_head with bias; fp32 logits. This file knows nothing of files or tokenizers:
-`from_pretrained`/`save_pretrained` hand over to `checkpoint.py`.
+scores; an untied lm_head with bias; fp32 logits. This file is the network only: it knows nothing of
+files or tokenizers (`from_pretrained`/`save_pretrained` hand over to `checkpoint.py`) nor of CPU
+kernels (the engine's backend, `codegen.engine.backend`, swaps its Linear modules for ones that pick
+native kernels, from outside); `generate` hands over to the engine.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from . import checkpoint, generate as _generate, kernels
-from .cache import KVCache
+from . import checkpoint
 from .config import MP_NUM, CodeGenConfig
+from .ops import ACT_FNS, apply_rotary, rotary_tables
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-ACT_FNS = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
-
-
-GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # what the native gelu kernel computes
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same checkpoint keys) that picks a faster CPU kernel for the few
-    rows of a decode step, when no gradient is needed. Measured on a 2-core Xeon (kernels.cpp,
-    benchmarks/generate.py): torch's x @ W.T streams bf16 matrix-vector products at ~10-14 GB/s, its
-    addmv ~14-19, our AVX512-BF16 kernel ~24-26 (fp32: ours a few % faster than torch's); 2 to 8 fp32
-    rows run ~1.4x faster in our kernel than in torch's best route, W @ x.T, itself 1.4x faster than
-    x @ W.T up to 32 rows."""
-
-    SMALL = 32  # at most this many rows take the W @ x.T route
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if x.device.type != "cpu" or rows > self.SMALL or x.dim() < 2:
-            return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, x.shape[-1])
-        out = None
-        if not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)):
-            if rows == 1:
-                out = kernels.gemv(self.weight, flat[0], self.bias)  # None where the kernel is unavailable
-            elif rows > 1:
-                out = kernels.f32_smallmm(self.weight, flat, self.bias)  # None: unavailable, not fp32, > 8 rows
-        if out is None and rows == 1:
-            if x.dtype == torch.float32:  # here torch's x @ W.T is its fastest route
-                return F.linear(x, self.weight, self.bias)
-            out = torch.mv(self.weight, flat[0]) if self.bias is None else torch.addmv(self.bias, self.weight, flat[0])
-        if out is None:
-            out = torch.mm(self.weight, flat.t()) if self.bias is None else torch.addmm(self.bias[:, None], self.weight, flat.t())
-            out = out.t().contiguous()
-        return out.view(*x.shape[:-1], -1)
-
-
-def rotary_tables(position_ids: torch.Tensor, rotary_dim: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) positions -> sin, cos of shape (B, T, 1, 1, 1, head_dim) in fp32, each angle repeated for
-    its pair (2i, 2i+1) and padded with sin 0 / cos 1 past rotary_dim, so that rotating a whole head
-    leaves the pass-through dims untouched. Angles are bit-equal to transformers' table."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=position_ids.device) / rotary_dim))
-    angles = (position_ids.float()[..., None] * inv_freq).repeat_interleave(2, dim=-1)
-    pad = head_dim - rotary_dim
-    sin = F.pad(angles.sin(), (0, pad), value=0.0)
-    cos = F.pad(angles.cos(), (0, pad), value=1.0)
-    return sin[:, :, None, None, None, :], cos[:, :, None, None, None, :]
-
-
-def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """GPT-J rotation of adjacent pairs: out[2i] = x[2i] cos - x[2i+1] sin, out[2i+1] = x[2i+1] cos
-    + x[2i] sin, in fp32; x is (..., D) and sin/cos broadcast to it."""
-    xf = x.float()
-    pairs = xf.unflatten(-1, (-1, 2))
-    swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # [-x1, x0, -x3, x2, ...]
-    return xf * cos + swapped * sin
+def is_cache_object(past) -> bool:
+    """A preallocated cache the caller owns (e.g. `codegen.KVCache`): it has `length`, `capacity`,
+    `update(layer, key, value)` -> all keys and values so far, and `advance(n)`; the legacy format
+    is a tuple of (key, value) per layer."""
+    return past is not None and not isinstance(past, (tuple, list))
 
 
 class CodeGenAttention(nn.Module):
     def __init__(self, config: CodeGenConfig) -> None:
         super().__init__()
         self.n_head, self.head_dim, self.embed_dim = config.n_head, config.head_dim, config.n_embd
-        self.qkv_proj = Linear(config.n_embd, 3 * config.n_embd, bias=False)
-        self.out_proj = Linear(config.n_embd, config.n_embd, bias=False)
+        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.attn_pdrop = config.attn_pdrop
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -111,7 +54,7 @@ class CodeGenAttention(nn.Module):
         q = qk[:, :, :, 0].reshape(B, T, H, D).transpose(1, 2)
         k = qk[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)
 
-        if isinstance(layer_past, KVCache):
+        if is_cache_object(layer_past):
             k, v = layer_past.update(layer_idx, k, v)
             present = None
         else:
@@ -142,20 +85,13 @@ class CodeGenAttention(nn.Module):
 class CodeGenMLP(nn.Module):
     def __init__(self, config: CodeGenConfig) -> None:
         super().__init__()
-        self.fc_in = Linear(config.n_embd, config.inner_dim)
-        self.fc_out = Linear(config.inner_dim, config.n_embd)
+        self.fc_in = nn.Linear(config.n_embd, config.inner_dim)
+        self.fc_out = nn.Linear(config.inner_dim, config.n_embd)
         self.act = ACT_FNS[config.activation_function]
-        self.tanh_gelu = config.activation_function in GELU_TANH
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc_in(x)
-        a = None
-        if (self.tanh_gelu and not self.fc_in._forward_hooks
-                and not (torch.is_grad_enabled() and h.requires_grad)):
-            # over fc_in's own output: torch's gelu took ~12 % of a bf16 prefill; None: unavailable
-            a = kernels.gelu_tanh(h, inplace=True)
-        return self.dropout(self.fc_out(self.act(h) if a is None else a))
+        return self.dropout(self.fc_out(self.act(self.fc_in(x))))
 
 
 class CodeGenBlock(nn.Module):
@@ -275,7 +211,7 @@ class CodeGenModel(CodeGenPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        past_key_values: tuple | KVCache | None = None,
+        past_key_values: tuple | Any | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -297,7 +233,7 @@ class CodeGenModel(CodeGenPreTrainedModel):
             inputs_embeds = self.wte(input_ids.view(-1, input_ids.shape[-1]))
         B, T = inputs_embeds.shape[:2]
 
-        if isinstance(past_key_values, KVCache):
+        if is_cache_object(past_key_values):
             past_len = past_key_values.length
             if past_len + T > past_key_values.capacity:
                 raise ValueError(f"KVCache holds {past_key_values.capacity} positions; {past_len} used + {T} new do not fit")
@@ -332,7 +268,7 @@ class CodeGenModel(CodeGenPreTrainedModel):
         for i, block in enumerate(self.h):
             if all_hidden is not None:
                 all_hidden.append(h)
-            layer_past = past_key_values if isinstance(past_key_values, KVCache) else (past_key_values[i] if past_key_values else None)
+            layer_past = past_key_values if is_cache_object(past_key_values) else (past_key_values[i] if past_key_values else None)
             args = (h, sin, cos, mask, layer_past, head_masks[i], bool(output_attentions))
             if self.gradient_checkpointing and self.training:
                 h, present, probs = grad_checkpoint(block, *args, use_reentrant=False)
@@ -347,7 +283,7 @@ class CodeGenModel(CodeGenPreTrainedModel):
             all_hidden.append(h)
 
         cache = None
-        if isinstance(past_key_values, KVCache):
+        if is_cache_object(past_key_values):
             past_key_values.advance(T)
             cache = past_key_values
         elif use_cache:
@@ -372,11 +308,15 @@ class CodeGenModel(CodeGenPreTrainedModel):
 
 
 class CodeGenForCausalLM(CodeGenPreTrainedModel):
+    # The tokenizer's size when the checkpoint directory has tokenizer files (set by from_pretrained):
+    # `generate` never returns ids >= it (the head has 51200 rows, CodeGen's tokenizer 50295 tokens).
+    tokenizer_size: int | None = None
+
     def __init__(self, config: CodeGenConfig) -> None:
         super().__init__()
         self.config = config
         self.transformer = CodeGenModel(config)
-        self.lm_head = Linear(config.n_embd, config.vocab_size)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
         self._init_weights(self.lm_head)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -387,13 +327,17 @@ class CodeGenForCausalLM(CodeGenPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    # transformers' generate (greedy and sampling), same keywords and output; see codegen.generate.
-    generate = _generate.generate
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """transformers' `generate` (greedy search and sampling): same keywords, same output tensor;
+        a thin layer over the generation engine (`codegen.engine.generate`)."""
+        from .engine.generate import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
 
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        past_key_values: tuple | KVCache | None = None,
+        past_key_values: tuple | Any | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,

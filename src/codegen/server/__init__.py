@@ -1,7 +1,7 @@
 """`codegen serve`: an OpenAI-compatible (legacy Completions) and Copilot-compatible HTTP server.
 
 Needs the `server` extra (FastAPI, uvicorn). The app only calls the generation API
-(`codegen.batching.ContinuousBatcher`); it never touches the model directly.
+(`codegen.engine.batcher.ContinuousBatcher`); it never touches the model directly.
 """
 
 from .settings import ServerSettings

@@ -1,8 +1,9 @@
 """The HTTP app: OpenAI legacy Completions, Copilot/fauxpilot routes, health and models.
 
-Generation never runs on the event loop: requests go to a `ContinuousBatcher` thread, whose
-per-token updates come back through an asyncio queue per request. A client that disconnects has
-its rows dropped at the next decode step.
+Generation never runs on the event loop: a request's parameters become one `SamplingParams`
+(`sampling_params`), its prompts one engine `Request`, which the `ContinuousBatcher` thread decodes
+beside the others; its events come back through an asyncio queue. A client that disconnects
+(streaming or not) has its rows dropped at the next decode step.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..batching import BatchRequest, ContinuousBatcher, PromptScores, QueueFull, Update
+from ..engine.batcher import ContinuousBatcher, QueueFull
+from ..engine.params import SamplingParams
+from ..engine.scheduler import ErrorEvent, PromptLogprobs, Request as EngineRequest, TokenEvent
 from .schemas import APIError, CompletionRequest
 
 logger = logging.getLogger(__name__)
@@ -33,13 +36,69 @@ def _token_text(tokenizer, token: int) -> str:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
+# OpenAI's names for the engine's parameters, where they differ.
+API_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "stop": "stop"}
+
+
+def sampling_params(body: CompletionRequest, max_tokens_default: int, max_batch: int) -> tuple[SamplingParams, int]:
+    """The request's one parameter record (and best_of); APIError 400 naming the parameter."""
+    if body.suffix:
+        raise APIError(400, "suffix is not supported: CodeGen-1 models cannot fill in the middle", "suffix")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name):
+            raise APIError(400, f"{name} is not supported by this server; leave it at 0", name)
+    if body.logit_bias:
+        raise APIError(400, "logit_bias is not supported by this server", "logit_bias")
+    best_of = body.best_of or body.n
+    if best_of < body.n:
+        raise APIError(400, f"best_of ({best_of}) must be >= n ({body.n})", "best_of")
+    if best_of > body.n and body.stream:
+        raise APIError(400, "best_of > n cannot be streamed", "best_of")
+    if best_of > max_batch:
+        raise APIError(400, f"n/best_of must be <= {max_batch} (the server's --max-batch)", "n")
+    max_tokens = body.max_tokens if body.max_tokens is not None else max_tokens_default
+    try:
+        params = SamplingParams(
+            max_new_tokens=max_tokens, min_new_tokens=min(body.min_tokens, max_tokens), temperature=body.temperature,
+            top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty, n=best_of,
+            stop=tuple(body.stop or ()), seed=body.seed,
+            logprobs=body.logprobs if body.logprobs is not None else (0 if best_of > body.n else None),
+            prompt_logprobs=body.echo and body.logprobs is not None,
+        )
+    except ValueError as e:
+        name, _, rest = str(e).partition(" ")
+        raise APIError(400, f"{API_NAMES.get(name, name)} {rest}", API_NAMES.get(name, name)) from None
+    return params, best_of
+
+
 class _Choice:
+    """One output's accumulated state: its text, every generated token (usage, best_of ranking), and
+    the tokens shown in `logprobs`: those whose text begins inside the returned text, released in
+    order as the text is (so streamed and non-streamed logprobs are the same)."""
+
     def __init__(self) -> None:
         self.text: list[str] = []
-        self.tokens: list[int] = []
-        self.logprobs: list[float | None] = []
-        self.top: list[Any] = []
+        self.sent = 0  # characters of text so far
+        self.tokens = 0
+        self.logprob_sum = 0.0
+        self.pending: list[tuple[int, float | None, list | None, int]] = []  # (token, logprob, top, offset)
         self.finish_reason: str | None = None
+
+    def add(self, e: TokenEvent) -> list[tuple[int, float | None, list | None, int]]:
+        """Record the event; the logprob entries released with its text."""
+        self.text.append(e.text)
+        self.sent += len(e.text)
+        self.tokens += 1
+        self.logprob_sum += e.logprob or 0.0
+        self.pending.append((e.token, e.logprob, e.top_logprobs, e.offset if e.offset is not None else self.sent))
+        n = 0
+        while n < len(self.pending) and self.pending[n][3] < self.sent:
+            n += 1
+        released, self.pending = self.pending[:n], self.pending[n:]
+        if e.finish_reason is not None:
+            self.finish_reason = e.finish_reason
+            self.pending = []  # tokens that begin after the returned text (EOS, the stop string)
+        return released
 
 
 def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None = None,
@@ -116,163 +175,140 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                 raise APIError(400, f"prompt token ids must lie in [0, {len(tokenizer)})", "prompt")
         return prompts
 
-    def _requests(body: CompletionRequest) -> tuple[list[list[int]], list[BatchRequest], int]:
-        if body.suffix:
-            raise APIError(400, "suffix is not supported: CodeGen-1 models cannot fill in the middle", "suffix")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(body, name):
-                raise APIError(400, f"{name} is not supported by this server; leave it at 0", name)
-        if body.logit_bias:
-            raise APIError(400, "logit_bias is not supported by this server", "logit_bias")
-        best_of = body.best_of or body.n
-        if best_of < body.n:
-            raise APIError(400, f"best_of ({best_of}) must be >= n ({body.n})", "best_of")
-        if best_of > body.n and body.stream:
-            raise APIError(400, "best_of > n cannot be streamed", "best_of")
-        if best_of > batcher.max_batch:
-            raise APIError(400, f"n/best_of must be <= {batcher.max_batch} (the server's --max-batch)", "n")
-        prompts = _prompts(body)
-        max_tokens = body.max_tokens if body.max_tokens is not None else max_tokens_default
-        for ids in prompts:
-            if len(ids) + max_tokens > n_positions:
-                raise APIError(400, f"the prompt has {len(ids)} tokens; with max_tokens {max_tokens} this exceeds the model's "
-                                    f"context window of {n_positions} tokens", "max_tokens")
-        logprobs = body.logprobs if body.logprobs is not None else (0 if best_of > body.n else None)
-        reqs = [BatchRequest(prompt_ids=ids, max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                             n=best_of, stop=tuple(body.stop or ()), seed=body.seed, logprobs=logprobs,
-                             prompt_logprobs=body.echo and body.logprobs is not None)
-                for ids in prompts]
-        return prompts, reqs, best_of
-
-    async def _submit(reqs: list[BatchRequest]):
+    def _submit(prompts: list[list[int]], params: SamplingParams) -> tuple[EngineRequest, asyncio.Queue]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        tickets = []
+        request = EngineRequest(prompts, params)
         try:
-            for i, req in enumerate(reqs):
-                tickets.append(batcher.submit(req, lambda item, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, item))))
+            batcher.submit(request, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
         except QueueFull as e:
-            for t in tickets:
-                t.cancel()
             raise APIError(429, f"server busy: {e}", kind="rate_limit_error", code="queue_full") from None
-        except ValueError as e:
-            for t in tickets:
-                t.cancel()
-            raise APIError(400, str(e), "prompt") from None
-        return queue, tickets
+        except ValueError as e:  # the context window
+            raise APIError(400, str(e), "max_tokens" if "max_new_tokens" in str(e) else "prompt") from None
+        return request, queue
 
-    def _logprobs_obj(choice: _Choice, prompt: list[int] | None, scores: PromptScores | None, k: int | None,
-                      offset0: int) -> dict[str, Any]:
-        tokens = (prompt or []) + choice.tokens
-        lps = (scores.logprobs if scores else []) + choice.logprobs
-        tops_raw = (scores.top_logprobs if scores else []) + choice.top
-        texts = [_token_text(tokenizer, t) for t in tokens]
-        offsets, pos = [], offset0
-        for t in texts:
-            offsets.append(pos)
-            pos += len(t) if not t.startswith("bytes:") else 0
-        tops = [None if t is None else {_token_text(tokenizer, i): v for i, v in t} for t in tops_raw] if k else None
-        return {"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+    def _logprobs_obj(entries, k: int | None, offset0: int) -> dict[str, Any]:
+        """OpenAI's logprobs object for (token, logprob, top, offset) entries."""
+        return {
+            "tokens": [_token_text(tokenizer, t) for t, _, _, _ in entries],
+            "token_logprobs": [lp for _, lp, _, _ in entries],
+            "top_logprobs": [None if top is None else {_token_text(tokenizer, i): v for i, v in top}
+                             for _, _, top, _ in entries] if k else None,
+            "text_offset": [offset0 + off for _, _, _, off in entries],
+        }
+
+    def _prompt_entries(ids: list[int], scores: PromptLogprobs | None) -> tuple[str, list]:
+        """The echoed prompt text and its logprob entries (offsets of each token's text in it)."""
+        decoder = tokenizer.incremental_decoder(skip_special_tokens=False)
+        entries = []
+        for j, t in enumerate(ids):
+            entries.append((t, scores.logprobs[j] if scores else None, scores.top_logprobs[j] if scores else None,
+                            len(decoder.text)))
+            decoder.add([t])
+        decoder.flush()
+        return decoder.text, entries
+
+    def _usage(prompts: list[list[int]], completion_tokens: int) -> dict[str, int]:
+        prompt_tokens = sum(len(ids) for ids in prompts)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
 
     async def _complete(body: CompletionRequest, request: Request):
-        prompts, reqs, best_of = _requests(body)
-        queue, tickets = await _submit(reqs)
+        params, best_of = sampling_params(body, max_tokens_default, batcher.max_batch)
+        prompts = await asyncio.to_thread(_prompts, body)
+        engine_request, queue = _submit(prompts, params)
         rid = f"cmpl-{secrets.token_hex(12)}"
         model = body.model or model_name
         if body.stream:
-            return StreamingResponse(_stream(body, prompts, queue, tickets, rid, model, request), media_type="text/event-stream")
+            return StreamingResponse(_stream(body, prompts, engine_request, queue, rid, model, request),
+                                     media_type="text/event-stream")
         try:
-            return await _collect(body, prompts, queue, tickets, best_of, rid, model)
+            return await _collect(body, prompts, engine_request, queue, best_of, rid, model, request)
         finally:
-            for t in tickets:
-                t.cancel()
+            engine_request.cancel()
 
-    async def _collect(body, prompts, queue, tickets, best_of, rid, model) -> dict[str, Any]:
+    async def _next(queue: asyncio.Queue, request: Request):
+        """The next engine event; None once the client has gone away."""
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return None
+
+    async def _collect(body, prompts, engine_request, queue, best_of, rid, model, request: Request) -> dict[str, Any]:
         choices = [[_Choice() for _ in range(best_of)] for _ in prompts]
-        scores: list[PromptScores | None] = [None] * len(prompts)
-        pending = len(prompts) * best_of
-        while pending:
-            i, item = await queue.get()
+        shown = [[[] for _ in range(best_of)] for _ in prompts]
+        scores: list[PromptLogprobs | None] = [None] * len(prompts)
+        while not all(c.finish_reason for cs in choices for c in cs):
+            item = await _next(queue, request)
+            if item is None:
+                raise APIError(499, "client closed the request")
             if isinstance(item, Exception):
                 raise APIError(500, f"generation failed: {item}", kind="server_error")
-            if isinstance(item, PromptScores):
-                scores[i] = item
+            if isinstance(item, ErrorEvent):
+                raise APIError(400, f"generation failed: {item.message}")
+            if isinstance(item, PromptLogprobs):
+                scores[item.prompt_index] = item
                 continue
-            c = choices[i][item.index]
-            c.text.append(item.text)
-            c.tokens.append(item.token)
-            c.logprobs.append(item.logprob)
-            c.top.append(item.top_logprobs)
-            if item.finish_reason is not None:
-                c.finish_reason = item.finish_reason
-                pending -= 1
-        out, completion_tokens = [], 0
-        for i, (ids, cs) in enumerate(zip(prompts, choices)):
-            completion_tokens += sum(len(c.tokens) for c in cs)
+            i, j = divmod(item.index, best_of)
+            shown[i][j] += choices[i][j].add(item)
+        out = []
+        for i, ids in enumerate(prompts):
+            order = list(range(best_of))
             if best_of > body.n:  # keep the n most likely samples
-                cs = sorted(cs, key=lambda c: -sum(x for x in c.logprobs if x is not None))[: body.n]
-            for j, c in enumerate(cs):
-                prefix = tokenizer.decode(ids) if body.echo else ""
-                lp = None
-                if body.logprobs is not None:
-                    lp = _logprobs_obj(c, ids if body.echo else None, scores[i] if body.echo else None, body.logprobs, 0)
-                out.append({"text": prefix + "".join(c.text), "index": i * body.n + j, "logprobs": lp,
+                order = sorted(order, key=lambda j: -choices[i][j].logprob_sum)[: body.n]
+            prefix, prompt_entries = _prompt_entries(ids, scores[i]) if body.echo else ("", [])
+            for rank, j in enumerate(order):
+                c = choices[i][j]
+                lp = _logprobs_obj(prompt_entries + [(t, v, top, len(prefix) + off) for t, v, top, off in shown[i][j]],
+                                   body.logprobs, 0) if body.logprobs is not None else None
+                out.append({"text": prefix + "".join(c.text), "index": i * body.n + rank, "logprobs": lp,
                             "finish_reason": c.finish_reason})
-        prompt_tokens = sum(len(ids) for ids in prompts)
+        completion_tokens = sum(c.tokens for cs in choices for c in cs)
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": out,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+                "usage": _usage(prompts, completion_tokens)}
 
-    async def _stream(body, prompts, queue, tickets, rid, model, request: Request) -> AsyncIterator[str]:
+    async def _stream(body, prompts, engine_request, queue, rid, model, request: Request) -> AsyncIterator[str]:
         def chunk(choices: list[dict[str, Any]], usage: dict | None = None) -> str:
             data = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": choices}
             if usage is not None:
                 data["usage"] = usage
             return f"data: {json.dumps(data)}\n\n"
 
-        pending = len(prompts) * body.n
+        n = body.n
+        choices = [_Choice() for _ in range(len(prompts) * n)]
+        offsets = [0] * len(choices)  # length of the echoed prompt text before each output's text
         completion_tokens = 0
-        offsets: dict[int, int] = {}
         try:
             if body.echo:
                 for i, ids in enumerate(prompts):
                     text = tokenizer.decode(ids)
-                    for j in range(body.n):
-                        offsets[i * body.n + j] = len(text)
-                        yield chunk([{"text": text, "index": i * body.n + j, "logprobs": None, "finish_reason": None}])
-            while pending:
-                try:
-                    i, item = await asyncio.wait_for(queue.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
-                if isinstance(item, Exception):
-                    err = APIError(500, f"generation failed: {item}", kind="server_error")
-                    yield f"data: {json.dumps(err.body())}\n\n"
+                    for j in range(n):
+                        offsets[i * n + j] = len(text)
+                        yield chunk([{"text": text, "index": i * n + j, "logprobs": None, "finish_reason": None}])
+            while not all(c.finish_reason for c in choices):
+                item = await _next(queue, request)
+                if item is None:
                     return
-                if isinstance(item, PromptScores):
+                if isinstance(item, (Exception, ErrorEvent)):
+                    status, kind = (500, "server_error") if isinstance(item, Exception) else (400, "invalid_request_error")
+                    message = item.message if isinstance(item, ErrorEvent) else str(item)
+                    yield f"data: {json.dumps(APIError(status, f'generation failed: {message}', kind=kind).body())}\n\n"
+                    return
+                if isinstance(item, PromptLogprobs):
                     continue
-                assert isinstance(item, Update)
-                index = i * body.n + item.index
                 completion_tokens += 1
-                lp = None
-                if body.logprobs is not None:
-                    c = _Choice()
-                    c.tokens, c.logprobs, c.top = [item.token], [item.logprob], [item.top_logprobs]
-                    lp = _logprobs_obj(c, None, None, body.logprobs, offsets.get(index, 0))
-                offsets[index] = offsets.get(index, 0) + len(item.text)
-                yield chunk([{"text": item.text, "index": index, "logprobs": lp, "finish_reason": item.finish_reason}])
-                if item.finish_reason is not None:
-                    pending -= 1
+                released = choices[item.index].add(item)
+                if not (item.text or released or item.finish_reason):
+                    continue
+                lp = _logprobs_obj(released, body.logprobs, offsets[item.index]) if body.logprobs is not None else None
+                yield chunk([{"text": item.text, "index": item.index, "logprobs": lp, "finish_reason": item.finish_reason}])
             if body.stream_options and body.stream_options.get("include_usage"):
-                prompt_tokens = sum(len(ids) for ids in prompts)
-                yield chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                 "total_tokens": prompt_tokens + completion_tokens})
+                yield chunk([], _usage(prompts, completion_tokens))
             yield "data: [DONE]\n\n"
         finally:  # normal end, or the client went away (the response task is cancelled)
-            for t in tickets:
-                t.cancel()
+            engine_request.cancel()
 
     app.state.batcher = batcher
     return app

@@ -29,6 +29,10 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # Extensions (vLLM's names): the engine's other sampling parameters.
+    top_k: int = Field(default=0, ge=0, le=51200, description="sample among the k most likely tokens; 0 = off")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0, description="CTRL's penalty on seen tokens; 1 = off")
+    min_tokens: int = Field(default=0, ge=0, description="tokens generated before EOS or a stop string may end")
 
     @field_validator("stop")
     @classmethod

@@ -165,3 +165,29 @@ def write_json(directory: str, name: str, data: Any) -> str:
     with open(file, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     return file
+
+
+def tokenizer_size(directory: str) -> int | None:
+    """len() of the tokenizer whose files are in `directory` (its vocabulary and added tokens), or None
+    when there are none; read without the merges, for a model to know which ids it may produce."""
+    path = lambda name: os.path.join(directory, name)  # noqa: E731
+    if os.path.isfile(path(VOCAB_FILE)):
+        vocab = read_vocab(path(VOCAB_FILE))
+        ids = set(vocab.values())
+        if os.path.isfile(path(ADDED_TOKENS_FILE)):
+            added = _read_json(path(ADDED_TOKENS_FILE))
+            ids |= {v for v in added.values() if isinstance(v, int)} if isinstance(added, dict) else set()
+    elif os.path.isfile(path(TOKENIZER_FILE)):
+        data = _read_json(path(TOKENIZER_FILE))
+        try:
+            vocab = data["model"]["vocab"]
+            ids = set(vocab.values()) | {t["id"] for t in data.get("added_tokens", [])}
+        except (KeyError, TypeError, AttributeError):
+            return None
+    else:
+        return None
+    if os.path.isfile(path(TOKENIZER_CONFIG_FILE)):
+        settings = _read_json(path(TOKENIZER_CONFIG_FILE))
+        if isinstance(settings, dict):
+            ids |= {int(k) for k in settings.get("added_tokens_decoder", {}) if str(k).isdigit()}
+    return max(len(vocab), max(ids, default=-1) + 1)

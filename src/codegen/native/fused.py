@@ -1,5 +1,5 @@
-"""A one-row decode step of `CodeGenForCausalLM` as one native call (decode.cpp), for the engine
-(`generate.stream`) and the server's continuous batcher.
+"""A one-row decode step of `CodeGenForCausalLM` as one native call (decode.cpp), which the engine's
+backend (`codegen.engine.backend`) uses whenever one row is decoding.
 
 A step of the 350M model in fp32 on a 2-core Xeon spends ~50 ms streaming weights and ~5-6 ms on the
 ~60 other ops per layer that torch dispatches one by one from Python; the native step runs them all
@@ -16,8 +16,10 @@ import ctypes
 
 import torch
 
+from torch import nn
+
+from ..ops import GELU_TANH, rotary_tables
 from . import kernels
-from .cache import KVCache
 
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
 # Indices into the dims array of decode.cpp.
@@ -28,20 +30,11 @@ def _plain(module: torch.nn.Module) -> bool:
     return not (module._forward_hooks or module._forward_pre_hooks)
 
 
-def suffix_start(mask: torch.Tensor) -> int | None:
-    """For one row's attention mask (L,) of zeros then ones (left padding), the first attended
-    position; None for any other pattern, which the native step cannot express."""
-    start = mask.shape[0] - int(mask.sum())
-    return start if start < mask.shape[0] and bool(mask[start:].all()) else None
-
-
 class FusedDecoder:
     """Holds the addresses of the model's weights: create it after the model's last `.to()`; a call
     after the weights moved raises instead of reading freed memory."""
 
     def __init__(self, model) -> None:
-        from .model import rotary_tables
-
         cfg, t = model.config, model.transformer
         self.model = model  # keeps the weights alive while their addresses are in use
         self.bf16 = model.lm_head.weight.dtype == torch.bfloat16
@@ -67,16 +60,15 @@ class FusedDecoder:
         self.n_tokens = t.wte.weight.shape[0]
 
     @classmethod
-    def create(cls, model) -> FusedDecoder | None:
-        """A decoder for `model`, or None where the native step does not apply (see the module doc)."""
+    def create(cls, model, linear_types: tuple[type, ...] = (nn.Linear,)) -> FusedDecoder | None:
+        """A decoder for `model`, or None where the native step does not apply (see the module doc);
+        its Linear modules must be exactly of `linear_types` (a subclass may compute otherwise)."""
         if not kernels.load() or kernels.decode_step is None or not hasattr(model, "transformer") or model.training:
             return None
         cfg = model.config
         dtype = model.lm_head.weight.dtype
         if dtype == torch.bfloat16 and "avx512_bf16" not in kernels.cpu_flags():
             return None
-        from .model import GELU_TANH, Linear
-
         if (dtype not in (torch.float32, torch.bfloat16) or cfg.activation_function not in GELU_TANH
                 or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % 4 or cfg.rotary_dim % 2):
             return None
@@ -84,7 +76,7 @@ class FusedDecoder:
         if not all(_plain(m) for m in model.modules()):
             return None
         linears = [model.lm_head] + [m for b in t.h for m in (b.attn.qkv_proj, b.attn.out_proj, b.mlp.fc_in, b.mlp.fc_out)]
-        if any(type(m) is not Linear for m in linears):  # e.g. LoRA adapters
+        if any(type(m) not in linear_types for m in linears):  # e.g. LoRA adapters
             return None
         if any(p.device.type != "cpu" or p.dtype != dtype or not p.is_contiguous() for p in model.parameters()):
             return None
@@ -95,9 +87,9 @@ class FusedDecoder:
             return None
         return cls(model)
 
-    def __call__(self, token: int, position: int, cache: KVCache, start: int = 0) -> torch.Tensor:
+    def __call__(self, token: int, position: int, cache, start: int = 0) -> torch.Tensor:
         """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`. Cache
-        positions before `start` are padding, not attended to (see `suffix_start`)."""
+        positions before `start` are padding, not attended to (see `KVCache.suffix_start`)."""
         first_qkv = self.model.transformer.h[0].attn.qkv_proj.weight
         if self.model.lm_head.weight.data_ptr() != self.fixed[3] or first_qkv.data_ptr() != self.layers[2]:
             raise RuntimeError("the model's weights moved (.to() or a new state dict) since this FusedDecoder was created")

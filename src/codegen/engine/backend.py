@@ -1,0 +1,143 @@
+"""The engine's backend: which kernel computes what, by device, dtype, row count and CPU.
+
+It is applied to a model from outside (`prepare`): every plain `nn.Linear` is swapped for a
+`CPULinear` (same parameters, same checkpoint keys) that routes the few rows of a decode step to
+the native kernels or to torch's fastest route, and the tanh-gelu activation for one written over
+fc_in's output by a native kernel; both fall back to torch's own computation where a gradient is
+needed, off the CPU, or where the native code is unavailable. A new kind of linear layer (int8,
+int4, tensor-parallel) plugs in here, not in the model. `Backend.decode` runs a decode step: the
+whole step in one native call (`native.fused`) when one row is decoding, else the model's modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..native import kernels
+from ..native.fused import FusedDecoder
+from ..ops import GELU_TANH
+
+logger = logging.getLogger(__name__)
+
+
+class CPULinear(nn.Linear):
+    """nn.Linear that picks a faster CPU kernel for the few rows of a decode step, when no gradient
+    is needed. Measured on a 2-core Xeon (kernels.cpp, benchmarks/generate.py): torch's x @ W.T
+    streams bf16 matrix-vector products at ~10-14 GB/s, its addmv ~14-19, our AVX512-BF16 kernel
+    ~24-26 (fp32: ours a few % faster than torch's); 2 to 8 fp32 rows run ~1.4x faster in our kernel
+    than in torch's best route, W @ x.T, itself 1.4x faster than x @ W.T up to 32 rows."""
+
+    SMALL = 32  # at most this many rows take the W @ x.T route
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear) -> CPULinear:
+        """The same module (its parameters, hooks and state) with this class's forward."""
+        linear.__class__ = cls
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if x.device.type != "cpu" or rows > self.SMALL or x.dim() < 2 or rows == 0:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, x.shape[-1])
+        out = None
+        if not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)):
+            if rows == 1:
+                out = kernels.gemv(self.weight, flat[0], self.bias)  # None where the kernel is unavailable
+            else:
+                out = kernels.f32_smallmm(self.weight, flat, self.bias)  # None: unavailable, not fp32, > 8 rows
+        if out is None and rows == 1:
+            if x.dtype == torch.float32:  # here torch's x @ W.T is its fastest route
+                return F.linear(x, self.weight, self.bias)
+            out = torch.mv(self.weight, flat[0]) if self.bias is None else torch.addmv(self.bias, self.weight, flat[0])
+        if out is None:
+            out = torch.mm(self.weight, flat.t()) if self.bias is None else torch.addmm(self.bias[:, None], self.weight, flat.t())
+            out = out.t().contiguous()
+        return out.view(*x.shape[:-1], -1)
+
+
+class TanhGelu(nn.Module):
+    """gelu_new over fc_in's own output, in place, by the native kernel when no gradient is needed
+    (torch's gelu took ~12 % of a bf16 prefill); torch's otherwise. In place is safe because the MLP
+    uses fc_in's output only as this activation's input, unless a hook on fc_in kept it."""
+
+    def __init__(self, fc_in: nn.Linear) -> None:
+        super().__init__()
+        self._fc_in = [fc_in]  # a list: not registered as a submodule (it is the MLP's)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        fc_in = self._fc_in[0]
+        if not (fc_in._forward_hooks or (torch.is_grad_enabled() and h.requires_grad)):
+            out = kernels.gelu_tanh(h, inplace=True)  # None where the kernel is unavailable
+            if out is not None:
+                return out
+        return F.gelu(h, approximate="tanh")
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """Swap `model`'s plain Linear modules and tanh-gelu activations for the backend's (idempotent);
+    returns the model. Checkpoint keys, parameters and numerics are unchanged."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            CPULinear.wrap(module)
+        act, fc_in = getattr(module, "act", None), getattr(module, "fc_in", None)
+        if fc_in is not None and not isinstance(act, TanhGelu) and model.config.activation_function in GELU_TANH:
+            module.act = TanhGelu(fc_in)
+    return model
+
+
+class Backend:
+    """The forward passes of the engine for one model; `for_model` keeps one per model."""
+
+    def __init__(self, model) -> None:
+        self.model = prepare(model)
+        self._fused: FusedDecoder | None = None
+        self.refresh()
+
+    @classmethod
+    def for_model(cls, model) -> Backend:
+        backend = _BACKENDS.get(model)
+        if backend is None:
+            backend = _BACKENDS[model] = cls(model)
+        else:
+            backend.refresh()
+        return backend
+
+    def refresh(self) -> None:
+        """Decide again whether the native one-row step applies to the model as it is now (its
+        weights, dtype, mode, modules and hooks): the engine calls this when a scheduler starts."""
+        self._fused = FusedDecoder.create(self.model, linear_types=(nn.Linear, CPULinear))
+
+    def prefill(self, input_ids: torch.Tensor, cache, mask: torch.Tensor | None, positions: torch.Tensor,
+                all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run (B, T) prompt tokens into `cache`: (logits of the last position (B, V) in fp32, and the
+        hidden states of every position (B, T, E) when `all_positions`, for prompt logprobs)."""
+        m = self.model
+        h = m.transformer(input_ids=input_ids, past_key_values=cache, attention_mask=mask,
+                          position_ids=positions).last_hidden_state
+        return m.lm_head(h[:, -1]).float(), (h if all_positions else None)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden).float()
+
+    def decode(self, tokens: list[int], positions: torch.Tensor, cache) -> torch.Tensor:
+        """One new token per row (B,) at `positions` (B,) into `cache` (which must have room for
+        one more column): logits (B, V) in fp32."""
+        mask = cache.attend(1)
+        if len(tokens) == 1 and self._fused is not None:
+            start = cache.suffix_start(0, extra=1)  # None for a mask with holes: the module path
+            if start is not None:
+                return self._fused(tokens[0], int(positions[0]), cache, start)
+        m = self.model
+        ids = torch.tensor(tokens, device=positions.device)[:, None]
+        h = m.transformer(input_ids=ids, past_key_values=cache, attention_mask=mask,
+                          position_ids=positions[:, None]).last_hidden_state
+        return m.lm_head(h[:, -1]).float()
+
+
+_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

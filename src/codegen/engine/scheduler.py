@@ -1,0 +1,366 @@
+"""The scheduler: the engine's only decode loop.
+
+Requests (one or more prompts, one `SamplingParams`) are added; each `step()` admits waiting
+requests while the row budget allows (a request is prefilled once, its prompts left-padded into one
+batch, and its cache replicated for the n samples of each prompt, which then join the running
+batch), selects the next token of every running row, reports it, drops the rows that finished, and
+runs the next forward pass for the rest. `model.generate`, `complete`, `stream_complete` and the
+evaluation add their requests at once and step until done; the server's batcher adds requests
+while it steps, so rows join and leave at every step.
+
+Each row has its own random stream (`params.sample_seed` of the request's seed and the output's
+index, prompt_index * n + sample), so an output's tokens depend only on the seed, its prompt and its
+index: never on the batch it shares or on when other rows finish.
+Events: a `TokenEvent` per running row per step, a `PromptLogprobs` per prompt at admission when
+asked, and an `ErrorEvent` for a request that failed alone (its rows leave; the others go on).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .backend import Backend
+from .cache import KVCache
+from .params import SamplingParams, sample_seed
+from .select import NEG_INF, apply_repetition_penalty, sample, token_logprobs
+from .text import RowText
+
+logger = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+class Request:
+    """Prompts (token-id lists, or a (P, T) tensor with its attention mask for left-padded input)
+    and the parameters to complete them with. `generator` seeds the samples when params.seed is
+    None (else torch's global generator does). Outputs are indexed prompt_index * n + sample."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]] | torch.Tensor, params: SamplingParams,
+                 attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        self.id = next(_ids)
+        self.params = params
+        self.generator = generator
+        self.cancelled = False
+        self.error: str | None = None
+        self.finished = 0  # outputs that have had their last token
+        if isinstance(prompts, torch.Tensor):
+            if prompts.dim() != 2 or prompts.shape[1] == 0:
+                raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {tuple(prompts.shape)}")
+            mask = torch.ones_like(prompts) if attention_mask is None else attention_mask
+            if mask.shape != prompts.shape:
+                raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(prompts.shape)}")
+            self.input_ids, self.mask = prompts.long(), mask.long().to(prompts.device)
+        else:
+            lists = [list(p) for p in prompts]
+            if not lists or any(not all(isinstance(t, int) for t in p) for p in lists):
+                raise ValueError("prompts must be a non-empty list of token-id lists")
+            width = max((len(p) for p in lists), default=0)
+            self.input_ids = torch.tensor([[0] * (width - len(p)) + p for p in lists], dtype=torch.long).view(len(lists), width)
+            self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in lists], dtype=torch.long).view(len(lists), width)
+        self.prompt_tokens = self.mask.sum(-1).tolist()
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompt_tokens) * self.params.n
+
+    @property
+    def done(self) -> bool:
+        return self.finished == self.rows or self.error is not None or self.cancelled
+
+    def cancel(self) -> None:
+        """Drop this request's rows at the next step (e.g. its client went away)."""
+        self.cancelled = True
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of output `index` (prompt_index * n + sample) of `request`. `text` is the
+    new text that no stop rule can cut away any more (the rest comes on the last token); `offset` is
+    where this token's text begins in the output text. Both need a tokenizer ('' and None without)."""
+
+    request: Request
+    index: int
+    token: int
+    text: str = ""
+    offset: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # "stop" (stop token, string or pattern) or "length", on the last
+
+
+@dataclass
+class PromptLogprobs:
+    """Log-probabilities of a prompt's tokens (the first has none), at the request's admission."""
+
+    request: Request
+    prompt_index: int
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]] | None]
+
+
+@dataclass
+class ErrorEvent:
+    """The request failed alone (its rows have left the batch); the message says why."""
+
+    request: Request
+    message: str
+
+
+@dataclass
+class _Row:
+    request: Request
+    index: int
+    generator: torch.Generator | None
+    text: RowText | None
+    generated: int = 0
+
+
+class Scheduler:
+    """Continuous batching over one model. `max_rows` bounds the rows decoded together (None: no
+    bound); a tokenizer is needed for text (stop strings, patterns, deltas) and sets the EOS and
+    the vocabulary limit, which otherwise come from the model."""
+
+    def __init__(self, model, tokenizer=None, *, max_rows: int | None = None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.backend = Backend.for_model(model)
+        self.device = model.lm_head.weight.device
+        self.n_positions = model.config.n_positions
+        eos = tokenizer.eos_token_id if tokenizer is not None and tokenizer.eos_token_id is not None else model.config.eos_token_id
+        self.eos: tuple[int, ...] = (eos,) if eos is not None else ()
+        self.vocab_limit = len(tokenizer) if tokenizer is not None else getattr(model, "tokenizer_size", None)
+        self.n_tokens = model.config.vocab_size
+        self.max_rows = max_rows
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.rows: list[_Row] = []
+        self.cache: KVCache | None = None
+        self.logits: torch.Tensor | None = None  # (B, V) fp32, each row's next-token logits
+        self.positions: torch.Tensor | None = None  # (B,) position of each row's next token
+        self.seen: torch.Tensor | None = None  # (B, V) bool, ids in each row so far (repetition penalty)
+        self.steps = 0
+
+    # ------------------------------------------------------------------ requests
+    def add(self, request: Request) -> Request:
+        """Validate and queue `request`; raises ValueError naming the problem (nothing is queued)."""
+        p = request.params
+        if (p.stop or p.truncate_before_pattern) and self.tokenizer is None:
+            raise ValueError("stop strings and truncation patterns need a tokenizer")
+        if self.max_rows is not None and request.rows > self.max_rows:
+            raise ValueError(f"the request has {request.rows} sequences (prompts x n); at most {self.max_rows} run together")
+        # With a tokenizer, prompt ids must be ones it can decode; without, ones the model embeds.
+        limit = self._limit(request) if self.tokenizer is not None else self.n_tokens
+        for i, length in enumerate(request.prompt_tokens):
+            keep = p.check_prompt(length, self.n_positions, i)
+            if keep < length:  # truncate_prompt: keep the end
+                request.input_ids, request.mask = request.input_ids[:, -keep:], request.mask[:, -keep:]
+                request.prompt_tokens = request.mask.sum(-1).tolist()
+                return self.add(request)
+        real = request.input_ids[request.mask.bool()]
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= limit):
+            raise ValueError(f"prompt token ids must lie in [0, {limit})")
+        if not p.greedy:
+            if p.seed is not None:
+                request.seed = p.seed
+            else:  # drawn once per request, from the caller's generator or torch's global one
+                request.seed = int(torch.randint(0, 2**63 - 1, (), generator=request.generator))
+        self.waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        request.cancel()
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def run(self) -> Iterator[list]:
+        """Step until every request is done, yielding each step's events."""
+        while self.has_work:
+            yield self.step()
+
+    def _limit(self, request: Request) -> int:
+        limit = request.params.vocab_limit or self.vocab_limit
+        return min(limit, self.n_tokens) if limit is not None else self.n_tokens
+
+    def _stop_ids(self, request: Request) -> tuple[int, ...]:
+        ids = request.params.stop_token_ids
+        return self.eos if ids is None else ids
+
+    # ------------------------------------------------------------------ the loop
+    @torch.inference_mode()
+    def step(self) -> list:
+        events: list = []
+        self._keep([i for i, r in enumerate(self.rows) if not r.request.cancelled])
+        while self.waiting and (self.max_rows is None or not self.rows
+                                or len(self.rows) + self.waiting[0].rows <= self.max_rows):
+            request = self.waiting.popleft()
+            if not request.cancelled:
+                self._admit(request, events)
+        if not self.rows:
+            return events
+        chosen, scores, failed = self._select(events)
+        self.steps += 1
+        keep, tokens = [], []
+        for i, (row, token) in enumerate(zip(self.rows, chosen)):
+            if row.request.id in failed:
+                continue
+            row.generated += 1
+            p = row.request.params
+            offset, fired = None, False
+            if token in self._stop_ids(row.request):
+                reason = "stop"
+                offset = len(row.text.decoder.text) if row.text is not None else None
+            else:
+                if row.text is not None:
+                    fired, offset = row.text.add(token, check=row.generated > p.min_new_tokens)
+                reason = "stop" if fired else "length" if row.generated >= p.max_new_tokens else None
+            text = row.text.delta(final=reason is not None) if row.text is not None else ""
+            lp, top = scores.get(i, (None, None))
+            events.append(TokenEvent(row.request, row.index, token, text, offset, lp, top, reason))
+            if reason is None:
+                keep.append(i)
+                tokens.append(token)
+            else:
+                row.request.finished += 1
+        self._keep(keep)
+        if self.rows:
+            self.cache.reserve(1)
+            self.logits = self.backend.decode(tokens, self.positions, self.cache)
+            self.positions = self.positions + 1
+        return events
+
+    def abort(self) -> list[Request]:
+        """Drop every running and waiting request (after a failed forward pass); the requests dropped."""
+        dropped = list({r.request.id: r.request for r in self.rows}.values()) + list(self.waiting)
+        self.waiting.clear()
+        self._keep([])
+        return dropped
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep rows `keep` (in order) of the batch and its tensors."""
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.logits, self.positions, self.seen = [], None, None, None, None
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.cache.keep(idx)
+        self.logits, self.positions, self.seen = self.logits[idx], self.positions[idx], self.seen[idx]
+
+    def _admit(self, request: Request, events: list) -> None:
+        """Prefill the request's prompts in one left-padded batch and join its rows to the batch."""
+        p = request.params
+        ids, mask = request.input_ids.to(self.device), request.mask.to(self.device)
+        P, T = ids.shape
+        cache = KVCache.for_model(self.model, P, T + (p.max_new_tokens if not self.rows else 0))
+        attn = cache.attend(mask)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, hidden = self.backend.prefill(ids, cache, attn, positions, all_positions=p.prompt_logprobs)
+        if hidden is not None:
+            for i in range(P):
+                events.append(self._prompt_logprobs(request, i, hidden[i], ids[i], mask[i]))
+        seen = torch.zeros(P, logits.shape[1], dtype=torch.int32, device=self.device).scatter_add_(1, ids, mask.int()) > 0
+        n = p.n
+        cache.replicate(n)
+        logits, seen = logits.repeat_interleave(n, 0), seen.repeat_interleave(n, 0)
+        positions = (positions[:, -1] + 1).repeat_interleave(n, 0)
+        rows = []
+        for i in range(P * n):
+            gen = None
+            if not p.greedy:
+                gen = torch.Generator().manual_seed(sample_seed(request.seed, i))
+            text = RowText(self.tokenizer, p.stop, p.truncate_before_pattern) if self.tokenizer is not None else None
+            rows.append(_Row(request, i, gen, text))
+        if not self.rows:
+            self.cache, self.logits, self.positions, self.seen, self.rows = cache, logits, positions, seen, rows
+            return
+        self.cache.extend(cache)
+        self.logits = torch.cat([self.logits, logits])
+        self.positions = torch.cat([self.positions, positions])
+        self.seen = torch.cat([self.seen, seen])
+        self.rows += rows
+
+    def _prompt_logprobs(self, request: Request, i: int, hidden: torch.Tensor, ids: torch.Tensor,
+                         mask: torch.Tensor) -> PromptLogprobs:
+        k = request.params.logprobs or 0
+        start = int((mask == 0).sum())  # left padding
+        logps: list[float | None] = [None]
+        tops: list = [None]
+        n = ids.shape[0]
+        for a in range(start, n - 1, 256):  # chunks keep the (T, V) logits small
+            b = min(a + 256, n - 1)
+            picked, top = token_logprobs(self.backend.head(hidden[a:b]), ids[a + 1:b + 1], k)
+            logps += picked.tolist()
+            tops += [list(zip(t, v)) for t, v in zip(top[0].tolist(), top[1].tolist())] if top is not None else [None] * (b - a)
+        return PromptLogprobs(request, i, logps, tops)
+
+    def _select(self, events: list) -> tuple[list[int], dict[int, tuple], set[int]]:
+        """The next token of every row, the logprobs of rows that asked, and the ids of requests
+        that failed (with an ErrorEvent each)."""
+        raw = self.logits  # the engine's own tensor: the limit is applied in place
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            groups.setdefault(r.request.id, []).append(i)
+        whole = len(groups) == 1
+        for idx in groups.values():  # ids the tokenizer cannot decode are never produced nor scored
+            limit = self._limit(self.rows[idx[0]].request)
+            if limit < raw.shape[1]:
+                if whole:
+                    raw[:, limit:] = NEG_INF
+                else:
+                    raw[torch.tensor(idx, device=self.device)[:, None], torch.arange(limit, raw.shape[1], device=self.device)] = NEG_INF
+        processed = raw
+        penalties = [r.request.params.repetition_penalty for r in self.rows]
+        if any(x != 1.0 for x in penalties):
+            penalty = torch.tensor(penalties, device=self.device, dtype=raw.dtype)[:, None]
+            processed = apply_repetition_penalty(raw, self.seen, penalty)
+        chosen = torch.empty(len(self.rows), dtype=torch.long, device=self.device)
+        failed: set[int] = set()
+        for rid, idx in groups.items():
+            first = self.rows[idx[0]]
+            p = first.request.params
+            banned = list(p.suppress_tokens)
+            if first.generated < p.min_new_tokens:
+                banned += list(self._stop_ids(first.request))
+            sub = processed if whole else processed[idx]
+            if banned:
+                sub = sub.index_fill(1, torch.tensor(banned, device=self.device), NEG_INF)
+            try:
+                if p.greedy:
+                    picked = sub.argmax(dim=-1)
+                else:
+                    u = torch.cat([torch.rand(1, generator=self.rows[i].generator) for i in idx]).to(self.device)
+                    picked = sample(sub, p.temperature, p.top_k, p.top_p, u)
+            except (ValueError, RuntimeError) as e:  # this request's distribution, not the batch's
+                logger.warning("request %d failed: %s", rid, e)
+                first.request.error = str(e)
+                events.append(ErrorEvent(first.request, str(e)))
+                failed.add(rid)
+                picked = torch.zeros(len(idx), dtype=torch.long, device=self.device)
+            if whole:
+                chosen = picked
+            else:
+                chosen[idx] = picked
+        self.seen[torch.arange(len(self.rows), device=self.device), chosen] = True
+        scores: dict[int, tuple] = {}
+        want = [i for i, r in enumerate(self.rows) if r.request.params.logprobs is not None and r.request.id not in failed]
+        if want:
+            k = max(self.rows[i].request.params.logprobs for i in want)
+            picked, top = token_logprobs(raw[want], chosen[want], k)
+            picked = picked.tolist()
+            top_ids, top_vals = (top[0].tolist(), top[1].tolist()) if top is not None else (None, None)
+            for j, i in enumerate(want):
+                kk = self.rows[i].request.params.logprobs
+                scores[i] = (picked[j], list(zip(top_ids[j][:kk], top_vals[j][:kk])) if kk else None)
+        return chosen.tolist(), scores, failed

@@ -1,0 +1,78 @@
+"""Next-token selection for a batch of rows, each with its own parameters and random stream.
+
+The processing order is transformers': repetition penalty, then the bans (stop tokens before
+min_new_tokens, suppressed ids, ids past the vocabulary limit), then, for sampled rows,
+temperature -> top-k -> top-p and a draw; greedy rows take the argmax after the same bans.
+
+A sampled row draws exactly one uniform number per token from its own generator and picks the
+token by inverse CDF over its warped distribution (ids in vocabulary order), so its tokens depend
+only on its seed and its logits, never on which other rows share the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """CTRL's penalty as transformers applies it: scores of ids seen so far (`seen`, (B, V) bool) are
+    divided by the row's `penalty` (B, 1) when positive and multiplied when negative."""
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p, each leaving at least one token (transformers' warpers)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cum <= (1 - top_p)
+        remove[..., -1:] = False
+        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), NEG_INF)
+    return logits
+
+
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """(G, K) probabilities (rows need not be normalised) and (G,) uniforms in [0, 1) -> (G,) column
+    indices by inverse CDF, in fp64; a column of probability 0 is never picked."""
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise ValueError("the sampling distribution is not finite (temperature too small for these logits?)")
+    idx = torch.searchsorted(cdf, uniforms.double()[:, None] * total, right=True).clamp_(max=probs.shape[1] - 1)
+    # Rounding can land past the last nonzero entry: step back to it.
+    last = probs.shape[1] - 1 - (probs.flip(-1) > 0).long().argmax(dim=-1, keepdim=True)
+    return torch.minimum(idx, last).squeeze(1)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """(G, V) processed logits of rows that share warp parameters -> (G,) sampled ids."""
+    if top_k and top_k < logits.shape[-1]:
+        # Same distribution as warping the whole vocabulary (ids outside the top k get probability 0
+        # either way), but top-p sorts k values instead of V. Ties and order: the top k in vocabulary
+        # order, so the pick does not depend on how topk orders equal values.
+        values, ids = torch.topk(logits, top_k)
+        ids, order = ids.sort(dim=-1)
+        values = values.gather(1, order)
+        probs = warp(values, temperature, 0, top_p).softmax(dim=-1)
+        return ids.gather(1, draw(probs, uniforms)[:, None]).squeeze(1)
+    probs = warp(logits, temperature, 0, top_p).softmax(dim=-1)
+    return draw(probs, uniforms)
+
+
+def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int = 0):
+    """Log-probabilities under the model's own distribution: of the chosen ids (B,), and the `top`
+    most likely (ids, logprobs), each (B, top), when top > 0."""
+    logp = logits.float().log_softmax(dim=-1)
+    picked = logp.gather(1, chosen[:, None]).squeeze(1)
+    if top <= 0:
+        return picked, None
+    values, ids = logp.topk(top, dim=-1)
+    return picked, (ids, values)
