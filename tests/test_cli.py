@@ -105,7 +105,7 @@ def test_complete_end_to_end(tmp_path, capsys, monkeypatch):
 
 @needs_tokenizer
 @pytest.mark.parametrize("extra, message", [
-    (["--max-new-tokens", "5000"], "exceeds the context window of 2048 tokens"),
+    (["--max-new-tokens", "5000"], "more than the model's context window (n_positions) of 2048"),
     (["--top-p", "2"], "top_p must be in (0, 1], got 2.0"),
     (["--temperature", "-1"], "temperature must be >= 0"),
     (["--threads", "0"], "--threads must be >= 1"),

@@ -117,12 +117,12 @@ def test_bad_attention_mask_shape(model):
 
 
 @torch.no_grad()
-def test_kvcache_overflow_and_reorder(model):
+def test_kvcache_overflow_and_replication(model):
     cache = codegen.KVCache.for_model(model, 1, 8)
     model(x(1, 6), past_key_values=cache)
     with pytest.raises(ValueError, match="KVCache holds 8 positions; 6 used \\+ 3 new do not fit"):
         model(x(1, 3), past_key_values=cache)
-    cache.reorder(torch.tensor([0, 0, 0]))
+    cache.replicate(3)
     assert cache.batch_size == 3 and cache.length == 6
     out = model(x(3, 1, seed=4), past_key_values=cache)
     full = model(torch.cat([x(1, 6).expand(3, 6), x(3, 1, seed=4)], dim=1)).logits[:, -1]

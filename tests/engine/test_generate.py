@@ -1,19 +1,13 @@
-"""Generation: transformers-identical greedy ids, sampling, stop rules, streaming, limits."""
+"""model.generate over the engine: transformers-identical greedy ids, sampling, limits, logprobs."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 
 import codegen
-from codegen import CompletionOptions, complete, stream_complete
-from codegen.generate import GenerationConfig, stream
-from codegen.sampling import SamplingParams
-from helpers import TINY_CONFIGS, TOKENIZER_DIR, hf_model
-
-needs_tokenizer = pytest.mark.skipif(not os.path.isdir(TOKENIZER_DIR), reason="CodeGen tokenizer files not in ../shared")
+from codegen.engine import Request, SamplingParams, Scheduler, TokenEvent
+from helpers import TINY_CONFIGS, hf_model
 
 
 @pytest.fixture(scope="module", params=["h4_d32_r32", "h8_d80_r64"])
@@ -94,8 +88,18 @@ def test_cached_decoding_equals_full_recompute(pair):
     hf, ours, cfg = pair
     x, mask = prompts(cfg)
     a = ours.generate(x, attention_mask=mask, max_new_tokens=15, pad_token_id=0)
-    b = ours.generate(x, attention_mask=mask, max_new_tokens=15, pad_token_id=0, use_cache=False)
-    assert torch.equal(a, b)
+    assert torch.equal(a, ours.generate(x, attention_mask=mask, max_new_tokens=15, pad_token_id=0, use_cache=False))
+    seq, full = x, mask  # greedy by recomputing the whole sequence every step, as use_cache=False does
+    with torch.no_grad():
+        for _ in range(15):
+            logits = ours(seq, attention_mask=full, position_ids=(full.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+            seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+            full = torch.cat([full, torch.ones(len(x), 1, dtype=full.dtype)], dim=1)
+    eos = cfg["vocab_size"] - 1
+    for row, ref in zip(a, seq):  # rows that produced EOS are padded after it
+        ref = ref.tolist()
+        end = ref.index(eos, x.shape[1]) + 1 if eos in ref[x.shape[1]:] else len(ref)
+        assert row.tolist()[:end] == ref[:end]
 
 
 def test_sampling_reproducible_and_top_k_1_is_greedy(pair):
@@ -118,7 +122,8 @@ def test_length_limits(pair):
     hf, ours, cfg = pair
     x, _ = prompts(cfg, 1, 10)
     n = cfg["n_positions"]
-    with pytest.raises(ValueError, match=rf"prompt length 10 \+ max_new_tokens {n} = {n + 10} exceeds the model's n_positions = {n}"):
+    with pytest.raises(ValueError, match=rf"prompt 0 has 10 tokens; with max_new_tokens {n} that is {n + 10} positions, "
+                                         rf"more than the model's context window \(n_positions\) of {n}"):
         ours.generate(x, max_new_tokens=n)
     assert ours.generate(x, max_length=14).shape == (1, 14)  # max_length counts the prompt
     with pytest.raises(ValueError, match="max_length"):
@@ -128,17 +133,18 @@ def test_length_limits(pair):
 def test_logprobs_match_a_full_forward(pair):
     hf, ours, cfg = pair
     x, mask = prompts(cfg, 2)
-    config = GenerationConfig(max_new_tokens=6, logprobs=3, pad_token_id=0)
-    events = [e for step in stream(ours, x, mask, config) for e in step]
+    scheduler = Scheduler(ours)
+    scheduler.add(Request(x, SamplingParams(max_new_tokens=6, logprobs=3, temperature=0), attention_mask=mask))
+    events = [e for step in scheduler.run() for e in step if isinstance(e, TokenEvent)]
     seq = ours.generate(x, attention_mask=mask, max_new_tokens=6, pad_token_id=0)
     with torch.no_grad():
         full_mask = torch.cat([mask, torch.ones(2, 6, dtype=torch.long)], dim=1)
         logits = ours(seq, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits
     logp = logits.log_softmax(-1)
     for e in events:
-        step = [f for f in events if f.row == e.row].index(e)
+        step = [f for f in events if f.index == e.index].index(e)
         pos = x.shape[1] + step - 1
-        assert abs(e.logprob - logp[e.row, pos, e.token].item()) < 1e-4
+        assert abs(e.logprob - logp[e.index, pos, e.token].item()) < 1e-4
         assert e.top_logprobs[0][0] == e.token  # greedy picks the most likely
         assert len(e.top_logprobs) == 3
 
@@ -154,100 +160,3 @@ def test_bad_generation_parameters(pair):
         ours.generate(x, num_return_sequences=0, max_new_tokens=2)
 
 
-# ------------------------------------------------------------------------------ text level
-@pytest.fixture(scope="module")
-def lm():
-    torch.manual_seed(0)
-    config = codegen.CodeGenConfig(vocab_size=51200, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256)
-    model = codegen.CodeGenForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.mul_(6.0)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tok():
-    if not os.path.isdir(TOKENIZER_DIR):
-        pytest.skip("CodeGen tokenizer files not in ../shared")
-    return codegen.CodeGenTokenizerFast.from_pretrained(TOKENIZER_DIR)
-
-
-GREEDY = dict(temperature=0.0, max_new_tokens=24)
-
-
-def test_complete_greedy_matches_generate(lm, tok):
-    [c] = complete(lm, tok, "def fibonacci(n):", CompletionOptions(**GREEDY))
-    ids = tok.encode("def fibonacci(n):")
-    ref = lm.generate(torch.tensor([ids]), max_new_tokens=24, suppress_tokens=list(range(len(tok), 51200)))[0, len(ids):]
-    eos = ref.tolist().index(50256) if 50256 in ref.tolist() else len(ref)
-    assert c.token_ids == ref.tolist()[: eos + 1]
-    assert c.text == tok.decode(ref[:eos]) and c.prompt_tokens == len(ids) and c.completion_tokens == len(c.token_ids)
-    assert c.finish_reason == ("stop" if eos < len(ref) else "length")
-
-
-def test_never_produces_ids_the_tokenizer_cannot_decode(lm, tok):
-    with torch.no_grad():
-        lm.lm_head.bias[len(tok):] += 1000.0  # the padding rows of the head now win every argmax
-    try:
-        x = torch.tensor([tok.encode("import os")])
-        assert (lm.generate(x, max_new_tokens=4)[0, 3:] >= len(tok)).all()  # transformers' behaviour
-        for opts in (CompletionOptions(**GREEDY), CompletionOptions(max_new_tokens=24, seed=0, temperature=1.0, top_k=0, top_p=1.0)):
-            [c] = complete(lm, tok, "import os", opts)
-            assert max(c.token_ids) < len(tok)
-    finally:
-        with torch.no_grad():
-            lm.lm_head.bias[len(tok):] -= 1000.0
-
-
-def test_stop_strings_end_one_row_only(lm, tok):
-    prompts = ["def fibonacci(n):", "import os\n"]
-    free = complete(lm, tok, prompts, CompletionOptions(**GREEDY))
-    text0, text1 = free[0].text, free[1].text
-    stop = next(text0[i:i + 3] for i in range(4, len(text0) - 3) if text0[i:i + 3] not in text1 and text0[i:i + 3].strip())
-    got = complete(lm, tok, prompts, CompletionOptions(**GREEDY, stop=[stop, "\x00never"]))
-    assert got[0].text == text0[: text0.index(stop)] and got[0].finish_reason == "stop"
-    assert got[0].completion_tokens < free[0].completion_tokens
-    assert got[1].text == text1 and got[1].finish_reason == free[1].finish_reason
-
-
-def test_truncate_before_pattern_as_stop_rule(lm, tok):
-    free = complete(lm, tok, "x = 1", CompletionOptions(**GREEDY))[0].text
-    word = next(w for w in free.split() if len(w) > 2)
-    patterns = [re_escape(word)]
-    [c] = complete(lm, tok, "x = 1", CompletionOptions(**GREEDY, truncate_before_pattern=patterns))
-    assert c.text == free[: free.index(word)] and c.finish_reason == "stop"
-
-
-def re_escape(s):
-    import re
-
-    return re.escape(s)
-
-
-@pytest.mark.parametrize("extra", [{}, {"stop": ["e"]}, {"truncate_before_pattern": [r"\n\n"]}, {"n": 3, "temperature": 0.8, "seed": 1}])
-def test_streamed_text_equals_final_text(lm, tok, extra):
-    opts = dict(GREEDY, **extra)
-    prompts = ["def fibonacci(n):", "import os\n"]
-    final = complete(lm, tok, prompts, CompletionOptions(**opts))
-    deltas = list(stream_complete(lm, tok, prompts, CompletionOptions(**opts)))
-    for c in final:
-        mine = [d for d in deltas if d.index == c.index]
-        assert "".join(d.text for d in mine) == c.text
-        assert [t for d in mine for t in d.token_ids] == c.token_ids
-        assert mine[-1].finish_reason == c.finish_reason and all(d.finish_reason is None for d in mine[:-1])
-
-
-def test_seeded_completions_are_reproducible(lm, tok):
-    opts = CompletionOptions(max_new_tokens=16, temperature=0.9, n=2, seed=3)
-    a, b = complete(lm, tok, "def f(x):", opts), complete(lm, tok, "def f(x):", opts)
-    assert [c.token_ids for c in a] == [c.token_ids for c in b]
-
-
-def test_prompt_too_long(lm, tok):
-    long = "x = 1\n" * 100  # 400 tokens, context 256
-    with pytest.raises(ValueError, match=r"prompt 0 has \d+ tokens; with max_new_tokens 24 it exceeds the context window of 256"):
-        complete(lm, tok, long, CompletionOptions(**GREEDY))
-    [c] = complete(lm, tok, long, CompletionOptions(**GREEDY, truncate_prompt=True))
-    assert c.prompt_tokens == 256 - 24

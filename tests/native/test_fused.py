@@ -1,17 +1,19 @@
-"""The native batch-1 decode step (fused.py, decode.cpp): the same logits and cache as the module path,
+"""The native batch-1 decode step (native/fused.py, decode.cpp): the same logits and cache as the module path,
 used by the engine where it applies and nowhere else, and clear errors for what it cannot take."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
 import codegen
-from codegen import generate as engine
-from codegen import kernels
-from codegen.cache import KVCache
-from codegen.fused import FusedDecoder, suffix_start
+from codegen.engine import KVCache, Request, SamplingParams, Scheduler, TokenEvent
+from codegen.engine.batcher import ContinuousBatcher
 from codegen.lora import apply_lora
+from codegen.native import kernels
+from codegen.native.fused import FusedDecoder
 from helpers import TINY_CONFIGS
 
 kernels.load()
@@ -100,18 +102,19 @@ def test_engine_uses_it_for_one_row_only(monkeypatch):
     calls.clear()
     fast_holed = model.generate(x, attention_mask=holed, max_new_tokens=5, pad_token_id=0, eos_token_id=[])
     assert not calls  # a hole in the mask: the module path
-    monkeypatch.setattr(engine.FusedDecoder, "create", classmethod(lambda cls, m: None))
+    monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
     assert torch.equal(fast, model.generate(x, max_new_tokens=30, pad_token_id=0, eos_token_id=[]))
     assert torch.equal(fast_padded, model.generate(x, attention_mask=left_padded, max_new_tokens=5, pad_token_id=0, eos_token_id=[]))
     assert torch.equal(fast_holed, model.generate(x, attention_mask=holed, max_new_tokens=5, pad_token_id=0, eos_token_id=[]))
 
 
 def test_suffix_start():
-    assert suffix_start(torch.tensor([1, 1, 1])) == 0
-    assert suffix_start(torch.tensor([0, 0, 1, 1])) == 2
-    assert suffix_start(torch.tensor([1, 0, 1])) is None
-    assert suffix_start(torch.tensor([1, 1, 0])) is None
-    assert suffix_start(torch.tensor([0, 0])) is None
+    cache = KVCache(1, 5, 4, 4, 2)
+    cache.mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    cache.length = 3
+    assert cache.suffix_start(0) == 0 and cache.suffix_start(1) == 2 and cache.suffix_start(1, extra=1) == 2
+    assert cache.suffix_start(2) is None and cache.suffix_start(3) is None and cache.suffix_start(4) is None
+    assert cache.suffix_start(0, extra=1) is None  # the next column is not attended yet
 
 
 @native
@@ -136,44 +139,51 @@ def test_left_padded_step_equals_the_module_path():
 
 @native
 def test_server_batcher_uses_it_for_a_lone_request(monkeypatch):
-    from codegen.batching import BatchRequest, ContinuousBatcher, Update
-
-    model = make(SHAPES["h4_d32_r32"])
-
     from codegen.demo import demo_path
 
+    model = make(SHAPES["h4_d32_r32"])
     tok = codegen.CodeGenTokenizerFast.from_pretrained(demo_path())
 
     def run():
         batcher = ContinuousBatcher(model, tok, max_batch=4)
         out = []
-        batcher._admit(batcher.submit(BatchRequest([3, 1, 4, 1, 5], max_new_tokens=12, temperature=0),
-                                      lambda u: out.append(u.token) if isinstance(u, Update) else None))
-        batcher._pending.clear()
-        with torch.inference_mode():
-            while batcher.batch.rows:
-                batcher._step()
-        return batcher, out
+        batcher.submit(Request([[3, 1, 4, 1, 5]], SamplingParams(max_new_tokens=12, temperature=0)),
+                       lambda e: out.append(e.token) if isinstance(e, TokenEvent) else None)
+        batcher.start()
+        deadline = time.time() + 30
+        while len(out) < 12 and time.time() < deadline:
+            time.sleep(0.01)
+        batcher.close()
+        return out
 
     calls = []
     real = FusedDecoder.__call__
     monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
-    batcher, fast = run()
-    assert batcher.fused is not None and len(calls) == 11 and len(fast) == 12
-    monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, m: None))
-    assert run()[1] == fast
+    fast = run()
+    assert len(calls) == 11 and len(fast) == 12
+    monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
+    assert run() == fast
 
 
 @native
 def test_a_batch_that_shrinks_to_one_row_continues_natively(monkeypatch):
     model = make(SHAPES["h4_d16_r8"])
     x = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(2))
-    config = engine.GenerationConfig(max_new_tokens=12)
-    stop_row0_early = lambda row, tok: row == 0  # noqa: E731
-    fast = [[e.token for e in ev] for ev in engine.stream(model, x, None, config, stopper=stop_row0_early)]
-    monkeypatch.setattr(engine.FusedDecoder, "create", classmethod(lambda cls, m: None))
-    slow = [[e.token for e in ev] for ev in engine.stream(model, x, None, config, stopper=stop_row0_early)]
-    assert fast == slow and len(fast) == 12 and len(fast[1]) == 1
+
+    def run():
+        s = Scheduler(model)
+        s.add(Request(x[:1], SamplingParams(max_new_tokens=1, temperature=0)))  # leaves after one token
+        s.add(Request(x[1:], SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=())))
+        return [[e.token for e in step] for step in s.run()]
+
+    calls = []
+    real = FusedDecoder.__call__
+    monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    fast = run()
+    assert len(calls) == 11
+    monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
+    slow = run()
+    assert fast == slow and len(fast) == 12 and len(fast[0]) == 2 and len(fast[1]) == 1
 
 
 @native

@@ -1,5 +1,5 @@
-"""The native bf16 matrix-vector kernel: equal to an fp32 reference up to bf16 rounding, used by the
-model's decode step, and skipped cleanly when it cannot be built."""
+"""The native small-row kernels: equal to an fp32 reference up to rounding, used by the decode step of
+a model the engine's backend has prepared, and skipped cleanly when they cannot be built."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import codegen
-from codegen import kernels
+from codegen.engine.backend import prepare
+from codegen.native import kernels
 from helpers import TINY_CONFIGS
 
 kernels.load()
@@ -66,7 +67,7 @@ def test_arguments_it_does_not_take_return_none():
 @native
 def test_bf16_decode_with_the_kernel_equals_torch_path(monkeypatch):
     torch.manual_seed(0)
-    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(**TINY_CONFIGS["h8_d80_r64"])).eval().to(torch.bfloat16)
+    model = prepare(codegen.CodeGenForCausalLM(codegen.CodeGenConfig(**TINY_CONFIGS["h8_d80_r64"])).eval().to(torch.bfloat16))
     ids = torch.randint(0, model.config.vocab_size, (1, 12))
     calls = []
     native_fn = kernels._gemv
@@ -86,7 +87,7 @@ def test_bf16_decode_with_the_kernel_equals_torch_path(monkeypatch):
 @pytest.mark.parametrize("batch,kernel", [(1, "_f32_gemv"), (5, "_smallmm")])
 def test_f32_decode_with_the_kernels_equals_torch_path(monkeypatch, batch, kernel):
     torch.manual_seed(0)
-    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(**TINY_CONFIGS["h8_d80_r64"])).eval()
+    model = prepare(codegen.CodeGenForCausalLM(codegen.CodeGenConfig(**TINY_CONFIGS["h8_d80_r64"])).eval())
     ids = torch.randint(0, model.config.vocab_size, (batch, 12))
     calls = []
     native_fn = getattr(kernels, kernel)
@@ -101,7 +102,7 @@ def test_f32_decode_with_the_kernels_equals_torch_path(monkeypatch, batch, kerne
 
 
 def test_unbuildable_or_disabled_kernel_falls_back(tmp_path):
-    code = ("import torch, logging; logging.basicConfig(); from codegen import kernels;"
+    code = ("import torch, logging; logging.basicConfig(); from codegen.native import kernels;"
             "print(kernels.gemv(torch.ones(4, 8).bfloat16(), torch.ones(8).bfloat16(), None))")
     env = dict(os.environ, CODEGEN_CACHE=str(tmp_path), CXX="/bin/false")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

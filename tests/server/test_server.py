@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import codegen
-from codegen.batching import ContinuousBatcher
+from codegen.engine.batcher import ContinuousBatcher
 from helpers import TOKENIZER_DIR
 
 fastapi = pytest.importorskip("fastapi")
@@ -103,7 +103,8 @@ def test_completion_shape_and_usage(server, model, tok):
     ref = greedy_reference(model, tok, "def fibonacci(n):", 12)
     assert choice["text"] == ref.text and choice["index"] == 0 and choice["finish_reason"] == ref.finish_reason
     lp = choice["logprobs"]
-    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == len(ref.token_ids)
+    shown = len(ref.token_ids) - (ref.token_ids[-1] == tok.eos_token_id)  # EOS has no text: not shown
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == shown
     assert all(len(t) <= 2 for t in lp["top_logprobs"]) and lp["text_offset"][0] == 0
     usage = body["usage"]
     assert usage["prompt_tokens"] == len(tok.encode("def fibonacci(n):"))
@@ -269,3 +270,94 @@ def test_openai_client(server):
     text = "".join(ch.choices[0].text for ch in client.completions.create(
         model="codegen-test", prompt="def f(x):", max_tokens=8, temperature=0, stream=True) if ch.choices)
     assert text == r.choices[0].text
+
+
+def _joined(chunks, index, key):
+    return [x for ch in chunks for c in ch["choices"] if c["index"] == index and c["logprobs"] for x in c["logprobs"][key]]
+
+
+@pytest.mark.parametrize("extra", [{}, {"stop": ["(", "\n"]}, {"n": 2, "temperature": 0.9, "seed": 5, "stop": [" "]}])
+def test_streamed_logprobs_equal_non_streamed(server, extra):
+    body = {"prompt": "def fibonacci(n):", "max_tokens": 16, "temperature": 0, "logprobs": 2, **extra}
+    whole = post(server, body).json()["choices"]
+    chunks = read_stream(server, {**body, "stream": True})
+    for c in whole:
+        lp = c["logprobs"]
+        for key in ("tokens", "token_logprobs", "text_offset", "top_logprobs"):
+            assert _joined(chunks, c["index"], key) == lp[key], key
+        # offsets index the returned text, and the tokens shown make it up (the stop string's is left out)
+        assert "".join(lp["tokens"]).startswith(c["text"]) and len("".join(lp["tokens"])) - len(c["text"]) < 8
+        assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+        assert all(off < len(c["text"]) for off in lp["text_offset"])
+
+
+def test_repetition_penalty_top_k_and_min_tokens_extensions(server, model, tok):
+    prompt = "def fibonacci(n):"
+    for extra, opts in (({"repetition_penalty": 1.5}, {"repetition_penalty": 1.5}),
+                        ({"top_k": 3, "temperature": 0.9, "seed": 2}, {"top_k": 3, "temperature": 0.9, "seed": 2})):
+        body = {"prompt": prompt, "max_tokens": 12, "temperature": 0, **extra}
+        [c] = codegen.complete(model, tok, prompt, codegen.CompletionOptions(
+            **{"max_new_tokens": 12, "top_p": 1.0, "top_k": 0, "temperature": 0, **opts}))
+        assert post(server, body).json()["choices"][0]["text"] == c.text
+    free = post(server, {"prompt": prompt, "max_tokens": 12, "temperature": 0}).json()["choices"][0]["text"]
+    stop = free[0]  # the first character: the completion stops at once...
+    body = {"prompt": prompt, "max_tokens": 12, "temperature": 0, "stop": [stop]}
+    early = post(server, body).json()
+    assert early["choices"][0]["text"] == "" and early["usage"]["completion_tokens"] == 1
+    late = post(server, {**body, "min_tokens": 5}).json()  # ...but not before min_tokens
+    assert late["usage"]["completion_tokens"] >= 5 and late["choices"][0]["text"].startswith(free[:len(free) // 3])
+    [c] = codegen.complete(model, tok, prompt, codegen.CompletionOptions(max_new_tokens=12, temperature=0, stop=[stop],
+                                                                         min_new_tokens=5))
+    assert late["choices"][0]["text"] == c.text
+    assert post(server, {"prompt": "x", "min_tokens": -1}).json()["error"]["param"] == "min_tokens"
+    assert post(server, {"prompt": "x", "repetition_penalty": 0}).json()["error"]["param"] == "repetition_penalty"
+
+
+def _cli_samples(text: str, n: int) -> list[str]:
+    parts = text.split("--- completion ")[1:]
+    assert len(parts) == n
+    return [p.split(" ---\n", 1)[1][:-1] for p in parts]  # each ends with the newline the CLI adds
+
+
+def test_one_seed_gives_the_same_samples_everywhere(server, model, tok, tmp_path, capsys):
+    """complete, stream_complete, `codegen complete` and the server (streamed or not, alone or beside other
+    requests) give the same samples for the same seed and n, also when a stop string ends some early."""
+    from codegen.cli import main
+
+    prompt = "def f(x):"
+    opts = dict(max_new_tokens=10, temperature=0.8, top_p=0.95, top_k=50, n=3, seed=11)
+    texts = [c.text for c in codegen.complete(model, tok, prompt, codegen.CompletionOptions(**opts))]
+    assert len(set(texts)) == 3
+    deltas = list(codegen.stream_complete(model, tok, prompt, codegen.CompletionOptions(**opts)))
+    assert ["".join(d.text for d in deltas if d.index == i) for i in range(3)] == texts
+
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    args = ["complete", prompt, "--model", str(tmp_path), "--max-new-tokens", "10", "--temperature", "0.8",
+            "--top-p", "0.95", "--top-k", "50", "--n", "3", "--seed", "11", "--no-echo"]
+    assert main(args) == 0
+    assert _cli_samples(capsys.readouterr().out, 3) == texts
+
+    body = {"prompt": prompt, "max_tokens": 10, "temperature": 0.8, "top_p": 0.95, "top_k": 50, "n": 3, "seed": 11}
+    assert [c["text"] for c in post(server, body).json()["choices"]] == texts
+    chunks = read_stream(server, {**body, "stream": True})
+    assert ["".join(c["text"] for ch in chunks for c in ch["choices"] if c["index"] == i) for i in range(3)] == texts
+
+    others = [{"prompt": f"import m{i}", "max_tokens": 14, "temperature": 1.0, "n": 2} for i in range(4)]
+
+    async def busy(target):
+        async with httpx.AsyncClient(timeout=120) as client:
+            rs = await asyncio.gather(*[client.post(server.url + "/v1/completions", json=b) for b in [others[0], target, *others[1:]]])
+            return rs[1].json()
+
+    assert [c["text"] for c in asyncio.run(busy(body))["choices"]] == texts
+
+    # A stop string that ends some samples early leaves the others' draws alone.
+    stop = next(t[2:4] for t in texts if len(t) > 4 and t[2:4].strip())
+    cut = [t[: t.index(stop)] if stop in t else t for t in texts]
+    assert any(c != t for c, t in zip(cut, texts))
+    got = [c.text for c in codegen.complete(model, tok, prompt, codegen.CompletionOptions(**opts, stop=[stop]))]
+    assert got == cut
+    assert [c["text"] for c in asyncio.run(busy({**body, "stop": [stop]}))["choices"]] == cut
+    assert main(args + ["--stop", stop]) == 0
+    assert _cli_samples(capsys.readouterr().out, 3) == cut

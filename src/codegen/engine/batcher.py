@@ -90,10 +90,10 @@ class ContinuousBatcher:
                         callback(e)
                 continue
             for event in events:
-                request = event.request
-                callback = self._callbacks.get(request.id)
+                callback = self._callbacks.get(event.request.id)
                 if callback is not None:
                     callback(event)
+            for request in {e.request.id: e.request for e in events}.values():
                 if request.done:
                     self._callbacks.pop(request.id, None)
             with self._cond:  # cancelled requests whose rows left the batch: forget their callbacks
