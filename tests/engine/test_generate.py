@@ -160,3 +160,24 @@ def test_bad_generation_parameters(pair):
         ours.generate(x, num_return_sequences=0, max_new_tokens=2)
 
 
+
+
+def test_generate_never_returns_ids_the_checkpoints_tokenizer_cannot_decode(tmp_path):
+    from codegen.demo import demo_path
+
+    torch.manual_seed(0)
+    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(vocab_size=51200, n_embd=32, n_layer=1, n_head=4,
+                                                             rotary_dim=4, n_positions=64))
+    with torch.no_grad():
+        model.lm_head.bias[50295:] += 1000.0  # the head's padding rows win every argmax
+    model.save_pretrained(tmp_path / "bare")
+    x = torch.tensor([[1, 2, 3]])
+    bare = codegen.CodeGenForCausalLM.from_pretrained(tmp_path / "bare")
+    assert bare.tokenizer_size is None and (bare.generate(x, max_new_tokens=3)[0, 3:] >= 50295).all()
+    model.save_pretrained(tmp_path / "full")
+    codegen.CodeGenTokenizerFast.from_pretrained(demo_path()).save_pretrained(tmp_path / "full")
+    loaded = codegen.CodeGenForCausalLM.from_pretrained(tmp_path / "full")
+    assert loaded.tokenizer_size == 50295
+    assert (loaded.generate(x, max_new_tokens=3)[0, 3:] < 50295).all()
+    sampled = loaded.generate(x, max_new_tokens=5, do_sample=True, top_k=0, generator=torch.Generator().manual_seed(0))
+    assert (sampled[0, 3:] < 50295).all()
