@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import sysconfig
 import time
 import tokenize

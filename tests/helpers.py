@@ -70,3 +70,18 @@ def save_hf_checkpoint(model, path, safe_serialization: bool = True, max_shard_s
     total = sum(v.numel() * v.element_size() for v in state.values())
     with open(os.path.join(path, "pytorch_model.bin.index.json"), "w") as fh:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
+
+
+def sharp_lm(seed: int = 0):
+    """Our CodeGenForCausalLM at CodeGen's vocabulary size (51200) with tiny layers, its matrices scaled
+    so that greedy paths vary: for text-level tests with the real tokenizer."""
+    import codegen
+
+    torch.manual_seed(seed)
+    config = codegen.CodeGenConfig(vocab_size=51200, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256)
+    model = codegen.CodeGenForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    return model

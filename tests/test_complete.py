@@ -9,19 +9,12 @@ import torch
 
 import codegen
 from codegen import CompletionOptions, complete, stream_complete
-from helpers import TOKENIZER_DIR
+from helpers import TOKENIZER_DIR, sharp_lm
 
 
 @pytest.fixture(scope="module")
 def lm():
-    torch.manual_seed(0)
-    config = codegen.CodeGenConfig(vocab_size=51200, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256)
-    model = codegen.CodeGenForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.mul_(6.0)
-    return model
+    return sharp_lm()
 
 
 @pytest.fixture(scope="module")

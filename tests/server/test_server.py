@@ -10,11 +10,10 @@ import threading
 import time
 
 import pytest
-import torch
 
 import codegen
 from codegen.engine.batcher import ContinuousBatcher
-from helpers import TOKENIZER_DIR
+from helpers import TOKENIZER_DIR, sharp_lm
 
 fastapi = pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -61,14 +60,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = codegen.CodeGenConfig(vocab_size=51200, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256)
-    m = codegen.CodeGenForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(6.0)
-    return m
+    return sharp_lm()
 
 
 @pytest.fixture(scope="module")

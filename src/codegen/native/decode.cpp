@@ -1,4 +1,4 @@
-// A whole batch-1 decode step of a CodeGen model in one native call (codegen/fused.py calls it).
+// A whole batch-1 decode step of a CodeGen model in one native call (codegen/native/fused.py calls it).
 //
 // With the matrix-vector products at the memory bandwidth (kernels.cpp), what is left of a step in
 // torch is ~60 small ops per layer, each dispatched from Python: ~5-6 ms of a ~56 ms fp32 step of the

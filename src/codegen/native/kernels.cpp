@@ -15,7 +15,7 @@
 //   ahead into L2 to overlap the two: ~15-16 GB/s where torch's addmm gets ~11.
 // Rows are split across OpenMP threads; the library links libgomp.so.1, the runtime torch has
 // already loaded, so there is one thread pool. Plain C ABI, called through ctypes by
-// codegen/kernels.py, which compiles this file on first use.
+// codegen/native/kernels.py, which compiles this file on first use.
 #include "simd.h"
 
 namespace {

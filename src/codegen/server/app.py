@@ -105,7 +105,6 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                max_tokens_default: int = 16) -> FastAPI:
     app = FastAPI(title="codegen", description="CodeGen completions, OpenAI- and Copilot-compatible")
     tokenizer = batcher.tokenizer
-    n_positions = batcher.model.config.n_positions
     created = int(time.time())
 
     @app.exception_handler(APIError)
