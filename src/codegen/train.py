@@ -23,11 +23,11 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from . import lora
 from .config import CodeGenConfig
 from .model import CodeGenForCausalLM
+from .progress import Progress
 from .tokenizer import CodeGenTokenizerFast
 
 logger = logging.getLogger(__name__)
@@ -186,18 +186,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def evaluate_loss(model, blocks: torch.Tensor, batch_size: int, max_batches: int | None, dtype: torch.dtype) -> float:
+def evaluate_loss(model, blocks: torch.Tensor, batch_size: int, max_batches: int | None, dtype: torch.dtype,
+                  progress: bool | None = False) -> float:
     """Mean next-token loss over held-out blocks (token-weighted)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     n = len(blocks) if max_batches is None else min(len(blocks), max_batches * batch_size)
-    for i in range(0, n, batch_size):
-        x = blocks[i:i + batch_size]
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(x, labels=x, use_cache=False).loss
-        total += float(loss) * x.numel()
-        count += x.numel()
+    with Progress(n, "scoring", "sequence", enabled=progress) as bar:
+        for i in range(0, n, batch_size):
+            x = blocks[i:i + batch_size]
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                loss = model(x, labels=x, use_cache=False).loss
+            total += float(loss) * x.numel()
+            count += x.numel()
+            bar.update(len(x))
     model.train(was_training)
     return total / max(count, 1)
 
@@ -284,7 +287,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, stop_after: int | None
     model.train()
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     start_step, t0 = step, time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="training", unit="step", disable=None if progress is None else not progress)
+    bar = Progress(cfg.max_steps, "training", "step", initial=step, enabled=progress)
     while step < cfg.max_steps:
         if stop_after is not None and step - start_step >= stop_after:
             break
@@ -308,7 +311,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, stop_after: int | None
         if len(held) and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             held_loss = evaluate_loss(model, held, cfg.batch_size, cfg.eval_batches, dtype)
             evals.append((step, held_loss, math.exp(min(held_loss, 50))))
-            logger.info("step %d: held-out loss %.4f, perplexity %.2f", step, held_loss, evals[-1][2])
+            bar.note(f"step {step}: held-out loss {held_loss:.4f}, perplexity {evals[-1][2]:.2f}")
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             _save(model, tokenizer, optimizer, batches, step, history, cfg, os.path.join(cfg.out, f"checkpoint-{step:06d}"))
     bar.close()
@@ -328,4 +331,4 @@ def perplexity(model, tokenizer, paths: list[str], seq_len: int = 512, batch_siz
     blocks = pack([t for _, t in collect_texts(paths)], tokenizer, min(seq_len, model.config.n_positions))
     if len(blocks) == 0:
         raise ValueError("the texts are shorter than one sequence; lower --seq-len")
-    return evaluate_loss(model, blocks, batch_size, None, torch.float32), blocks.numel()
+    return evaluate_loss(model, blocks, batch_size, None, torch.float32, progress=None), blocks.numel()

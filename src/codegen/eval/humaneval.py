@@ -15,8 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
 
+from ..progress import Progress
 from .passk import mean_pass_at_k
 from .sandbox import Limits, Verdict, run_many
 
@@ -80,7 +80,7 @@ def score(samples: list[dict], problems: dict[str, dict], ks: Iterable[int] = (1
         if s["task_id"] not in problems:
             raise ValueError(f"sample {i}: unknown task_id {s['task_id']!r}")
     programs = [check_program(problems[s["task_id"]], s["completion"]) for s in samples]
-    with tqdm(total=len(programs), desc="executing", unit="sample", disable=None if progress is None else not progress) as bar:
+    with Progress(len(programs), "executing", "sample", enabled=progress) as bar:
         verdicts = run_many(programs, limits, workers, bar)
     results = [dict(s, result=v.result, passed=v.passed) for s, v in zip(samples, verdicts)]
     by_task: dict[str, list[Verdict]] = defaultdict(list)
@@ -105,12 +105,40 @@ def write_jsonl(path: str, records: Iterable[dict]) -> None:
             fh.write(json.dumps(r) + "\n")
 
 
+RUN_SETTINGS = "settings.json"
+
+
+def check_run_settings(directory: str, settings: dict, restart: bool = False, samples: str = "samples.jsonl") -> None:
+    """Record what a sampling run in `directory` depends on (model, sampling parameters, stop set);
+    a resumed run must ask the same, or its samples would mix with the earlier ones: ValueError
+    naming the differences. `restart` deletes the earlier samples and results instead."""
+    path = os.path.join(directory, RUN_SETTINGS)
+    settings = dict(settings, stop=list(STOP))
+    if restart:
+        for name in (samples, samples[:-6] + "_results.jsonl", samples + "_results.jsonl", RUN_SETTINGS):
+            if os.path.exists(os.path.join(directory, name)):
+                os.unlink(os.path.join(directory, name))
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            before = json.load(fh)
+        diff = {k for k in set(before) | set(settings) if before.get(k) != settings.get(k)}
+        if diff and os.path.exists(os.path.join(directory, samples)):
+            was = ", ".join(f"{k} {before.get(k)!r}" for k in sorted(diff))
+            now = ", ".join(f"{k} {settings.get(k)!r}" for k in sorted(diff))
+            raise ValueError(f"{directory} holds samples made with {was}; this run asks {now}. Resuming would mix "
+                             f"them: use another --out, or --restart to start over")
+    elif os.path.exists(os.path.join(directory, samples)):
+        logger.warning("%s has samples but no %s (an older run): resuming without checking its settings", directory, RUN_SETTINGS)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(settings, fh, indent=2, sort_keys=True)
+
+
 def generate(model, tokenizer, problems: dict[str, dict], out_file: str, n: int, *, temperature: float = 0.2,
              top_p: float = 0.95, top_k: int = 0, max_new_tokens: int = 512, stop: Iterable[str] = STOP,
              truncate: bool = False, seed: int = 0, chunk: int = 32, progress: bool | None = None) -> list[dict]:
     """Append n samples per problem to `out_file` as they are produced; an interrupted run resumes
     where it stopped (samples already in the file are kept, none is written twice)."""
-    from ..complete import CompletionOptions, complete
+    from ..completion import CompletionOptions, complete
 
     have: dict[str, int] = defaultdict(int)
     if os.path.exists(out_file):
@@ -121,7 +149,7 @@ def generate(model, tokenizer, problems: dict[str, dict], out_file: str, n: int,
     todo = [(t, n - have[t]) for t in sorted(problems, key=_task_order) if have[t] < n]
     patterns = [r"\n\n^#", "^'''", "\n\n\n"] if truncate else []
     with open(out_file, "a", encoding="utf-8") as fh, \
-            tqdm(total=sum(r for _, r in todo), desc="sampling", unit="sample", disable=None if progress is None else not progress) as bar:
+            Progress(sum(r for _, r in todo), "sampling", "sample", enabled=progress) as bar:
         for task_id, remaining in todo:
             prompt = problems[task_id]["prompt"]
             done = have[task_id]

@@ -18,8 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
 
+from ..progress import Progress
 from .humaneval import read_jsonl
 from .passk import mean_pass_at_k
 from .sandbox import Limits, run_many
@@ -139,11 +139,11 @@ def check_program(code: str, expected) -> str | None:
 def sample(model, tokenizer, problems: list[dict], n: int, *, single_turn: bool = False, temperature: float = 0.2,
            top_p: float = 0.95, top_k: int = 0, seed: int = 16, progress: bool | None = None) -> list[dict]:
     """n samples for every (problem, test case): records with id, case, index, turns, completions, program."""
-    from ..complete import CompletionOptions, complete
+    from ..completion import CompletionOptions, complete
 
     records = []
     total = sum(cases(p) for p in problems)
-    with tqdm(total=total, desc="sampling", unit="case", disable=None if progress is None else not progress) as bar:
+    with Progress(total, "sampling", "case", enabled=progress) as bar:
         for p in problems:
             gen_len = p.get("max_gen_length", DEFAULT_GEN_LENGTH)
             for case in range(cases(p)):
@@ -192,7 +192,7 @@ def score(records: list[dict], problems: list[dict], ks: Iterable[int] = (1,), l
             programs.append(prog)
             runnable.append(i)
     limits = limits or Limits(timeout=20.0)
-    with tqdm(total=len(programs), desc="executing", unit="program", disable=None if progress is None else not progress) as bar:
+    with Progress(len(programs), "executing", "program", enabled=progress) as bar:
         verdicts = run_many(programs, limits, workers, bar, preload=("numpy", "pandas"))
     results = [dict(r, passed=False, result="failed: SyntaxError (the program does not parse)") for r in records]
     for i, v in zip(runnable, verdicts):

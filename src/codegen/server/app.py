@@ -317,20 +317,15 @@ def run(settings) -> None:
     """Load the model, start the batcher thread and serve until interrupted."""
     import os
 
-    import torch
     import uvicorn
 
-    from ..checkpoint import resolve
-    from ..model import CodeGenForCausalLM
-    from ..tokenizer import CodeGenTokenizerFast
+    from ..loading import load_for_inference, resolve_model
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    model_dir = resolve(settings.model)
-    tokenizer = CodeGenTokenizerFast.from_pretrained(settings.tokenizer or model_dir)
-    model = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=settings.dtype, device=settings.device)
+    model, tokenizer = load_for_inference(settings.model, settings.tokenizer, settings.dtype, settings.device,
+                                          settings.threads, adapter=settings.adapter)
     batcher = ContinuousBatcher(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue)
-    name = settings.served_model_name or os.path.basename(os.path.abspath(model_dir))
+    model_dir, adapter_dir = resolve_model(settings.model, settings.adapter)
+    name = settings.served_model_name or os.path.basename(os.path.abspath(adapter_dir or model_dir))
     app = create_app(batcher, name, settings.api_key, settings.max_tokens_default)
     batcher.start()
     if settings.host not in ("127.0.0.1", "localhost", "::1"):

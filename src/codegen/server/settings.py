@@ -14,7 +14,9 @@ def _opt(default: Any, help: str, lo: int | None = None, hi: int | None = None, 
 
 @dataclass
 class ServerSettings:
-    model: str = _opt(None, "checkpoint directory (config.json, weights, tokenizer files)")
+    model: str | None = _opt(None, "checkpoint directory (config.json, weights, tokenizer files) or a LoRA run's output "
+                                   "directory; default: the small bundled demo model")
+    adapter: str | None = _opt(None, "LoRA adapter directory to merge into the model")
     tokenizer: str | None = _opt(None, "tokenizer directory, if not the checkpoint directory")
     served_model_name: str | None = _opt(None, "model id reported by /v1/models (default: the directory name)")
     host: str = _opt("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
@@ -29,8 +31,6 @@ class ServerSettings:
     log_level: str = _opt("info", "uvicorn log level", choices=("critical", "error", "warning", "info", "debug"))
 
     def validate(self) -> None:
-        if not self.model:
-            raise ValueError("--model is required")
         for f in dataclasses.fields(self):
             value, meta = getattr(self, f.name), f.metadata
             if value is None:
@@ -50,7 +50,7 @@ class ServerSettings:
             kwargs: dict[str, Any] = dict(type=kind, default=f.default, help=help)
             if meta["choices"]:
                 kwargs["choices"] = meta["choices"]
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, required=f.name == "model", **kwargs)
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerSettings:

@@ -1,0 +1,90 @@
+"""What the command line and the server load for inference: a model directory (or the bundled demo
+model), optionally with LoRA adapters, and its tokenizer.
+
+A directory that `codegen train --lora-rank` wrote holds adapters (`adapter_config.json`,
+`adapter_model.safetensors`) and the tokenizer, not a model: its base model is found from
+`base_model_name_or_path` in the adapter config. Adapters (from such a directory or `--adapter DIR`)
+are merged into the weights after loading, so that inference runs at a plain model's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def demo_or(path: str | None) -> str:
+    """`path`, or the bundled demo model's directory when none is given."""
+    if path is None:
+        from .demo import demo_path
+
+        return demo_path()
+    return path
+
+
+def is_adapter_dir(path: str) -> bool:
+    from .lora import ADAPTER_CONFIG
+
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG)) and not os.path.isfile(os.path.join(path, "config.json"))
+
+
+def adapter_base(adapter_dir: str) -> str:
+    """The base model an adapter directory names; an error naming the file when it names none."""
+    from .lora import ADAPTER_CONFIG
+
+    config_file = os.path.join(adapter_dir, ADAPTER_CONFIG)
+    try:
+        with open(config_file, encoding="utf-8") as fh:
+            base = json.load(fh).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{config_file}: not a readable adapter config ({e})") from None
+    if not base:
+        raise ValueError(f"{config_file}: no base_model_name_or_path; pass the base model as --model and this "
+                         f"directory as --adapter")
+    if not os.path.isabs(base) and not os.path.exists(base) and os.path.exists(os.path.join(adapter_dir, base)):
+        base = os.path.join(adapter_dir, base)
+    return base
+
+
+def resolve_model(model: str | None, adapter: str | None = None) -> tuple[str, str | None]:
+    """(model directory, adapter directory or None) for `--model` and `--adapter` as given."""
+    from .checkpoint import resolve
+
+    model = resolve(demo_or(model))
+    if is_adapter_dir(model):
+        if adapter is not None:
+            raise ValueError(f"--model {model} holds LoRA adapters, not a model; give the base model as --model "
+                             f"with --adapter, or this directory alone")
+        model, adapter = resolve(adapter_base(model)), model
+    return model, adapter
+
+
+def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: str | None = "float32",
+                       device: str = "cpu", threads: int | None = None, adapter: str | None = None):
+    """(model, fast tokenizer), with the thread count set first (it matters for decode speed). The
+    tokenizer comes from `tokenizer`, else the adapter directory when it has one, else the model's."""
+    import torch
+
+    from . import lora
+    from .model import CodeGenForCausalLM
+    from .tokenizer import CodeGenTokenizerFast
+
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    model_dir, adapter_dir = resolve_model(model, adapter)
+    if tokenizer is None and adapter_dir is not None and os.path.isfile(os.path.join(adapter_dir, "vocab.json")):
+        tokenizer = adapter_dir
+    tok = CodeGenTokenizerFast.from_pretrained(tokenizer or model_dir)
+    net = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device)
+    if adapter_dir is not None:
+        lora.load_adapters(net, adapter_dir)
+        lora.merge_lora(net).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        logger.info("merged the LoRA adapters of %s into %s", adapter_dir, model_dir)
+    return net, tok
