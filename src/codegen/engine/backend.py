@@ -54,10 +54,14 @@ class CPULinear(nn.Linear):
         if out is None and rows == 1:
             if x.dtype == torch.float32:  # here torch's x @ W.T is its fastest route
                 return F.linear(x, self.weight, self.bias)
-            out = torch.mv(self.weight, flat[0]) if self.bias is None else torch.addmv(self.bias, self.weight, flat[0])
+            # The product, then the bias: on an AVX2-only CPU (Zen 3) torch's bf16 addmv, and F.linear with
+            # a bias, stream ~1.2 GB/s where mv streams ~11.
+            out = torch.mv(self.weight, flat[0])
+            if self.bias is not None:
+                out += self.bias
         if out is None:
-            out = torch.mm(self.weight, flat.t()) if self.bias is None else torch.addmm(self.bias[:, None], self.weight, flat.t())
-            out = out.t().contiguous()
+            out = torch.mm(self.weight, flat.t()).t()
+            out = out + self.bias if self.bias is not None else out.contiguous()
         return out.view(*x.shape[:-1], -1)
 
 
