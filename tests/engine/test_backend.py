@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,20 @@ def test_imports_flow_one_way():
     model_imports = _imports(os.path.join(SRC, "model.py"))
     top = {n for n in model_imports if "engine" in n or "native" in n or "tokenizer" in n or "server" in n}
     assert top == {"engine.generate", "engine.generate.generate"}, top  # only generate's hand-over, inside the method
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_routes_without_native_kernels_equal_f_linear(monkeypatch, rows, dtype):
+    from codegen.native import kernels
+
+    monkeypatch.setattr(kernels, "gemv", lambda *a: None)
+    monkeypatch.setattr(kernels, "f32_smallmm", lambda *a: None)
+    torch.manual_seed(rows)
+    lin = CPULinear.wrap(nn.Linear(48, 24).to(dtype))
+    x = torch.randn(rows, 48).to(dtype)
+    with torch.no_grad():
+        ref = torch.nn.functional.linear(x.float(), lin.weight.float(), lin.bias.float())
+        got = lin(x)
+    assert got.dtype == dtype and got.shape == (rows, 24) and got.is_contiguous()
+    torch.testing.assert_close(got.float(), ref, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=2e-2 if dtype == torch.bfloat16 else 1e-5)

@@ -60,8 +60,9 @@ class CPULinear(nn.Linear):
             if self.bias is not None:
                 out += self.bias
         if out is None:
-            out = torch.mm(self.weight, flat.t()).t()
-            out = out + self.bias if self.bias is not None else out.contiguous()
+            out = torch.mm(self.weight, flat.t()).t().contiguous()
+            if self.bias is not None:
+                out += self.bias
         return out.view(*x.shape[:-1], -1)
 
 
