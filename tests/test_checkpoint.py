@@ -176,3 +176,67 @@ def test_bad_torch_dtype(hf, tmp_path):
     hf.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"torch_dtype 'int8' is not supported"):
         CodeGenForCausalLM.from_pretrained(tmp_path, torch_dtype="int8")
+
+
+# ------------------------------------------------------------------ hostile and malformed checkpoints
+def _small(tmp_path):
+    cfg = codegen.CodeGenConfig(vocab_size=100, n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=32)
+    model = CodeGenForCausalLM(cfg)
+    model.save_pretrained(tmp_path / "m")
+    return model, tmp_path / "m"
+
+
+def _one_line_error(path, match):
+    with pytest.raises((CheckpointError, codegen.ConfigError)) as e:
+        CodeGenForCausalLM.from_pretrained(path)
+    assert re.search(match, str(e.value)) and len(str(e.value).splitlines()) == 1, str(e.value)
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "info", str(path)], capture_output=True, text=True, timeout=120)
+    if "config.json" not in match:
+        return
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors"])
+def test_shard_names_must_stay_inside_the_checkpoint(tmp_path, shard):
+    model, path = _small(tmp_path)
+    os.rename(path / "model.safetensors", tmp_path / "outside.safetensors")
+    index = "model.safetensors.index.json" if shard.endswith(".safetensors") else "pytorch_model.bin.index.json"
+    (path / index).write_text(json.dumps({"weight_map": {k: shard for k in model.state_dict()}}))
+    _one_line_error(path, "lies outside the checkpoint directory")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("n_embd", 2**40, r"n_embd = 1099511627776 is beyond this project's bound of 65536"),
+    ("vocab_size", -3, "vocab_size must be a positive integer, got -3"),
+    ("n_layer", "2", "n_layer must be a positive integer, got '2'"),
+    ("n_inner", 2**30, "n_inner = 1073741824 is beyond"),
+])
+def test_overflowing_or_wrong_config_values(tmp_path, key, value, message):
+    _, path = _small(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config[key] = value
+    (path / "config.json").write_text(json.dumps(config))
+    _one_line_error(path, "config.json: " + message)
+
+
+def test_integer_tensor_where_a_weight_belongs(tmp_path):
+    model, path = _small(tmp_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["lm_head.weight"] = state["lm_head.weight"].long()
+    save_file(state, path / "model.safetensors")
+    _one_line_error(path, r"tensor 'lm_head.weight' is int64; a floating-point weight belongs there")
+
+
+def test_legacy_and_raw_pickles(tmp_path):
+    import pickle
+
+    model, path = _small(tmp_path)
+    os.unlink(path / "model.safetensors")
+    torch.save(model.state_dict(), path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    loaded = CodeGenForCausalLM.from_pretrained(path)  # legacy format: read (safely), without a memory map
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    with open(path / "pytorch_model.bin", "wb") as fh:
+        pickle.dump({k: v.numpy() for k, v in model.state_dict().items()}, fh)
+    _one_line_error(path, r"pytorch_model.bin: not a readable PyTorch weights file \(UnpicklingError")
+    torch.save({"lm_head.weight": [1, 2]}, path / "pytorch_model.bin")
+    _one_line_error(path, r"'lm_head.weight' is a list, not a tensor")

@@ -153,3 +153,22 @@ def test_jsonl_records_and_their_names_decide_the_split(tmp_path):
     bad.write_text('{"name": "a"}\n')
     with pytest.raises(ValueError, match="bad.jsonl, line 1: a JSONL record needs a 'text' field"):
         collect_texts([str(bad)])
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(setup, caplog):
+    tmp_path, data, config = setup
+    kw = dict(max_steps=12, save_every=4)
+    full = train(cfg(tmp_path, data, config, out=str(tmp_path / "a"), **kw))["history"]
+    out = tmp_path / "b"
+    train(cfg(tmp_path, data, config, out=str(out), **kw), stop_after=9)  # checkpoints at 4 and 8
+    state = out / "checkpoint-000008" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated, as by a full disk
+    with caplog.at_level("WARNING"):
+        resumed = train(cfg(tmp_path, data, config, out=str(out), **kw))["history"]
+    assert "checkpoint-000008" in caplog.text and "unreadable" in caplog.text and "resuming from" in caplog.text
+    assert resumed == full  # from step 4, the same losses
+    for name in ("checkpoint-000004", "checkpoint-000008", "checkpoint-000012"):
+        os.unlink(out / name / "trainer_state.pt")
+    with pytest.raises(ValueError, match=r"no intact checkpoint to resume from \(checkpoint-000012: trainer_state.pt is missing"):
+        train(cfg(tmp_path, data, config, out=str(out), **kw))
+    assert train(cfg(tmp_path, data, config, out=str(out), resume=False, **kw))["history"] == full

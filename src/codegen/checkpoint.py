@@ -90,6 +90,11 @@ def _weight_files(directory: str) -> tuple[str, list[str]]:
             shards = sorted(set(weight_map.values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{file}: not a valid shard index ({e!r})") from None
+        root = os.path.realpath(directory)
+        for f in shards:  # an index may name only files inside its own directory
+            inside = os.path.realpath(os.path.join(directory, f)) if isinstance(f, str) else ""
+            if not isinstance(f, str) or os.path.isabs(f) or not inside.startswith(root + os.sep):
+                raise CheckpointError(f"{file}: shard {f!r} lies outside the checkpoint directory {directory}")
         missing = [f for f in shards if not os.path.isfile(os.path.join(directory, f))]
         if missing:
             raise CheckpointError(f"{file} lists shard(s) missing from {directory}: {', '.join(missing)}")
@@ -117,17 +122,26 @@ def iter_tensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
         except SafetensorError as e:
             raise CheckpointError(f"{file}: not a readable safetensors file ({e}); it may be truncated or corrupt") from None
         return
+    def unreadable(e: Exception) -> CheckpointError:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return CheckpointError(f"{file}: not a readable PyTorch weights file ({type(e).__name__}: {first}); only "
+                               f"tensors saved by torch.save are loaded, never other pickled objects")
+
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # legacy (non-zip) .bin files cannot be memory-mapped
-            raise CheckpointError(f"{file}: not a readable PyTorch weights file ({e})") from None
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) .bin: no memory map
     except Exception as e:  # UnpicklingError for anything but plain tensors, EOFError for truncation
-        raise CheckpointError(f"{file}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from None
+        raise unreadable(e) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
-    yield from state.items()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{file}: {key!r} is a {type(value).__name__}, not a tensor")
+        yield key, value
 
 
 # --------------------------------------------------------------------------- loading
@@ -182,6 +196,9 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
                     f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, but the config "
                     f"({directory}/{CONFIG_NAME}) requires {tuple(expected[key])}"
                 )
+            if not tensor.is_floating_point():
+                raise CheckpointError(f"{file}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; a floating-point "
+                                      f"weight belongs there")
             if dtype is None and tensor.is_floating_point():
                 dtype = tensor.dtype  # "auto" without torch_dtype in config.json: the file's own dtype
             bar.update(tensor.numel() * tensor.element_size())

@@ -32,6 +32,10 @@ class ConfigError(ValueError):
     """A config.json or config value that cannot describe a CodeGen model."""
 
 
+# Bounds on a config's sizes, far above CodeGen-16B (n_embd 6144, 34 layers, 24 heads, 2048 positions,
+# 51200 rows): what lies beyond is a corrupt or hostile config.json, refused before any allocation.
+LIMITS = {"vocab_size": 2**22, "n_positions": 2**20, "n_embd": 2**16, "n_layer": 1024, "n_head": 1024, "n_inner": 2**18}
+
 @dataclass
 class CodeGenConfig:
     vocab_size: int = 50400
@@ -80,6 +84,8 @@ class CodeGenConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > LIMITS[name]:  # far past any CodeGen model: a corrupt or hostile config
+                raise ConfigError(f"{name} = {value} is beyond this project's bound of {LIMITS[name]}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
@@ -100,6 +106,8 @@ class CodeGenConfig:
             )
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
             raise ConfigError(f"n_inner must be a positive integer or null, got {self.n_inner!r}")
+        if self.n_inner is not None and self.n_inner > LIMITS["n_inner"]:
+            raise ConfigError(f"n_inner = {self.n_inner} is beyond this project's bound of {LIMITS['n_inner']}")
         if self.activation_function not in ACTIVATIONS:
             raise ConfigError(
                 f"activation_function {self.activation_function!r} is not supported; "

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -223,13 +224,51 @@ def _save(model, tokenizer, optimizer, batches, step, history, cfg, directory) -
     os.replace(tmp, os.path.join(cfg.out, LAST_FILE))  # the pointer moves only once the checkpoint is complete
 
 
-def last_checkpoint(out: str) -> str | None:
+STATE_KEYS = ("step", "optimizer", "data", "torch_rng", "python_rng", "history")
+
+
+def _read_state(directory: str) -> dict:
+    """A checkpoint's trainer state; ValueError saying what is wrong with it."""
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{STATE_FILE} is missing")
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated (EOFError, RuntimeError), corrupt, or not ours (UnpicklingError)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{STATE_FILE} is unreadable ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        raise ValueError(f"{STATE_FILE} lacks {', '.join(k for k in STATE_KEYS if not isinstance(state, dict) or k not in state)}")
+    return state
+
+
+def last_checkpoint(out: str) -> tuple[str, dict] | None:
+    """The newest intact checkpoint in `out` and its trainer state, or None when `out` has none. A
+    newer checkpoint with a missing or damaged state file is passed over with a warning naming it;
+    when every checkpoint is damaged, ValueError (resume cannot be honoured; --no-resume starts over)."""
+    names = sorted((n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n)), reverse=True) if os.path.isdir(out) else []
     pointer = os.path.join(out, LAST_FILE)
-    if not os.path.isfile(pointer):
-        return None
-    with open(pointer) as fh:
-        path = os.path.join(out, fh.read().strip())
-    return path if os.path.isfile(os.path.join(path, STATE_FILE)) else None
+    if os.path.isfile(pointer):
+        with open(pointer) as fh:
+            named = fh.read().strip()
+        if named in names:  # the pointer's checkpoint first (it moves only once a checkpoint is complete)
+            names.remove(named)
+            names.insert(0, named)
+    problems = []
+    for name in names:
+        directory = os.path.join(out, name)
+        try:
+            state = _read_state(directory)
+        except ValueError as e:
+            problems.append(f"{name}: {e}")
+            logger.warning("%s: %s; looking for an older checkpoint", directory, e)
+            continue
+        if problems:
+            logger.warning("resuming from %s (%s)", directory, "; ".join(problems))
+        return directory, state
+    if problems:
+        raise ValueError(f"{out}: no intact checkpoint to resume from ({'; '.join(problems)}); pass --no-resume to start over")
+    return None
 
 
 def build_model(cfg: TrainConfig, resume_dir: str | None) -> CodeGenForCausalLM:
@@ -255,7 +294,8 @@ def train(cfg: TrainConfig, progress: bool | None = None, stop_after: int | None
     returns {"history": [(step, loss)], "eval": [(step, loss, perplexity)], "tokens_per_second": ...}."""
     cfg.validate()
     os.makedirs(cfg.out, exist_ok=True)
-    resume_dir = last_checkpoint(cfg.out) if cfg.resume else None
+    found = last_checkpoint(cfg.out) if cfg.resume else None
+    resume_dir, state = found if found is not None else (None, None)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = CodeGenTokenizerFast.from_pretrained(cfg.tokenizer or cfg.model or resume_dir)
@@ -276,7 +316,6 @@ def train(cfg: TrainConfig, progress: bool | None = None, stop_after: int | None
 
     step, history, evals = 0, [], []
     if resume_dir:
-        state = torch.load(os.path.join(resume_dir, STATE_FILE), weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         batches.load_state_dict(state["data"])
         torch.set_rng_state(state["torch_rng"])
