@@ -65,11 +65,18 @@ class ContinuousBatcher:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop the thread after its current step; requests still running or waiting get an error."""
         with self._cond:
             self._running = False
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        with self._cond:
+            dropped = self.scheduler.abort()
+            callbacks = [self._callbacks.pop(r.id, None) for r in dropped]
+        for callback in callbacks:
+            if callback is not None:
+                callback(RuntimeError("the server is shutting down"))
 
     def _loop(self) -> None:
         while True:

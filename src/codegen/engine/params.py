@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 SEED_MODULUS = 2**64  # seeds are taken modulo 2**64 (negative and huge ones included)
+GREEDY_BELOW = 1e-5  # temperatures below this are greedy: the distribution is the argmax's within fp32 anyway
 
 
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 16
     min_new_tokens: int = 0  # before this many new tokens, stop tokens are banned and stop strings do not fire
-    temperature: float = 1.0  # 0 = greedy (argmax); otherwise the softmax temperature
+    temperature: float = 1.0  # 0 (or below GREEDY_BELOW) = greedy (argmax); otherwise the softmax temperature
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # CTRL's, as transformers applies it; 1 = off
@@ -46,7 +47,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     def validate(self) -> None:
         """Raise ValueError naming the first parameter out of its range."""

@@ -19,10 +19,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.batcher import ContinuousBatcher, QueueFull
 from ..engine.params import SamplingParams
 from ..engine.scheduler import ErrorEvent, PromptLogprobs, Request as EngineRequest, TokenEvent
+from .guard import Guard
 from .schemas import APIError, CompletionRequest
 
 logger = logging.getLogger(__name__)
@@ -102,10 +104,20 @@ class _Choice:
 
 
 def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None = None,
-               max_tokens_default: int = 16) -> FastAPI:
-    app = FastAPI(title="codegen", description="CodeGen completions, OpenAI- and Copilot-compatible")
+               max_tokens_default: int = 16, max_body_bytes: int = 2 * 1024 * 1024, docs: bool = True) -> FastAPI:
+    """The app over a running batcher. With `api_key`, every route but /health needs it (checked before
+    the body is read; /docs and /openapi.json too); /health then names the model only to an
+    authenticated caller. Bodies over `max_body_bytes` are answered 413 unread."""
+    app = FastAPI(title="codegen", description="CodeGen completions, OpenAI- and Copilot-compatible",
+                  docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None, redoc_url=None)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
     tokenizer = batcher.tokenizer
     created = int(time.time())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), kind=kind).body(), status_code=exc.status_code)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -119,38 +131,27 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
         message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
         return JSONResponse(APIError(400, message, param).body(), status_code=400)
 
-    def check_auth(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() not in ("bearer", "token") or not secrets.compare_digest(token.strip(), api_key):
-            raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'", kind="authentication_error",
-                           code="invalid_api_key")
-
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        if not request.scope.get("state", {}).get("authorized"):
+            return {"status": "ok"}
         return {"status": "ok", "model": model_name, "active_sequences": batcher.active, "queued_requests": batcher.queued}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        check_auth(request)
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "codegen"}]}
 
     @app.get("/copilot_internal/v2/token")
     async def copilot_token(request: Request) -> dict[str, Any]:
-        check_auth(request)
         # A token that never expires in practice: clients refresh it long after any session ends.
         return {"token": "codegen-local", "expires_at": 2**31 - 1, "refresh_in": 10**8}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        check_auth(request)
         return await _complete(body, request)
 
     @app.post("/v1/engines/{engine}/completions")
     async def engine_completions(engine: str, body: CompletionRequest, request: Request):
-        check_auth(request)
         if body.model is None:
             body.model = engine
         return await _complete(body, request)
@@ -227,13 +228,18 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
             engine_request.cancel()
 
     async def _next(queue: asyncio.Queue, request: Request):
-        """The next engine event; None once the client has gone away."""
+        """The next engine event; None once the client has gone away (checked every 0.25 s, also while
+        events keep coming)."""
+        state = request.scope.setdefault("codegen", {"checked": time.monotonic()})
         while True:
-            try:
-                return await asyncio.wait_for(queue.get(), timeout=1.0)
-            except asyncio.TimeoutError:
+            if time.monotonic() - state["checked"] >= 0.25:
+                state["checked"] = time.monotonic()
                 if await request.is_disconnected():
                     return None
+            try:
+                return queue.get_nowait() if not queue.empty() else await asyncio.wait_for(queue.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                continue
 
     async def _collect(body, prompts, engine_request, queue, best_of, rid, model, request: Request) -> dict[str, Any]:
         choices = [[_Choice() for _ in range(best_of)] for _ in prompts]
@@ -326,12 +332,15 @@ def run(settings) -> None:
     batcher = ContinuousBatcher(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue)
     model_dir, adapter_dir = resolve_model(settings.model, settings.adapter)
     name = settings.served_model_name or os.path.basename(os.path.abspath(adapter_dir or model_dir))
-    app = create_app(batcher, name, settings.api_key, settings.max_tokens_default)
+    app = create_app(batcher, name, settings.api_key, settings.max_tokens_default, settings.max_body_bytes,
+                     docs=settings.docs == "on")
     batcher.start()
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: reachable from other machines%s", settings.host,
                        "" if settings.api_key else " and without an API key")
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        # SIGTERM: uvicorn stops accepting, gives running requests shutdown_timeout seconds, then cancels them.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                    timeout_graceful_shutdown=settings.shutdown_timeout)
     finally:
         batcher.close()

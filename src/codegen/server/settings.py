@@ -28,6 +28,9 @@ class ServerSettings:
     dtype: str = _opt("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
     device: str = _opt("cpu", "torch device")
     threads: int | None = _opt(None, "CPU threads for torch (default: one per core)", 1, 1024)
+    max_body_bytes: int = _opt(2 * 1024 * 1024, "request bodies larger than this are answered 413 unread", 1024, 2**31)
+    shutdown_timeout: int = _opt(10, "seconds running requests get to finish after SIGTERM before they are cancelled", 0, 3600)
+    docs: str = _opt("on", "serve /docs and /openapi.json (behind the API key when one is set)", choices=("on", "off"))
     log_level: str = _opt("info", "uvicorn log level", choices=("critical", "error", "warning", "info", "debug"))
 
     def validate(self) -> None:
