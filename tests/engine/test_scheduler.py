@@ -253,3 +253,40 @@ def _one(lm, prompts, params, generator=None) -> Scheduler:
     s = Scheduler(lm)
     s.add(Request(prompts, params, generator=generator))
     return s
+
+
+class _Decoder:
+    def __init__(self, bad: int) -> None:
+        self.text, self.bad = "", bad
+
+    def add(self, ids):
+        if self.bad in ids:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a token the tokenizer cannot decode")
+        self.text += "".join(chr(97 + i % 26) for i in ids)
+
+    def flush(self):
+        pass
+
+
+class _Tokenizer:
+    eos_token_id = 63
+
+    def __len__(self):
+        return 64
+
+    def incremental_decoder(self, skip_special_tokens=True):
+        return _Decoder(bad=20)
+
+
+def test_a_request_whose_text_fails_fails_alone():
+    lm = ScriptedLM(counter())
+    s = Scheduler(lm, _Tokenizer())
+    bad = s.add(Request([[17]], SamplingParams(max_new_tokens=6, **GREEDY)))  # reaches id 20 at its 3rd token
+    good = s.add(Request([[1]], SamplingParams(max_new_tokens=6, **GREEDY)))
+    events = [e for step in s.run() for e in step]
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [e.request for e in errors] == [bad] and errors[0].status == 500 and "UnicodeDecodeError" in errors[0].message
+    assert [e.token for e in events if isinstance(e, TokenEvent) and e.request is bad] == [18, 19]
+    good_events = [e for e in events if isinstance(e, TokenEvent) and e.request is good]
+    assert [e.token for e in good_events] == [2, 3, 4, 5, 6, 7] and "".join(e.text for e in good_events) == "cdefgh"
+    assert not s.has_work

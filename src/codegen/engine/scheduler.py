@@ -107,10 +107,12 @@ class PromptLogprobs:
 
 @dataclass
 class ErrorEvent:
-    """The request failed alone (its rows have left the batch); the message says why."""
+    """The request failed alone (its rows have left the batch); the message says why. `status` is 400
+    for a problem of the request's own parameters (e.g. a non-finite distribution), 500 otherwise."""
 
     request: Request
     message: str
+    status: int = 400
 
 
 @dataclass
@@ -205,26 +207,35 @@ class Scheduler:
                                 or len(self.rows) + self.waiting[0].rows <= self.max_rows):
             request = self.waiting.popleft()
             if not request.cancelled:
-                self._admit(request, events)
+                try:
+                    self._admit(request, events)
+                except Exception as e:  # this request's prefill, not the batch's (which it had not joined)
+                    self._fail(request, e, events)
         if not self.rows:
             return events
         chosen, scores, failed = self._select(events)
         self.steps += 1
         keep, tokens = [], []
+        late: set[int] = set()  # requests whose text handling raised in this step
         for i, (row, token) in enumerate(zip(self.rows, chosen)):
-            if row.request.id in failed:
+            if row.request.id in failed or row.request.id in late:
                 continue
             row.generated += 1
             p = row.request.params
             offset, fired = None, False
-            if token in self._stop_ids(row.request):
-                reason = "stop"
-                offset = len(row.text.decoder.text) if row.text is not None else None
-            else:
-                if row.text is not None:
-                    fired, offset = row.text.add(token, check=row.generated > p.min_new_tokens)
-                reason = "stop" if fired else "length" if row.generated >= p.max_new_tokens else None
-            text = row.text.delta(final=reason is not None) if row.text is not None else ""
+            try:
+                if token in self._stop_ids(row.request):
+                    reason = "stop"
+                    offset = len(row.text.decoder.text) if row.text is not None else None
+                else:
+                    if row.text is not None:
+                        fired, offset = row.text.add(token, check=row.generated > p.min_new_tokens)
+                    reason = "stop" if fired else "length" if row.generated >= p.max_new_tokens else None
+                text = row.text.delta(final=reason is not None) if row.text is not None else ""
+            except Exception as e:  # e.g. a tokenizer that cannot decode what the model produced
+                self._fail(row.request, e, events)
+                late.add(row.request.id)
+                continue
             lp, top = scores.get(i, (None, None))
             events.append(TokenEvent(row.request, row.index, token, text, offset, lp, top, reason))
             if reason is None:
@@ -232,12 +243,21 @@ class Scheduler:
                 tokens.append(token)
             else:
                 row.request.finished += 1
+        if late:  # the failed requests' tokens of this step are not reported, their rows leave
+            events[:] = [e for e in events if not (isinstance(e, TokenEvent) and e.request.id in late)]
+            tokens = [t for i, t in zip(keep, tokens) if self.rows[i].request.id not in late]
+            keep = [i for i in keep if self.rows[i].request.id not in late]
         self._keep(keep)
         if self.rows:
             self.cache.reserve(1)
             self.logits = self.backend.decode(tokens, self.positions, self.cache)
             self.positions = self.positions + 1
         return events
+
+    def _fail(self, request: Request, error: Exception, events: list, status: int = 500) -> None:
+        logger.warning("request %d failed: %s: %s", request.id, type(error).__name__, error)
+        request.error = f"{error}" if status == 400 else f"{type(error).__name__}: {error}"
+        events.append(ErrorEvent(request, request.error, status))
 
     def abort(self) -> list[Request]:
         """Drop every running and waiting request (after a failed forward pass); the requests dropped."""
@@ -343,9 +363,7 @@ class Scheduler:
                     u = torch.cat([torch.rand(1, generator=self.rows[i].generator) for i in idx]).to(self.device)
                     picked = sample(sub, p.temperature, p.top_k, p.top_p, u)
             except (ValueError, RuntimeError) as e:  # this request's distribution, not the batch's
-                logger.warning("request %d failed: %s", rid, e)
-                first.request.error = str(e)
-                events.append(ErrorEvent(first.request, str(e)))
+                self._fail(first.request, e, events, status=400)
                 failed.add(rid)
                 picked = torch.zeros(len(idx), dtype=torch.long, device=self.device)
             if whole:

@@ -252,7 +252,8 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
             if isinstance(item, Exception):
                 raise APIError(500, f"generation failed: {item}", kind="server_error")
             if isinstance(item, ErrorEvent):
-                raise APIError(400, f"generation failed: {item.message}")
+                raise APIError(item.status, f"generation failed: {item.message}",
+                               kind="invalid_request_error" if item.status < 500 else "server_error")
             if isinstance(item, PromptLogprobs):
                 scores[item.prompt_index] = item
                 continue
@@ -297,7 +298,8 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                 if item is None:
                     return
                 if isinstance(item, (Exception, ErrorEvent)):
-                    status, kind = (500, "server_error") if isinstance(item, Exception) else (400, "invalid_request_error")
+                    status = 500 if isinstance(item, Exception) else item.status
+                    kind = "server_error" if status >= 500 else "invalid_request_error"
                     message = item.message if isinstance(item, ErrorEvent) else str(item)
                     yield f"data: {json.dumps(APIError(status, f'generation failed: {message}', kind=kind).body())}\n\n"
                     return
