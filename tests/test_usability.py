@@ -145,11 +145,11 @@ def test_progress_off_a_terminal_every_n_seconds(tmp_path):
 @needs_tokenizer
 def test_training_prints_the_held_out_loss_without_verbose(tmp_path):
     (tmp_path / "d").mkdir()
-    for i in range(8):
-        (tmp_path / "d" / f"m{i}.py").write_text(TEXT.replace("add", f"add{i}"))
+    for i in range(20):  # held out by a hash of the path: with 20 files at 0.5, some are held out
+        (tmp_path / "d" / f"m{i}.py").write_text(TEXT.replace("add", f"add{i}") * 3)
     r = run("train", "--config", "tiny", "--tokenizer", TOKENIZER_DIR, "--data", str(tmp_path / "d"), "--out",
             str(tmp_path / "o"), "--max-steps", "4", "--eval-every", "2", "--seq-len", "32", "--batch-size", "2",
-            "--eval-fraction", "0.3", "--eval-batches", "1", env={"CODEGEN_PROGRESS_INTERVAL": "0"})
+            "--eval-fraction", "0.5", "--eval-batches", "1", env={"CODEGEN_PROGRESS_INTERVAL": "0"})
     assert r.returncode == 0, r.stderr
     assert "step 2: held-out loss" in r.stderr and "step 4: held-out loss" in r.stderr
     assert "codegen.progress: training: 4/4 steps" in r.stderr
