@@ -15,28 +15,11 @@ import time
 import httpx
 import pytest
 
-import codegen
-from helpers import TOKENIZER_DIR, sharp_lm
-from test_server import Server, free_port
+from helpers import TOKENIZER_DIR
+from serving import Server, free_port
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(TOKENIZER_DIR), reason="CodeGen tokenizer files not in ../shared")
 BIG = "x" * (8 * 1024 * 1024)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return codegen.CodeGenTokenizerFast.from_pretrained(TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return sharp_lm()
-
-
-@pytest.fixture(scope="module")
-def server(model, tok):
-    with Server(model, tok) as s:
-        yield s
 
 
 INNOCENT = [

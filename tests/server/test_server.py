@@ -5,68 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import threading
 import time
 
 import pytest
 
 import codegen
-from codegen.engine.batcher import ContinuousBatcher
-from helpers import TOKENIZER_DIR, sharp_lm
+from helpers import TOKENIZER_DIR
 
 fastapi = pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.skipif(not os.path.isdir(TOKENIZER_DIR), reason="CodeGen tokenizer files not in ../shared")
 
-from codegen.server.app import create_app  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model, tok, **kwargs) -> None:
-        self.batcher = ContinuousBatcher(model, tok, max_batch=kwargs.pop("max_batch", 16), max_queue=kwargs.pop("max_queue", 64))
-        app = create_app(self.batcher, "codegen-test", **kwargs)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.batcher.start()
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.batcher.close()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return codegen.CodeGenTokenizerFast.from_pretrained(TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return sharp_lm()
-
-
-@pytest.fixture(scope="module")
-def server(model, tok):
-    with Server(model, tok) as s:
-        yield s
+from serving import Server  # noqa: E402
 
 
 def post(server, body, path="/v1/completions", **kw):
