@@ -167,6 +167,9 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     """Build `cls` (CodeGenModel or CodeGenForCausalLM) from a checkpoint directory or hub id."""
     directory = resolve(path, revision)
     config = config if config is not None else CodeGenConfig.from_pretrained(directory)
+    if config.mp_num is None and ("auto_map" in config.extra or "head_dim" in config.extra):
+        # a CodeGen2 config: its shard count is not written down, so say which rule decided it
+        logger.warning("%s: qkv_proj read as %d shards (%s)", directory, config.qkv_shards, config.shard_rule)
     layout, files = weight_files(directory)
     with torch.device("meta"):
         model = cls(config)
@@ -316,5 +319,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         "ignored_buffers": len(ignored),
         "parameters": n_params,
         "dtypes": dtypes,
+        "qkv_shards": config.qkv_shards,
+        "shard_rule": config.shard_rule,
         "config": config.to_dict(),
     }

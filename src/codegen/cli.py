@@ -77,6 +77,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     config = CodeGenConfig.from_dict(cfg)
     print(f"shape       n_layer={config.n_layer} n_embd={config.n_embd} n_head={config.n_head} "
           f"head_dim={config.head_dim} rotary_dim={config.rotary_dim} inner={config.inner_dim}")
+    print(f"qkv         {config.qkv_shards} shards of [q | v | k] ({config.shard_rule})")
     print(f"vocab       {config.vocab_size} rows, n_positions={config.n_positions}, "
           f"bos={config.bos_token_id} eos={config.eos_token_id}, tie_word_embeddings={config.tie_word_embeddings}")
     print("config      " + json.dumps({k: v for k, v in cfg.items()
@@ -170,6 +171,15 @@ def cmd_complete(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty")
     if args.stream and args.n > 1:
         raise ValueError("--stream prints one completion; use --n 1")
+    suffix = args.suffix
+    if args.suffix_file is not None:
+        if suffix is not None:
+            raise ValueError("give the suffix with --suffix or --suffix-file, not both")
+        try:
+            with open(args.suffix_file, encoding="utf-8") as fh:
+                suffix = fh.read()
+        except OSError as e:
+            raise FileNotFoundError(f"--suffix-file {args.suffix_file}: {e.strerror}") from None
     opts = CompletionOptions(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         n=args.n, stop=tuple(unescape(s) for s in args.stop or ()),
@@ -181,15 +191,15 @@ def cmd_complete(args: argparse.Namespace) -> int:
     if args.stream:
         if args.echo:
             out.write(prompt)
-        for delta in stream_complete(model, tokenizer, prompt, opts):
+        for delta in stream_complete(model, tokenizer, prompt, opts, suffix=suffix):
             out.write(delta.text)
             out.flush()
-        out.write("\n")
+        out.write((suffix if args.echo and suffix is not None else "") + "\n")
         return 0
-    for c in complete(model, tokenizer, prompt, opts):
+    for c in complete(model, tokenizer, prompt, opts, suffix=suffix):
         if args.n > 1:
             out.write(f"--- completion {c.index + 1} of {args.n} ({c.finish_reason}) ---\n")
-        out.write((prompt if args.echo else "") + c.text + "\n")
+        out.write((prompt if args.echo else "") + c.text + (suffix if args.echo and suffix is not None else "") + "\n")
     return 0
 
 
@@ -417,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "top_p 0.95 (and transformers' implicit top_k 50), 128 new tokens.")
     p.add_argument("prompt", nargs="?", help="the prompt; '-' or nothing (with no --file) reads standard input")
     p.add_argument("--file", help="read the prompt from this file")
+    p.add_argument("--suffix", help="fill in the middle (CodeGen2 models): the code after the cursor; the prompt is "
+                                    "the code before it, the completion the middle")
+    p.add_argument("--suffix-file", help="read the suffix from this file")
     _add_model_flags(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import fim
 from .engine.params import CompletionOptions, SamplingParams
 from .engine.scheduler import ErrorEvent, Request, Scheduler, TokenEvent
 
@@ -43,13 +44,22 @@ def _prompts(prompt: str | Sequence[str]) -> list[str]:
     return prompts
 
 
-def _run(model, tokenizer, prompt, options: SamplingParams | None, generator) -> tuple[Request, Iterator[list]]:
+def _run(model, tokenizer, prompt, options: SamplingParams | None, generator,
+         suffix: str | None = None) -> tuple[Request, Iterator[list]]:
     options = options if options is not None else CompletionOptions()
     if not isinstance(options, SamplingParams):
         raise TypeError(f"options must be CompletionOptions / SamplingParams, got {type(options).__name__}")
     options.validate()  # a record changed after construction is checked again
+    if suffix is not None:  # fill in the middle: each prompt is the code before the cursor
+        if not isinstance(suffix, str):
+            raise ValueError("suffix must be a string")
+        ids = [fim.fim_prompt(tokenizer, p, suffix) for p in _prompts(prompt)]
+        if options.stop_token_ids is None:
+            options = options.replace(stop_token_ids=fim.stop_ids(tokenizer))
+    else:
+        ids = [tokenizer.encode(p) for p in _prompts(prompt)]
     scheduler = Scheduler(model, tokenizer)
-    request = scheduler.add(Request([tokenizer.encode(p) for p in _prompts(prompt)], options, generator=generator))
+    request = scheduler.add(Request(ids, options, generator=generator))
     return request, scheduler.run()
 
 
@@ -71,9 +81,10 @@ class _Output:
 
 
 def complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingParams | None = None,
-             generator: torch.Generator | None = None) -> list[Completion]:
-    """Complete each prompt `options.n` times; results ordered by (prompt, sample)."""
-    request, steps = _run(model, tokenizer, prompt, options, generator)
+             generator: torch.Generator | None = None, suffix: str | None = None) -> list[Completion]:
+    """Complete each prompt `options.n` times; results ordered by (prompt, sample). With `suffix`
+    (CodeGen2 models), fill in the middle between each prompt and the suffix: the text is the middle."""
+    request, steps = _run(model, tokenizer, prompt, options, generator, suffix)
     n = request.params.n
     outs = [_Output() for _ in range(request.rows)]
     done: dict[int, Completion] = {}
@@ -96,9 +107,9 @@ def complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingPar
 
 
 def stream_complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingParams | None = None,
-                    generator: torch.Generator | None = None) -> Iterator[TokenEvent]:
+                    generator: torch.Generator | None = None, suffix: str | None = None) -> Iterator[TokenEvent]:
     """Token events as they arrive; an output's `text`s join to its `complete()` text. Text that could
     still turn out to be the start of a stop string (or, with truncate_before_pattern, the current
     and previous line) is held back until it cannot."""
-    _, steps = _run(model, tokenizer, prompt, options, generator)
+    _, steps = _run(model, tokenizer, prompt, options, generator, suffix)
     yield from _events(steps)

@@ -17,6 +17,9 @@ from typing import Any
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "codegen"
 MP_NUM = 4  # qkv_proj is laid out as 4 shards (the 4 TPU-v4 cores of the original training run)
+# CodeGen2-1B and -3.7B lay it out in 8 (TPU-v3); their configs alone carry a head_dim key, 128 or 256
+# (the rule CTranslate2's converter applies; reference section 2.3).
+CODEGEN2_8_SHARD_HEAD_DIMS = (128, 256)
 
 # HF's attribute_map: alias -> canonical field.
 ALIASES = {
@@ -59,6 +62,7 @@ class CodeGenConfig:
     tie_word_embeddings: bool = False
     torch_dtype: str | None = None  # storage dtype of the checkpoint ("float16", ...)
     architectures: list[str] | None = None
+    mp_num: int | None = None  # qkv_proj's shard count; None: decided by `shard_rule` (4, or 8 for CodeGen2-1B/3.7B)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept verbatim
 
     def __post_init__(self) -> None:
@@ -68,6 +72,24 @@ class CodeGenConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def qkv_shards(self) -> int:
+        """How many [q | v | k] shards qkv_proj's output holds: mp_num when set, else by `shard_rule`."""
+        if self.mp_num is not None:
+            return self.mp_num
+        return 8 if self.extra.get("head_dim") in CODEGEN2_8_SHARD_HEAD_DIMS else MP_NUM
+
+    @property
+    def shard_rule(self) -> str:
+        """Which rule set qkv_shards, in words (for logs and `codegen info`)."""
+        if self.mp_num is not None:
+            return f"mp_num = {self.mp_num} in the config"
+        if self.extra.get("head_dim") in CODEGEN2_8_SHARD_HEAD_DIMS:
+            return f"head_dim = {self.extra['head_dim']} in the config: a CodeGen2-1B/3.7B layout, 8 shards"
+        if "auto_map" in self.extra or "head_dim" in self.extra:
+            return "a CodeGen2 config without head_dim 128/256: the 7B/16B layout, 4 shards (set mp_num to override)"
+        return "CodeGen-1's layout, 4 shards"
 
     @property
     def inner_dim(self) -> int:
@@ -90,10 +112,13 @@ class CodeGenConfig:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        if self.n_head % MP_NUM:
+        if self.mp_num is not None and (not isinstance(self.mp_num, int) or isinstance(self.mp_num, bool)
+                                        or self.mp_num not in (1, 2, 4, 8, 16)):
+            raise ConfigError(f"mp_num must be 1, 2, 4, 8 or 16, got {self.mp_num!r}")
+        if self.n_head % self.qkv_shards:
             raise ConfigError(
-                f"n_head ({self.n_head}) must be divisible by the {MP_NUM} qkv shards of CodeGen's "
-                "fused qkv_proj layout"
+                f"n_head ({self.n_head}) must be divisible by the {self.qkv_shards} qkv shards of the fused "
+                f"qkv_proj layout ({self.shard_rule})"
             )
         if self.rotary_dim is None:
             raise ConfigError("rotary_dim=None is not supported: set rotary_dim (<= head_dim, even)")
@@ -164,6 +189,8 @@ class CodeGenConfig:
                 out[f.name] = copy.deepcopy(getattr(self, f.name))
         if out["architectures"] is None:
             del out["architectures"]
+        if out["mp_num"] is None:  # CodeGen-1 configs stay as transformers writes them
+            del out["mp_num"]
         out.update(copy.deepcopy(self.extra))
         return out
 
@@ -201,6 +228,7 @@ class CodeGenConfig:
     def preset(cls, name: str) -> CodeGenConfig:
         """Config of a released checkpoint: "350M-mono", "codegen-2B-multi", "Salesforce/codegen-6B-nl"."""
         key = name.split("/")[-1].removeprefix("codegen-")
+        key = {"codegen2-3.7B": "codegen2-3_7B"}.get(key, key)
         if key not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
         return cls.from_dict(copy.deepcopy(PRESETS[key]), source=f"preset {name}")
@@ -227,6 +255,18 @@ PRESETS["tiny"] = dict(
     vocab_size=51200, n_positions=2048, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
     bos_token_id=1, eos_token_id=50256, architectures=["CodeGenForCausalLM"],
 )
+
+
+# CodeGen2 (reference section 2.3): 1B as its config.json reads; 3.7B, 7B and 16B by their parameter
+# counts with the same head layout (3.7B: head_dim 256, 8 shards; 7B and 16B: no head_dim key, 4 shards).
+_CODEGEN2 = dict(vocab_size=51200, n_positions=2048, n_ctx=2048, rotary_dim=64, bos_token_id=1, eos_token_id=2,
+                 architectures=["CodeGenForCausalLM"])
+PRESETS.update({
+    "codegen2-1B": {**_CODEGEN2, "n_embd": 2048, "n_layer": 16, "n_head": 16, "head_dim": 128},
+    "codegen2-3_7B": {**_CODEGEN2, "n_embd": 4096, "n_layer": 16, "n_head": 16, "head_dim": 256},
+    "codegen2-7B": {**_CODEGEN2, "n_embd": 4096, "n_layer": 32, "n_head": 16},
+    "codegen2-16B": {**_CODEGEN2, "n_embd": 6144, "n_layer": 34, "n_head": 24},
+})
 
 
 def preset_names() -> list[str]:

@@ -2,8 +2,8 @@
 
 Module and parameter names are the checkpoint keys (`transformer.h.0.attn.qkv_proj.weight`, ...), so
 transformers' state dicts load key for key. What must match (see the reference note, section 1):
-a fused qkv_proj in 4 shards ordered (query, value, key); GPT-J interleaved rotary on the first
-`rotary_dim` dims of each head; a parallel block (one ln_1 feeds attention and MLP); fp32 attention
+a fused qkv_proj in 4 shards (8 for CodeGen2-1B/3.7B: `config.qkv_shards`) ordered (query, value,
+key); GPT-J interleaved rotary on the first `rotary_dim` dims of each head; a parallel block (one ln_1 feeds attention and MLP); fp32 attention
 scores; an untied lm_head with bias; fp32 logits. This file is the network only: it knows nothing of
 files or tokenizers (`from_pretrained`/`save_pretrained` hand over to `checkpoint.py`) nor of CPU
 kernels (the engine's backend, `codegen.engine.backend`, swaps its Linear modules for ones that pick
@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from . import checkpoint
-from .config import MP_NUM, CodeGenConfig
+from .config import CodeGenConfig
 from .ops import ACT_FNS, apply_rotary, rotary_tables
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -37,6 +37,7 @@ class CodeGenAttention(nn.Module):
     def __init__(self, config: CodeGenConfig) -> None:
         super().__init__()
         self.n_head, self.head_dim, self.embed_dim = config.n_head, config.head_dim, config.n_embd
+        self.shards = config.qkv_shards  # 4 (CodeGen-1, CodeGen2-7B/16B) or 8 (CodeGen2-1B/3.7B)
         self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.attn_pdrop = config.attn_pdrop
@@ -45,12 +46,13 @@ class CodeGenAttention(nn.Module):
     def forward(self, x, sin, cos, mask, layer_past, layer_idx, head_mask=None, output_attentions=False):
         B, T, _ = x.shape
         H, D = self.n_head, self.head_dim
-        # Output features are 4 shards of [q | v | k], each L = E/4 wide and split into H/4 heads of D.
-        qkv = self.qkv_proj(x).view(B, T, MP_NUM, 3, H // MP_NUM, D)
+        # Output features are S shards of [q | v | k], each L = E/S wide and split into H/S heads of D.
+        S = self.shards
+        qkv = self.qkv_proj(x).view(B, T, S, 3, H // S, D)
         v = qkv[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         # Rotary on q and k together, in fp32, then rounded to the model dtype so that cached and
         # uncached runs agree.
-        qk = apply_rotary(qkv[:, :, :, 0::2], sin, cos).to(v.dtype)  # (B, T, 4, 2, H/4, D)
+        qk = apply_rotary(qkv[:, :, :, 0::2], sin, cos).to(v.dtype)  # (B, T, S, 2, H/S, D)
         q = qk[:, :, :, 0].reshape(B, T, H, D).transpose(1, 2)
         k = qk[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)
 

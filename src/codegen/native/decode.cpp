@@ -54,7 +54,6 @@ template <typename T> void layer_norm(const float* x, const T* w, const T* b, T*
 }
 
 constexpr int64_t MAX_HEAD_DIM = 256;
-constexpr int MP_NUM = 4;  // qkv_proj's output is 4 shards of [q | v | k]
 
 // One head: rotate q and k (fp32, then rounded to T), append k and v at position `len` of the
 // head's cache rows (capacity x D), attend over positions start..len (before start: padding), write
@@ -94,7 +93,8 @@ TARGET void attend(const float* q, const float* v, const float* k, const float* 
     for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
 }
 
-enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, N_DIMS };
+// SHARDS: qkv_proj's output is that many shards of [q | v | k] (4; 8 for CodeGen2-1B/3.7B).
+enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, SHARDS, N_DIMS };
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, PER_LAYER };
 
 template <typename T>
@@ -102,7 +102,7 @@ TARGET void decode_step(const int64_t* d, float eps, const void* const* layers, 
                         const T* head_w, const T* head_b, T* key, T* value, const float* sin, const float* cos,
                         float* scratch, float* logits) {
     const int64_t E = d[EMBD], H = d[HEADS], D = d[HEAD_DIM], I = d[INNER], cap = d[CAPACITY], len = d[LENGTH];
-    const int64_t L = E / MP_NUM, per_shard = H / MP_NUM;
+    const int64_t L = E / d[SHARDS], per_shard = H / d[SHARDS];
     float* h = scratch;        // E: the residual stream
     float* qkv = h + E;        // 3E
     float* pre = qkv + 3 * E;  // I: fc_in's output before the activation
@@ -164,7 +164,7 @@ extern "C" int64_t codegen_decode_scratch(const int64_t* d) {
 extern "C" int codegen_decode_step(int bf16, const int64_t* dims, float eps, const void* const* layers, const void* wte,
                                    const void* lnf_w, const void* lnf_b, const void* head_w, const void* head_b, void* key,
                                    void* value, const float* sin, const float* cos, float* scratch, float* logits) {
-    if (dims[HEAD_DIM] > MAX_HEAD_DIM || dims[EMBD] % MP_NUM || dims[HEADS] % MP_NUM || dims[START] < 0 ||
+    if (dims[HEAD_DIM] > MAX_HEAD_DIM || dims[SHARDS] < 1 || dims[EMBD] % dims[SHARDS] || dims[HEADS] % dims[SHARDS] || dims[START] < 0 ||
         dims[START] > dims[LENGTH])
         return 1;
     if (bf16)

@@ -23,7 +23,7 @@ from . import kernels
 
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
 # Indices into the dims array of decode.cpp.
-N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START = range(11)
+N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, SHARDS = range(12)
 
 
 def _plain(module: torch.nn.Module) -> bool:
@@ -51,9 +51,9 @@ class FusedDecoder:
         sin, cos = rotary_tables(torch.arange(cfg.n_positions)[None], cfg.rotary_dim, cfg.head_dim)
         self.sin = sin.reshape(cfg.n_positions, cfg.head_dim).contiguous()
         self.cos = cos.reshape(cfg.n_positions, cfg.head_dim).contiguous()
-        self.dims = (ctypes.c_int64 * 11)()
+        self.dims = (ctypes.c_int64 * 12)()
         for i, v in ((N_LAYER, cfg.n_layer), (EMBD, cfg.n_embd), (HEADS, cfg.n_head), (HEAD_DIM, cfg.head_dim),
-                     (INNER, cfg.inner_dim), (VOCAB, model.lm_head.out_features)):
+                     (INNER, cfg.inner_dim), (VOCAB, model.lm_head.out_features), (SHARDS, cfg.qkv_shards)):
             self.dims[i] = v
         self.scratch = torch.empty(0)
         self.vocab = model.lm_head.out_features
@@ -70,7 +70,7 @@ class FusedDecoder:
         if dtype == torch.bfloat16 and "avx512_bf16" not in kernels.cpu_flags():
             return None
         if (dtype not in (torch.float32, torch.bfloat16) or cfg.activation_function not in GELU_TANH
-                or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % 4 or cfg.rotary_dim % 2):
+                or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % cfg.qkv_shards or cfg.rotary_dim % 2):
             return None
         t = model.transformer
         if not all(_plain(m) for m in model.modules()):

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.batcher import ContinuousBatcher, QueueFull
+from ..fim import FimTokens, fim_prompt, fim_tokens
 from ..engine.params import SamplingParams
 from ..engine.scheduler import ErrorEvent, PromptLogprobs, Request as EngineRequest, TokenEvent
 from .guard import Guard
@@ -42,10 +43,14 @@ def _token_text(tokenizer, token: int) -> str:
 API_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "stop": "stop"}
 
 
-def sampling_params(body: CompletionRequest, max_tokens_default: int, max_batch: int) -> tuple[SamplingParams, int]:
-    """The request's one parameter record (and best_of); APIError 400 naming the parameter."""
-    if body.suffix:
+def sampling_params(body: CompletionRequest, max_tokens_default: int, max_batch: int,
+                    fim: FimTokens | None = None) -> tuple[SamplingParams, int]:
+    """The request's one parameter record (and best_of); APIError 400 naming the parameter. A
+    `suffix` (fill in the middle) needs a CodeGen2 tokenizer's sentinels (`fim`)."""
+    if body.suffix and fim is None:
         raise APIError(400, "suffix is not supported: CodeGen-1 models cannot fill in the middle", "suffix")
+    if body.suffix and body.echo:
+        raise APIError(400, "echo cannot be combined with suffix", "echo")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
             raise APIError(400, f"{name} is not supported by this server; leave it at 0", name)
@@ -63,7 +68,7 @@ def sampling_params(body: CompletionRequest, max_tokens_default: int, max_batch:
         params = SamplingParams(
             max_new_tokens=max_tokens, min_new_tokens=min(body.min_tokens, max_tokens), temperature=body.temperature,
             top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty, n=best_of,
-            stop=tuple(body.stop or ()), seed=body.seed,
+            stop=tuple(body.stop or ()), seed=body.seed, stop_token_ids=(fim.eom, fim.eos) if body.suffix else None,
             logprobs=body.logprobs if body.logprobs is not None else (0 if best_of > body.n else None),
             prompt_logprobs=body.echo and body.logprobs is not None,
         )
@@ -112,6 +117,7 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                   docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None, redoc_url=None)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
     tokenizer = batcher.tokenizer
+    fim_ids = fim_tokens(tokenizer)  # None: CodeGen-1, no fill-in-the-middle
     created = int(time.time())
 
     @app.exception_handler(StarletteHTTPException)
@@ -158,6 +164,10 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
 
     def _prompts(body: CompletionRequest) -> list[list[int]]:
         p = body.prompt
+        if body.suffix:  # fill in the middle: the prompt is the code before the cursor, as text
+            if not (isinstance(p, str) or (p and all(isinstance(x, str) for x in p))):
+                raise APIError(400, "with suffix, prompt must be a string or a list of strings", "prompt")
+            return [fim_prompt(tokenizer, x, body.suffix) for x in ([p] if isinstance(p, str) else p)]
         if isinstance(p, str):
             prompts = [tokenizer.encode(p)] if p else [[]]
         elif p and all(isinstance(x, int) for x in p):
@@ -214,7 +224,7 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                 "total_tokens": prompt_tokens + completion_tokens}
 
     async def _complete(body: CompletionRequest, request: Request):
-        params, best_of = sampling_params(body, max_tokens_default, batcher.max_batch)
+        params, best_of = sampling_params(body, max_tokens_default, batcher.max_batch, fim_ids)
         prompts = await asyncio.to_thread(_prompts, body)
         engine_request, queue = _submit(prompts, params)
         rid = f"cmpl-{secrets.token_hex(12)}"
