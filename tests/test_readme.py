@@ -60,6 +60,16 @@ def workdir(tmp_path_factory):
 
     assert main(["init", str(root / "model"), "--tokenizer", TOKENIZER_DIR]) == 0
     (root / "prompt.py").write_text("def fibonacci(n):\n")
+    (root / "before.py").write_text("def add(a, b):\n    ")
+    (root / "after.py").write_text("\n    return result\n")
+    from test_codegen2 import codegen2_tokenizer_files
+
+    import codegen
+
+    model2 = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(vocab_size=51200, n_embd=64, n_layer=1, n_head=8,
+                                                              rotary_dim=4, n_positions=256, mp_num=8))
+    model2.save_pretrained(root / "model2")
+    codegen2_tokenizer_files(root / "model2")
     for d in ("my_project", "src/pkg", "held_out"):
         (root / d).mkdir(parents=True)
         for i in range(3):
@@ -81,7 +91,7 @@ def test_every_readme_command_runs(workdir):
     server = None
     try:
         for cmd in commands():
-            cmd = cmd.replace("path/to/codegen-350M-mono", "model").replace(" DIR", " model")
+            cmd = cmd.replace("path/to/codegen-350M-mono", "model").replace(" DIR2", " model2").replace(" DIR", " model")
             cmd = cmd.replace("8000", port)
             for pattern, smaller in SMALLER:
                 if cmd.startswith(pattern):
