@@ -206,12 +206,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="batch 1, greedy only")
+    ap.add_argument("--isa", choices=["generic", "avx2", "avx512", "avx512bf16"],
+                    help="force this tier of the native kernels (default: the CPU's highest)")
     ap.add_argument("--prefill-2048", action="store_true", help="also time a 2048-token prefill")
     ap.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh processes")
     ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 even when it is installed")
     ap.add_argument("--hf-compile", action="store_true",
                     help="also transformers with a StaticCache and torch.compile (about a minute of compiling per case)")
     args = ap.parse_args()
+    if args.isa:  # before anything loads the kernels
+        os.environ["CODEGEN_ISA"] = args.isa
     if args.quick:
         args.batch, args.mode = [1], ["greedy"]
     torch.set_num_threads(args.threads)
@@ -222,7 +226,9 @@ def main() -> None:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     from codegen.native import kernels
 
-    native = "on" if kernels.load() else "off (torch's kernels)"
+    kernels.load()
+    active, why = kernels.tier()
+    native = f"tier {why}" if active else f"off (torch's kernels: {why})"
     print(f"machine: {cpu}, {os.cpu_count()} cpus, threads {args.threads}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}; codegen native kernels {native}")
     print(f"measured read bandwidth: {bw:.1f} GB/s; shape {args.preset}; prompt {args.prompt}, new {args.new}, "

@@ -6,7 +6,7 @@
 //   1. ln_1(h) -> a                                       (one thread; E values)
 //   2. qkv = Wqkv a; pre = Wfc_in a + b                   (one loop over the 3E + I rows: same input)
 //   3. per head: GPT-J rotary on q and k, append k and v to the cache, softmax(q K^T / sqrt(D)) V;
-//      gelu_new(pre) -> inner                             (heads and 16-wide blocks shared out)
+//      gelu_new(pre) -> inner                             (heads and W-wide blocks shared out)
 //   4. h = (Wout attn + (Wfc_out inner + b)) + h           (one loop over the E rows, both products)
 // then ln_f and the LM head. T is the model's storage type, float or uint16_t (bf16 bits): every
 // value torch would store in T is rounded to T here too (rnd<T>), so results follow torch's bf16
@@ -19,7 +19,6 @@ namespace {
 
 using namespace codegen;
 
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 template <typename T> inline float rnd(float x);
 template <> inline float rnd<float>(float x) { return x; }
@@ -30,17 +29,14 @@ inline void put(uint16_t* p, float x) { *p = f32_to_bf16(x); }
 inline float get(const float* p) { return *p; }
 inline float get(const uint16_t* p) { return bf16_to_f32(*p); }
 
-TARGET inline float dot(const float* w, const float* x, int64_t K) { return dot_f32(w, x, K); }
-TARGET inline float dot(const uint16_t* w, const uint16_t* x, int64_t K) { return dot_bf16(w, x, K); }
+inline float dot(const float* w, const float* x, int64_t K) { return dot_f32(w, x, K); }
+inline float dot(const uint16_t* w, const uint16_t* x, int64_t K) { return dot_bf16(w, x, K); }
 
 // q (fp32) . k (T) over a head of D values.
-template <typename T> TARGET inline float dot_head(const float* q, const T* k, int64_t D) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < D; i += 16) {
-        const __mmask16 m = tail_mask(D - i);
-        acc = _mm512_fmadd_ps(load16(q + i, m), load16(k + i, m), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+template <typename T> inline float dot_head(const float* q, const T* k, int64_t D) {
+    vf acc = vzero();
+    for (int64_t i = 0; i < D; i += W) acc = vfma(vload(q + i, D - i), vload(k + i, D - i), acc);
+    return vsum(acc);
 }
 
 // LayerNorm of fp32 x into T out; mean and variance summed in double.
@@ -59,7 +55,7 @@ constexpr int64_t MAX_HEAD_DIM = 256;
 // head's cache rows (capacity x D), attend over positions start..len (before start: padding), write
 // the head's output to out.
 template <typename T>
-TARGET void attend(const float* q, const float* v, const float* k, const float* sin, const float* cos, T* kc, T* vc,
+void attend(const float* q, const float* v, const float* k, const float* sin, const float* cos, T* kc, T* vc,
                    int64_t start, int64_t len, int64_t D, float* scores, T* out) {
     float qr[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];
     for (int64_t i = 0; i < D; ++i) {
@@ -74,21 +70,18 @@ TARGET void attend(const float* q, const float* v, const float* k, const float* 
         scores[t] = dot_head(qr, kc + t * D, D) * scale;
         mx = scores[t] > mx ? scores[t] : mx;
     }
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t t = start; t <= len; t += 16) {
-        const __mmask16 m = tail_mask(len + 1 - t);
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), _mm512_set1_ps(mx)));
-        _mm512_mask_storeu_ps(scores + t, m, e);
-        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+    float sum = 0.0f;
+    for (int64_t t = start; t <= len; t += W) {
+        const int64_t n = len + 1 - t;
+        const vf e = vexp(vsub(vload(scores + t, n), vset(mx)));
+        vstore(scores + t, n, e);
+        sum += vsum(n >= W ? e : vload(scores + t, n));  // lanes past n: zero
     }
-    const float inv = 1.0f / _mm512_reduce_add_ps(sum);
+    const float inv = 1.0f / sum;
     for (int64_t i = 0; i < D; ++i) acc[i] = 0.0f;
     for (int64_t t = start; t <= len; ++t) {
-        const __m512 p = _mm512_set1_ps(scores[t]);
-        for (int64_t i = 0; i < D; i += 16) {
-            const __mmask16 m = tail_mask(D - i);
-            _mm512_mask_storeu_ps(acc + i, m, _mm512_fmadd_ps(p, load16(vc + t * D + i, m), _mm512_maskz_loadu_ps(m, acc + i)));
-        }
+        const vf p = vset(scores[t]);
+        for (int64_t i = 0; i < D; i += W) vstore(acc + i, D - i, vfma(p, vload(vc + t * D + i, D - i), vload(acc + i, D - i)));
     }
     for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
 }
@@ -98,7 +91,7 @@ enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, TH
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, PER_LAYER };
 
 template <typename T>
-TARGET void decode_step(const int64_t* d, float eps, const void* const* layers, const T* wte, const T* lnf_w, const T* lnf_b,
+void decode_step(const int64_t* d, float eps, const void* const* layers, const T* wte, const T* lnf_w, const T* lnf_b,
                         const T* head_w, const T* head_b, T* key, T* value, const float* sin, const float* cos,
                         float* scratch, float* logits) {
     const int64_t E = d[EMBD], H = d[HEADS], D = d[HEAD_DIM], I = d[INNER], cap = d[CAPACITY], len = d[LENGTH];
@@ -132,10 +125,7 @@ TARGET void decode_step(const int64_t* d, float eps, const void* const* layers, 
                 attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, d[START], len, D, scores + hd * cap, attn + hd * D);
             }
 #pragma omp for schedule(static)
-            for (int64_t i = 0; i < I; i += 16) {
-                const __mmask16 m = tail_mask(I - i);
-                store16(inner + i, m, gelu16(_mm512_maskz_loadu_ps(m, pre + i)));
-            }
+            for (int64_t i = 0; i < I; i += W) vstore(inner + i, I - i, vgelu(vload(pre + i, I - i)));
 #pragma omp for schedule(static)
             for (int64_t n = 0; n < E; ++n) {
                 const float o = rnd<T>(dot(wout + n * E, attn, E));

@@ -67,8 +67,6 @@ class FusedDecoder:
             return None
         cfg = model.config
         dtype = model.lm_head.weight.dtype
-        if dtype == torch.bfloat16 and "avx512_bf16" not in kernels.cpu_flags():
-            return None
         if (dtype not in (torch.float32, torch.bfloat16) or cfg.activation_function not in GELU_TANH
                 or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % cfg.qkv_shards or cfg.rotary_dim % 2):
             return None

@@ -1,5 +1,5 @@
-// Decode-step products for x86 CPUs with AVX-512, fp32 accumulation:
-//   codegen_bf16_gemv:   y (N) = W (N, K) x (K) (+ b), bf16, AVX512-BF16;
+// Decode-step products, fp32 accumulation, for every tier of simd.h:
+//   codegen_bf16_gemv:   y (N) = W (N, K) x (K) (+ b), bf16 (VDPBF16PS on avx512bf16);
 //   codegen_f32_gemv:    the same in fp32;
 //   codegen_f32_smallmm: Y (M, N) = X (M, K) W (N, K)^T (+ b), fp32, 2 <= M <= 8.
 //
@@ -22,75 +22,76 @@ namespace {
 
 using namespace codegen;
 
-// Registers: R * M accumulators, R weight vectors and one X vector, out of 32.
-template <int M> constexpr int rows_per_block() { return M == 2 ? 8 : M == 3 ? 6 : M == 4 ? 5 : M <= 6 ? 3 : 2; }
+// Registers: R * M accumulators, R weight vectors and one X vector, out of 32 (AVX-512) or 16.
+template <int M> constexpr int rows_per_block() {
+    return W == 16 ? (M == 2 ? 8 : M == 3 ? 6 : M == 4 ? 5 : M <= 6 ? 3 : 2) : (M <= 3 ? 3 : M <= 5 ? 2 : 1);
+}
 
 constexpr int F32_PREFETCH_BYTES = 8192;
 
 template <int M>
-__attribute__((target("avx512f"))) void f32_smallmm(const float* W, const float* X, const float* b, float* Y, int64_t N,
-                                                    int64_t K, int threads) {
+void f32_smallmm(const float* Wt, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
     constexpr int R = rows_per_block<M>();
-    const int64_t blocks = (N + R - 1) / R, K16 = K / 16 * 16;
-    const __mmask16 tail = (__mmask16)((1u << (K - K16)) - 1u);
+    const int64_t blocks = (N + R - 1) / R;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t n0 = blk * R;
         const int rows = (int)(N - n0 < R ? N - n0 : R);
         const float* w[R];
-        for (int r = 0; r < R; ++r) w[r] = W + (n0 + (r < rows ? r : 0)) * K;  // past N: re-read a valid row
-        __m512 acc[R][M];
+        for (int r = 0; r < R; ++r) w[r] = Wt + (n0 + (r < rows ? r : 0)) * K;  // past N: re-read a valid row
+        vf acc[R][M];
         for (int r = 0; r < R; ++r)
-            for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-        for (int64_t k = 0; k < K; k += 16) {
-            const __mmask16 mask = k < K16 ? (__mmask16)0xFFFF : tail;
-            __m512 wv[R];
+            for (int m = 0; m < M; ++m) acc[r][m] = vzero();
+        for (int64_t k = 0; k < K; k += W) {
+            const int64_t n = K - k;
+            vf wv[R];
             for (int r = 0; r < R; ++r) {
-                _mm_prefetch((const char*)(w[r] + k) + F32_PREFETCH_BYTES, _MM_HINT_T1);
-                wv[r] = _mm512_maskz_loadu_ps(mask, w[r] + k);
+                __builtin_prefetch((const char*)(w[r] + k) + F32_PREFETCH_BYTES, 0, 2);
+                wv[r] = vload(w[r] + k, n);
             }
             for (int m = 0; m < M; ++m) {
-                const __m512 xv = _mm512_maskz_loadu_ps(mask, X + m * K + k);
-                for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+                const vf xv = vload(X + m * K + k, n);
+                for (int r = 0; r < R; ++r) acc[r][m] = vfma(wv[r], xv, acc[r][m]);
             }
         }
         for (int r = 0; r < rows; ++r)
-            for (int m = 0; m < M; ++m) Y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]) + (b ? b[n0 + r] : 0.0f);
+            for (int m = 0; m < M; ++m) Y[m * N + n0 + r] = vsum(acc[r][m]) + (b ? b[n0 + r] : 0.0f);
     }
-}
-
-}  // namespace
-
-// Returns 0, or 1 when M is outside 2..8 (the caller then uses torch).
-extern "C" int codegen_f32_smallmm(const float* W, const float* X, const float* b, float* Y, int64_t M, int64_t N,
-                                   int64_t K, int threads) {
-    switch (M) {
-        case 2: f32_smallmm<2>(W, X, b, Y, N, K, threads); return 0;
-        case 3: f32_smallmm<3>(W, X, b, Y, N, K, threads); return 0;
-        case 4: f32_smallmm<4>(W, X, b, Y, N, K, threads); return 0;
-        case 5: f32_smallmm<5>(W, X, b, Y, N, K, threads); return 0;
-        case 6: f32_smallmm<6>(W, X, b, Y, N, K, threads); return 0;
-        case 7: f32_smallmm<7>(W, X, b, Y, N, K, threads); return 0;
-        case 8: f32_smallmm<8>(W, X, b, Y, N, K, threads); return 0;
-    }
-    return 1;
-}
-
-extern "C" __attribute__((target("avx512f"))) void codegen_f32_gemv(const float* W, const float* x, const float* b,
-                                                                  float* y, int64_t N, int64_t K, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; ++n) y[n] = dot_f32(W + n * K, x, K) + (b ? b[n] : 0.0f);
 }
 
 // y = gelu_new(x) elementwise over n values, fp32 or (bf16 != 0) bf16 computed in fp32 and rounded to
 // nearest even, as torch does (y may be x).
-template <typename T> __attribute__((target("avx512f,avx512bw"))) void gelu_tanh(const T* x, T* y, int64_t n, int threads) {
-    const int64_t blocks = (n + 15) / 16;
+template <typename T> void gelu_tanh(const T* x, T* y, int64_t n, int threads) {
+    const int64_t blocks = (n + W - 1) / W;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < blocks; ++b) {
-        const __mmask16 m = tail_mask(n - b * 16);
-        store16(y + b * 16, m, gelu16(load16(x + b * 16, m)));
+    for (int64_t b = 0; b < blocks; ++b) vstore(y + b * W, n - b * W, vgelu(vload(x + b * W, n - b * W)));
+}
+
+}  // namespace
+
+// The tier this library was compiled for: its SIMD width and whether bf16 dot products are native.
+extern "C" int codegen_simd_width() { return W; }
+extern "C" int codegen_native_bf16_dot() { return NATIVE_BF16_DOT ? 1 : 0; }
+
+// Returns 0, or 1 when M is outside 2..8 (the caller then uses torch).
+extern "C" int codegen_f32_smallmm(const float* Wt, const float* X, const float* b, float* Y, int64_t M, int64_t N,
+                                   int64_t K, int threads) {
+    switch (M) {
+        case 2: f32_smallmm<2>(Wt, X, b, Y, N, K, threads); return 0;
+        case 3: f32_smallmm<3>(Wt, X, b, Y, N, K, threads); return 0;
+        case 4: f32_smallmm<4>(Wt, X, b, Y, N, K, threads); return 0;
+        case 5: f32_smallmm<5>(Wt, X, b, Y, N, K, threads); return 0;
+        case 6: f32_smallmm<6>(Wt, X, b, Y, N, K, threads); return 0;
+        case 7: f32_smallmm<7>(Wt, X, b, Y, N, K, threads); return 0;
+        case 8: f32_smallmm<8>(Wt, X, b, Y, N, K, threads); return 0;
     }
+    return 1;
+}
+
+extern "C" void codegen_f32_gemv(const float* Wt, const float* x, const float* b, float* y, int64_t N, int64_t K,
+                                 int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; ++n) y[n] = dot_f32(Wt + n * K, x, K) + (b ? b[n] : 0.0f);
 }
 
 extern "C" void codegen_gelu_tanh(const void* x, void* y, int64_t n, int bf16, int threads) {
@@ -98,8 +99,8 @@ extern "C" void codegen_gelu_tanh(const void* x, void* y, int64_t n, int bf16, i
     else gelu_tanh((const float*)x, (float*)y, n, threads);
 }
 
-extern "C" __attribute__((target("avx512f,avx512bw,avx512bf16"))) void codegen_bf16_gemv(
-    const uint16_t* W, const uint16_t* x, const uint16_t* b, uint16_t* y, int64_t N, int64_t K, int threads) {
+extern "C" void codegen_bf16_gemv(const uint16_t* Wt, const uint16_t* x, const uint16_t* b, uint16_t* y, int64_t N,
+                                  int64_t K, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; ++n) y[n] = f32_to_bf16(dot_bf16(W + n * K, x, K) + (b ? bf16_to_f32(b[n]) : 0.0f));
+    for (int64_t n = 0; n < N; ++n) y[n] = f32_to_bf16(dot_bf16(Wt + n * K, x, K) + (b ? bf16_to_f32(b[n]) : 0.0f));
 }

@@ -1,13 +1,20 @@
-"""Optional native kernels for decode-sized work: the bf16 and fp32 matrix-vector products of a
-batch-1 step and fp32 products of 2 to 8 rows, gelu_new (kernels.cpp), and a whole batch-1 decode
-step (decode.cpp, driven by fused.py).
+"""Native kernels for decode-sized work, on every CPU: the bf16 and fp32 matrix-vector products of a
+batch-1 step, fp32 products of 2 to 8 rows, gelu_new (kernels.cpp), and a whole batch-1 decode step
+(decode.cpp, driven by fused.py), all written once against the SIMD layer in simd.h.
 
-They are compiled on first use with the system's C++ compiler (`$CXX`, else g++ or c++) into the user
-cache (`$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen`, else ~/.cache/codegen), keyed by a hash of
-the source and compiler, and loaded with ctypes, only on Linux x86-64 CPUs with AVX-512 (and
-AVX512-BF16 for the bf16 kernel). With no compiler, another CPU, a failed build, or CODEGEN_NATIVE=0,
-the functions here return None and the caller keeps torch's kernels: the results differ only by
-fp32 summation order.
+The sources are compiled for one tier of the CPU, on first use, with the system's C++ compiler
+(`$CXX`, else g++ or c++) into the user cache (`$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen`, else
+~/.cache/codegen), keyed by a hash of the sources, compiler, flags and tier, and loaded with ctypes:
+
+    generic     the baseline of x86-64 or aarch64 (4 fp32 lanes: SSE2 / NEON)   every Linux CPU
+    avx2        AVX2 + FMA + F16C (8 lanes)                                       Haswell+, Zen 1+
+    avx512      AVX-512 F/BW/VL (16 lanes, masked tails)                          Skylake-SP+, Zen 4
+    avx512bf16  avx512 + AVX512-BF16 (VDPBF16PS bf16 dot products)                Cooper Lake, Sapphire Rapids+, Zen 4
+
+The highest tier the CPU has is used (`tier()` says which, and why); `CODEGEN_ISA=<tier>` forces a
+lower one (a higher one is refused with a warning and the CPU's own tier kept). With no compiler, a
+failed build or CODEGEN_NATIVE=0, the functions here return None and the caller keeps torch's
+kernels: the results differ only by fp32 summation order.
 """
 
 from __future__ import annotations
@@ -30,9 +37,20 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp")]
 HEADERS = [os.path.join(_HERE, "simd.h")]
 
+TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
+_AVX2 = {"avx2", "fma", "f16c"}
+REQUIRES = {"generic": set(), "avx2": _AVX2, "avx512": _AVX2 | {"avx512f", "avx512bw", "avx512vl"},
+            "avx512bf16": _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}}
+_X86 = ["-mavx2", "-mfma", "-mf16c"]
+FLAGS = {"generic": [], "avx2": _X86, "avx512": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl"],
+         "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]}
+
 _lock = threading.Lock()
 _gemv = _f32_gemv = _smallmm = _gelu = decode_step = decode_scratch = None
 _tried = False
+_active_tier: str | None = None
+_why = "not loaded yet"
+_libs: dict[str, ctypes.CDLL] = {}
 
 
 def cpu_flags() -> set[str]:
@@ -45,30 +63,56 @@ def cpu_flags() -> set[str]:
         return set()
 
 
+def supported() -> bool:
+    """Whether this platform can build the kernels at all (Linux on x86-64 or aarch64)."""
+    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64")
+
+
+def cpu_tier(flags: set[str] | None = None) -> str:
+    """The highest tier the CPU has."""
+    flags = cpu_flags() if flags is None else flags
+    return [t for t in TIERS if REQUIRES[t] <= flags][-1]
+
+
+def wanted_tier() -> str:
+    """The CPU's tier, or the lower one CODEGEN_ISA asks for."""
+    best = cpu_tier()
+    forced = os.environ.get("CODEGEN_ISA", "").strip().lower()
+    if not forced:
+        return best
+    if forced not in TIERS:
+        logger.warning("CODEGEN_ISA=%s is not a tier (%s); using %s", forced, ", ".join(TIERS), best)
+        return best
+    if TIERS.index(forced) > TIERS.index(best):
+        logger.warning("CODEGEN_ISA=%s asks for more than this CPU has (its tier is %s); using %s", forced, best, best)
+        return best
+    return forced
+
+
 def cache_dir() -> str:
     if os.environ.get("CODEGEN_CACHE"):
         return os.environ["CODEGEN_CACHE"]
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "codegen")
 
 
-def build(compiler: str) -> str:
-    """Path of the compiled library (built now if the cache lacks it); raises on a failed build."""
+def build(compiler: str, tier: str = "avx512bf16") -> str:
+    """Path of the library compiled for `tier` (built now if the cache lacks it); raises on a failed build."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     if "clang" in version.lower():  # its -fopenmp links libomp: a second thread pool beside torch's libgomp
         raise RuntimeError(f"{compiler} is clang; the kernels need g++ (set CXX=g++)")
-    digest = hashlib.sha256(version.encode())
+    flags = ["-O3", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp", *FLAGS[tier]]
+    digest = hashlib.sha256(version.encode() + " ".join(flags).encode())
     for path in SOURCES + HEADERS:
         with open(path, "rb") as fh:
             digest.update(fh.read())
-    key = digest.hexdigest()[:16]
-    out = os.path.join(cache_dir(), f"kernels-{key}.so")
+    out = os.path.join(cache_dir(), f"kernels-{tier}-{digest.hexdigest()[:16]}.so")
     if os.path.exists(out):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
     os.close(fd)
     try:
-        cmd = [compiler, "-O3", "-shared", "-fPIC", "-fopenmp", *SOURCES, "-o", tmp]
+        cmd = [compiler, *flags, *SOURCES, "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
@@ -80,41 +124,91 @@ def build(compiler: str) -> str:
     return out
 
 
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def library(tier: str) -> ctypes.CDLL:
+    """The kernels compiled for `tier`, with their signatures declared (tests load lower tiers with it).
+    The interface is declared here once, beside the C ABI in kernels.cpp and decode.cpp."""
+    if tier in _libs:
+        return _libs[tier]
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (set CXX, or install g++)")
+    lib = ctypes.CDLL(build(compiler, tier))
+    args = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64]
+    for name, argtypes, restype in (
+        ("codegen_f32_smallmm", args + [ctypes.c_int64, ctypes.c_int], ctypes.c_int),
+        ("codegen_f32_gemv", args + [ctypes.c_int], None),
+        ("codegen_bf16_gemv", args + [ctypes.c_int], None),
+        ("codegen_gelu_tanh", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int], None),
+        ("codegen_decode_scratch", [ctypes.c_void_p], ctypes.c_int64),
+        ("codegen_decode_step", [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 12, ctypes.c_int),
+        ("codegen_simd_width", [], ctypes.c_int),
+        ("codegen_native_bf16_dot", [], ctypes.c_int),
+    ):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, restype
+    _libs[tier] = lib
+    return lib
+
+
+def tier() -> tuple[str | None, str]:
+    """(the tier in use, or None when torch's kernels run instead; why)."""
+    if not _tried:
+        load()
+    return _active_tier, _why
+
+
 def load() -> bool:
-    """Build and load the kernels once; whether any is available."""
-    global _gemv, _f32_gemv, _smallmm, _gelu, decode_step, decode_scratch, _tried
+    """Build and load the kernels once, for the tier this CPU (or CODEGEN_ISA) asks; whether they are in use."""
+    global _gemv, _f32_gemv, _smallmm, _gelu, decode_step, decode_scratch, _tried, _active_tier, _why
     with _lock:
         if not _tried:
             _tried = True
-            flags = cpu_flags()
-            compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-            if os.environ.get("CODEGEN_NATIVE", "1") != "0" and {"avx512f", "avx512bw"} <= flags and compiler:
+            if os.environ.get("CODEGEN_NATIVE", "1") == "0":
+                _why = "CODEGEN_NATIVE=0"
+            elif not supported():
+                _why = f"no native build for {platform.system()} on {platform.machine()}"
+            elif _compiler() is None:
+                _why = "no C++ compiler (set CXX, or install g++)"
+            else:
+                wanted = wanted_tier()
                 try:
-                    lib = ctypes.CDLL(build(compiler))
+                    _activate(wanted)
                 except Exception as e:  # missing headers, old compiler, read-only cache...: torch's kernels it is
+                    _why = f"the build failed: {e}"
                     logger.warning("native kernels unavailable, using torch's: %s", e)
                 else:
-                    args = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64]
-                    lib.codegen_f32_smallmm.argtypes = args + [ctypes.c_int64, ctypes.c_int]
-                    lib.codegen_f32_smallmm.restype = ctypes.c_int
-                    _smallmm = lib.codegen_f32_smallmm
-                    lib.codegen_f32_gemv.argtypes = args + [ctypes.c_int]
-                    lib.codegen_f32_gemv.restype = None
-                    _f32_gemv = lib.codegen_f32_gemv
-                    lib.codegen_gelu_tanh.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
-                    lib.codegen_gelu_tanh.restype = None
-                    _gelu = lib.codegen_gelu_tanh
-                    lib.codegen_decode_scratch.argtypes = [ctypes.c_void_p]
-                    lib.codegen_decode_scratch.restype = ctypes.c_int64
-                    decode_scratch = lib.codegen_decode_scratch
-                    lib.codegen_decode_step.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 12
-                    lib.codegen_decode_step.restype = ctypes.c_int
-                    decode_step = lib.codegen_decode_step
-                    if "avx512_bf16" in flags:
-                        lib.codegen_bf16_gemv.argtypes = args + [ctypes.c_int]
-                        lib.codegen_bf16_gemv.restype = None
-                        _gemv = lib.codegen_bf16_gemv
-    return _gemv is not None or _smallmm is not None
+                    forced = wanted != cpu_tier()
+                    _why = f"{wanted}" + (" (forced by CODEGEN_ISA)" if forced else " (this CPU's highest)")
+    return _smallmm is not None
+
+
+def _activate(name: str) -> None:
+    global _gemv, _f32_gemv, _smallmm, _gelu, decode_step, decode_scratch, _active_tier
+    lib = library(name)
+    _smallmm, _f32_gemv, _gemv = lib.codegen_f32_smallmm, lib.codegen_f32_gemv, lib.codegen_bf16_gemv
+    _gelu, decode_scratch, decode_step = lib.codegen_gelu_tanh, lib.codegen_decode_scratch, lib.codegen_decode_step
+    _active_tier = name
+
+
+def activate(name: str) -> None:
+    """Use the kernels of tier `name` from now on (benchmarks' --isa, tests); refuses a tier the CPU lacks."""
+    global _tried, _why
+    if name not in TIERS:
+        raise ValueError(f"unknown tier {name!r}; choose one of {', '.join(TIERS)}")
+    if TIERS.index(name) > TIERS.index(cpu_tier()):
+        raise ValueError(f"tier {name} needs {', '.join(sorted(REQUIRES[name] - cpu_flags()))}, which this CPU lacks")
+    with _lock:
+        _activate(name)
+        _tried, _why = True, f"{name} (activated)"
+
+
+def native_bf16_dot() -> bool:
+    """Whether bf16 dot products run as VDPBF16PS (the avx512bf16 tier) rather than widened to fp32."""
+    return _active_tier == "avx512bf16"
 
 
 def _fits(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:

@@ -1,10 +1,19 @@
-// Inline AVX-512 helpers shared by kernels.cpp (the products) and decode.cpp (a whole decode step):
-// bf16 <-> fp32 conversion, the matrix-vector dot products with their software prefetch, masked
-// loads of short fp32/bf16 vectors, a vectorised exp for softmax, and gelu_new.
+// The SIMD layer of the native kernels (kernels.cpp: the products; decode.cpp: a whole decode step),
+// one source for every CPU tier. The tier is chosen by the compile flags (codegen/native/kernels.py
+// builds one library per tier):
+//   avx512 / avx512bf16 (-mavx512f -mavx512bw [-mavx512bf16]): 16 fp32 lanes in AVX-512 registers,
+//                        masked tails, and VDPBF16PS for bf16 dot products where the CPU has it;
+//   avx2 (-mavx2 -mfma -mf16c):  8 lanes; generic (the x86-64 or aarch64 baseline): 4 lanes,
+//                        both written with GCC vector extensions, so any target compiles them.
+// What the kernels use: vf (W fp32 lanes), vload/vstore of n <= W fp32 or bf16 values (zeros past n;
+// bf16 stores round to nearest even, NaN stays NaN), arithmetic, vsum, vexp (Cephes' expf), vgelu
+// (gelu_new), and the matrix-vector dot products dot_f32/dot_bf16 with their software prefetch.
 #pragma once
-#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace codegen {
 
@@ -25,34 +34,78 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch does;
 
 constexpr int PREFETCH_BYTES = 2048;
 
-// The 256 bytes (4 cache lines) that lie PREFETCH_BYTES past p: one unrolled step of either dot product.
+// The 256 bytes (4 cache lines) that lie PREFETCH_BYTES past p: one unrolled step of a dot product.
 inline void prefetch_256(const void* p) {
     const char* q = (const char*)p + PREFETCH_BYTES;
-    _mm_prefetch(q, _MM_HINT_T0);
-    _mm_prefetch(q + 64, _MM_HINT_T0);
-    _mm_prefetch(q + 128, _MM_HINT_T0);
-    _mm_prefetch(q + 192, _MM_HINT_T0);
+    __builtin_prefetch(q, 0, 3);
+    __builtin_prefetch(q + 64, 0, 3);
+    __builtin_prefetch(q + 128, 0, 3);
+    __builtin_prefetch(q + 192, 0, 3);
 }
 
-__attribute__((target("avx512f"))) inline float dot_f32(const float* w, const float* x, int64_t K) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+#if defined(__AVX512F__)
+// ------------------------------------------------------------------------------------------ AVX-512
+constexpr int W = 16;
+using vf = __m512;
+inline __mmask16 lanes(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vset(float x) { return _mm512_set1_ps(x); }
+inline vf vload(const float* p, int64_t n = W) { return n >= W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(lanes(n), p); }
+inline vf vload(const uint16_t* p, int64_t n = W) {
+    const __m256i v = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16((__mmask32)lanes(n), p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+inline void vstore(float* p, int64_t n, vf v) { _mm512_mask_storeu_ps(p, lanes(n), v); }
+inline void vstore(uint16_t* p, int64_t n, vf v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i out = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    out = _mm512_mask_or_epi32(out, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+    _mm512_mask_cvtepi32_storeu_epi16(p, lanes(n), out);
+}
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+inline float vsum(vf a) { return _mm512_reduce_add_ps(a); }
+
+// exp(x), Cephes' expf polynomial (about 1 ulp); inputs below -103.9 give 0.
+inline vf vexp(vf x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-103.9f)), _mm512_set1_ps(88.72f));
+    const vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    vf p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+inline float dot_f32(const float* w, const float* x, int64_t K) {
+    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
         prefetch_256(w + k);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+        a0 = vfma(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+        a1 = vfma(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+        a2 = vfma(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+        a3 = vfma(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
     }
-    for (; k < K; k += 16) {  // the last K % 64 elements, the final 16 masked
-        const __mmask16 mask = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, w + k), _mm512_maskz_loadu_ps(mask, x + k), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; k < K; k += 16) a0 = vfma(vload(w + k, K - k), vload(x + k, K - k), a0);  // the last K % 64, masked
+    return vsum(vadd(vadd(a0, a1), vadd(a2, a3)));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline float dot_bf16(const uint16_t* w, const uint16_t* x, int64_t K) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+#if defined(__AVX512BF16__)
+constexpr bool NATIVE_BF16_DOT = true;
+inline float dot_bf16(const uint16_t* w, const uint16_t* x, int64_t K) {
+    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 128 <= K; k += 128) {
         prefetch_256(w + k);
@@ -65,55 +118,114 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline float dot_bf16(con
         const __mmask32 mask = K - k >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1ull << (K - k)) - 1ull);
         a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(mask, w + k), (__m512bh)_mm512_maskz_loadu_epi16(mask, x + k));
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    return vsum(vadd(vadd(a0, a1), vadd(a2, a3)));
+}
+#endif
+
+#else
+// ------------------------------------------------------------------ AVX2 and generic: vector extensions
+#if defined(__AVX2__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int32_t vi __attribute__((vector_size(W * 4)));
+typedef uint32_t vu __attribute__((vector_size(W * 4)));
+inline vf vzero() { return vf{} ; }
+inline vf vset(float x) { return vf{} + x; }
+inline vf vload(const float* p, int64_t n = W) {
+    vf v = vf{};
+    if (n >= W) memcpy(&v, p, sizeof v);
+    else for (int64_t i = 0; i < n; ++i) v[i] = p[i];
+    return v;
+}
+inline vf vload(const uint16_t* p, int64_t n = W) {
+    vu u = vu{};
+    for (int64_t i = 0; i < (n < W ? n : W); ++i) u[i] = (uint32_t)p[i] << 16;
+    vf v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+inline void vstore(float* p, int64_t n, vf v) {
+    if (n >= W) memcpy(p, &v, sizeof v);
+    else for (int64_t i = 0; i < n; ++i) p[i] = v[i];
+}
+inline void vstore(uint16_t* p, int64_t n, vf v) {
+    for (int64_t i = 0; i < (n < W ? n : W); ++i) p[i] = f32_to_bf16(v[i]);
+}
+inline vf vfma(vf a, vf b, vf c) { return a * b + c; }  // fused where the tier has FMA (-ffp-contract=fast)
+inline vf vadd(vf a, vf b) { return a + b; }
+inline vf vsub(vf a, vf b) { return a - b; }
+inline vf vmul(vf a, vf b) { return a * b; }
+inline vf vdiv(vf a, vf b) { return a / b; }
+inline float vsum(vf a) {
+    float s = 0.0f;
+    for (int i = 0; i < W; ++i) s += a[i];
+    return s;
 }
 
-// Up to 16 elements as fp32, zeros past the mask.
-__attribute__((target("avx512f"))) inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const uint16_t* p, __mmask16 m) {
-    const __m256i v = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16((__mmask32)m, p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+// exp(x), Cephes' expf polynomial; inputs below -87.3 give exp(-87.3) ~ 1e-38 (no denormal scaling).
+inline vf vexp(vf x) {
+    x = x < -87.3f ? vset(-87.3f) : x;
+    x = x > 88.72f ? vset(88.72f) : x;
+    const vf t = x * 1.44269504088896341f;
+    const vi ni = __builtin_convertvector(t + (t >= 0.0f ? vset(0.5f) : vset(-0.5f)), vi);  // round half away
+    const vf n = __builtin_convertvector(ni, vf);
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf p = vset(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const vi bits = (ni + 127) << 23;  // 2^n
+    vf scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
 
-// Up to 16 fp32 lanes stored as fp32, or as bf16 rounded to nearest even (NaN stays NaN), as f32_to_bf16.
-__attribute__((target("avx512f"))) inline void store16(float* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
-__attribute__((target("avx512f"))) inline void store16(uint16_t* p, __mmask16 m, __m512 v) {
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i out = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    out = _mm512_mask_or_epi32(out, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-    _mm512_mask_cvtepi32_storeu_epi16(p, m, out);
+inline float dot_f32(const float* w, const float* x, int64_t K) {
+    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 4 * W <= K; k += 4 * W) {
+        if (k % 64 == 0) prefetch_256(w + k);
+        a0 = vfma(vload(w + k), vload(x + k), a0);
+        a1 = vfma(vload(w + k + W), vload(x + k + W), a1);
+        a2 = vfma(vload(w + k + 2 * W), vload(x + k + 2 * W), a2);
+        a3 = vfma(vload(w + k + 3 * W), vload(x + k + 3 * W), a3);
+    }
+    for (; k < K; k += W) a0 = vfma(vload(w + k, K - k), vload(x + k, K - k), a0);
+    return vsum((a0 + a1) + (a2 + a3));
 }
+#endif
 
-inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
-
-// exp(x) for fp32 lanes, Cephes' expf polynomial (about 1 ulp); inputs below -103.9 give 0.
-__attribute__((target("avx512f"))) inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-103.9f)), _mm512_set1_ps(88.72f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+#if !defined(__AVX512BF16__)
+constexpr bool NATIVE_BF16_DOT = false;
+// bf16 dot product without VDPBF16PS: widen both to fp32 and FMA (fp32 accumulation, as torch's).
+inline float dot_bf16(const uint16_t* w, const uint16_t* x, int64_t K) {
+    vf a0 = vzero(), a1 = a0;
+    int64_t k = 0;
+    for (; k + 2 * W <= K; k += 2 * W) {
+        if (k % 128 == 0) prefetch_256(w + k);
+        a0 = vfma(vload(w + k), vload(x + k), a0);
+        a1 = vfma(vload(w + k + W), vload(x + k + W), a1);
+    }
+    for (; k < K; k += W) a0 = vfma(vload(w + k, K - k), vload(x + k, K - k), a0);
+    return vsum(vadd(a0, a1));
 }
+#endif
 
-// gelu_new (tanh approximation) of 16 values, with tanh(u) = 1 - 2 / (exp(2u) + 1): the form torch
-// and transformers evaluate (0.5 x (1 + tanh u)), cancellation for negative x included, so that
-// results round as theirs do.
-__attribute__((target("avx512f"))) inline __m512 gelu16(__m512 x) {
-    const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-    const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(x3, _mm512_set1_ps(0.044715f), x));
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(exp512(_mm512_add_ps(u, u)), one)));
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
+// gelu_new (tanh approximation) with tanh(u) = 1 - 2 / (exp(2u) + 1): the form torch and transformers
+// evaluate (0.5 x (1 + tanh u)), cancellation for negative x included, so that results round as theirs.
+inline vf vgelu(vf x) {
+    const vf x3 = vmul(vmul(x, x), x);
+    const vf u = vmul(vset(0.7978845608028654f), vfma(x3, vset(0.044715f), x));
+    const vf one = vset(1.0f);
+    const vf t = vsub(one, vdiv(vset(2.0f), vadd(vexp(vadd(u, u)), one)));
+    return vmul(vmul(vset(0.5f), x), vadd(one, t));
 }
 
 }  // namespace codegen

@@ -1,0 +1,140 @@
+"""Every tier of the native kernels (generic, avx2, avx512, avx512bf16) against fp64 references on odd
+shapes, and a model's greedy decode with each tier equal to torch's path. Tiers this CPU lacks are
+compiled (so CI checks their sources) but not run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import codegen
+from codegen.engine.backend import prepare
+from codegen.native import kernels
+from codegen.native.fused import FusedDecoder
+
+if not kernels.supported() or kernels._compiler() is None:
+    pytest.skip("no native build on this platform or no C++ compiler", allow_module_level=True)
+RUNNABLE = [t for t in kernels.TIERS if kernels.TIERS.index(t) <= kernels.TIERS.index(kernels.cpu_tier())]
+
+
+@pytest.mark.parametrize("tier", kernels.TIERS)
+def test_every_tier_compiles(tier):
+    lib = kernels.library(tier)
+    if tier in RUNNABLE:
+        assert lib.codegen_simd_width() == {"generic": 4, "avx2": 8, "avx512": 16, "avx512bf16": 16}[tier]
+        assert lib.codegen_native_bf16_dot() == (tier == "avx512bf16")
+
+
+def ptr(t):
+    return t.data_ptr() if t is not None else None
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+@pytest.mark.parametrize("N, K", [(1, 1), (7, 5), (33, 31), (9, 33), (17, 100), (8, 257), (40, 1024)])
+def test_gemv_fp32_and_bf16_against_fp64(tier, N, K):
+    lib = kernels.library(tier)
+    g = torch.Generator().manual_seed(N * 1000 + K)
+    w, x, b = torch.randn(N, K, generator=g), torch.randn(K, generator=g), torch.randn(N, generator=g)
+    ref = w.double() @ x.double() + b.double()
+    y = torch.empty(N)
+    lib.codegen_f32_gemv(ptr(w), ptr(x), ptr(b), ptr(y), N, K, 2)
+    scale = (w.double().abs() @ x.double().abs()) + 1
+    assert ((y.double() - ref).abs() / scale).max() < 1e-6
+    wb, xb, bb = w.bfloat16(), x.bfloat16(), b.bfloat16()
+    refb = wb.double() @ xb.double() + bb.double()
+    yb = torch.empty(N, dtype=torch.bfloat16)
+    lib.codegen_bf16_gemv(ptr(wb), ptr(xb), ptr(bb), ptr(yb), N, K, 2)
+    assert ((yb.double() - refb).abs() <= 2 ** -7 * refb.abs() + 1e-5 * scale).all()  # one bf16 rounding
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+@pytest.mark.parametrize("M", [2, 3, 5, 8])
+@pytest.mark.parametrize("N, K", [(7, 5), (33, 31), (13, 100)])
+def test_small_row_products_against_fp64(tier, M, N, K):
+    lib = kernels.library(tier)
+    g = torch.Generator().manual_seed(M * 100 + N)
+    w, x, b = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g), torch.randn(N, generator=g)
+    y = torch.empty(M, N)
+    assert lib.codegen_f32_smallmm(ptr(w), ptr(x), ptr(b), ptr(y), M, N, K, 2) == 0
+    ref = x.double() @ w.double().T + b.double()
+    assert ((y.double() - ref).abs() / ((x.double().abs() @ w.double().abs().T) + 1)).max() < 1e-6
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+@pytest.mark.parametrize("n", [1, 3, 17, 1000])
+def test_gelu_against_torch(tier, n):
+    lib = kernels.library(tier)
+    x = torch.linspace(-12, 12, n) if n > 1 else torch.tensor([0.7])
+    y = torch.empty_like(x)
+    lib.codegen_gelu_tanh(ptr(x), ptr(y), n, 0, 2)
+    torch.testing.assert_close(y, torch.nn.functional.gelu(x, approximate="tanh"), rtol=1e-6, atol=1e-6)
+    xb, yb = x.bfloat16(), torch.empty(n, dtype=torch.bfloat16)
+    lib.codegen_gelu_tanh(ptr(xb), ptr(yb), n, 1, 2)
+    torch.testing.assert_close(yb.float(), torch.nn.functional.gelu(xb, approximate="tanh").float(), rtol=1e-2, atol=1e-2)
+
+
+def _model(shards=4, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(vocab_size=300, n_embd=96, n_layer=2, n_head=8, rotary_dim=6,
+                                                             n_positions=80, mp_num=shards)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+            if p.dim() == 2:
+                p.mul_(3.0)
+    return prepare(model.to(dtype))
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_decode_with_each_tier_equals_torchs_path(monkeypatch, tier, batch):
+    model = _model()
+    x = torch.randint(0, 299, (batch, 7), generator=torch.Generator().manual_seed(batch))
+    kw = dict(max_new_tokens=30, eos_token_id=[])
+    before = kernels._active_tier
+    try:
+        kernels.activate(tier)
+        native = model.generate(x, **kw)
+    finally:
+        kernels.activate(before) if before else None
+    for name in ("_gemv", "_f32_gemv", "_smallmm", "_gelu"):
+        monkeypatch.setattr(kernels, name, None)
+    monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
+    assert torch.equal(native, model.generate(x, **kw))
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+def test_bf16_fused_step_with_each_tier_follows_torchs_path(tier):
+    model = _model(shards=8, dtype=torch.bfloat16)
+    before = kernels._active_tier
+    try:
+        kernels.activate(tier)
+        fused = FusedDecoder.create(model, linear_types=(torch.nn.Linear, type(model.lm_head)))
+        assert fused is not None
+        cache = [codegen.KVCache.for_model(model, 1, 20) for _ in range(2)]
+        ids = torch.tensor([[5, 9, 2, 7]])
+        with torch.inference_mode():
+            for c in cache:
+                model.transformer(input_ids=ids, past_key_values=c)
+            for step, tok in enumerate([3, 8, 1, 4, 6]):
+                ref = model(input_ids=torch.tensor([[tok]]), past_key_values=cache[0]).logits[:, -1]
+                got = fused(tok, 4 + step, cache[1])
+                assert (ref - got).abs().max() <= 0.1 * ref.abs().max(), (step, (ref - got).abs().max())
+    finally:
+        kernels.activate(before) if before else None
+
+
+def test_forcing_a_tier_and_refusing_a_higher_one():
+    code = "from codegen.native import kernels; print(kernels.tier())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "CODEGEN_ISA": "generic"})
+    assert "('generic', 'generic (forced by CODEGEN_ISA)')" in done.stdout, done.stderr
+    if kernels.cpu_tier() != "avx512bf16":
+        done = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig();" + code], capture_output=True,
+                              text=True, timeout=300, env={**__import__("os").environ, "CODEGEN_ISA": "avx512bf16"})
+        assert "asks for more than this CPU has" in done.stderr
+    with pytest.raises(ValueError, match="unknown tier"):
+        kernels.activate("sse9")
