@@ -240,3 +240,17 @@ def test_legacy_and_raw_pickles(tmp_path):
     _one_line_error(path, r"pytorch_model.bin: not a readable PyTorch weights file \(UnpicklingError")
     torch.save({"lm_head.weight": [1, 2]}, path / "pytorch_model.bin")
     _one_line_error(path, r"'lm_head.weight' is a list, not a tensor")
+
+
+def test_loading_skips_weight_initialisation(tmp_path):
+    """from_pretrained builds the model without running any init (on the meta device torch's normal_
+    imports torch._dynamo, ~1.5 s of start-up); torch's init functions are restored afterwards."""
+    model, path = _small(tmp_path)
+    code = ("import sys, torch, codegen; m = codegen.CodeGenForCausalLM.from_pretrained(sys.argv[1]);"
+            "print('torch._dynamo' in sys.modules, torch.nn.init.normal_.__module__)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "torch.nn.init"], done.stderr
+    loaded = CodeGenForCausalLM.from_pretrained(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    fresh = CodeGenForCausalLM(model.config)  # outside loading, models are initialised as before
+    assert 0.015 < float(fresh.lm_head.weight.detach().std()) < 0.025

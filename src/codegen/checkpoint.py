@@ -171,7 +171,9 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
         # a CodeGen2 config: its shard count is not written down, so say which rule decided it
         logger.warning("%s: qkv_proj read as %d shards (%s)", directory, config.qkv_shards, config.shard_rule)
     layout, files = weight_files(directory)
-    with torch.device("meta"):
+    from .model import no_init_weights
+
+    with torch.device("meta"), no_init_weights():
         model = cls(config)
     expected = {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
     tied = {"lm_head.weight"} if config.tie_word_embeddings and "lm_head.weight" in expected else set()
