@@ -75,7 +75,7 @@ def test_peft_loads_the_adapter_from_another_directory(lora_run, tmp_path):
     assert peft is not None
 
 
-COMMANDS = ["info", "init", "complete", "serve", "train", "eval", "tokenize", "detokenize"]
+COMMANDS = ["env", "info", "init", "complete", "serve", "train", "eval", "tokenize", "detokenize"]
 
 
 @pytest.mark.parametrize("args", [[], *[[c] for c in COMMANDS], ["eval", "humaneval"], ["eval", "mtpb"], ["eval", "perplexity"]])
@@ -168,3 +168,18 @@ def test_a_resumed_humaneval_run_with_other_settings_is_refused(tmp_path):
     assert main([*args, "--temperature", "0.8", "--restart"]) == 0
     assert json.load(open(os.path.join(out, "settings.json")))["temperature"] == 0.8
     assert len(open(os.path.join(out, "samples.jsonl")).readlines()) == 1
+
+
+def test_codegen_env_says_which_kernels_run_and_why():
+    from codegen.native import kernels
+
+    r = run("env", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["cores"] >= 1 and info["torch"] and info["cpu"]
+    if kernels.supported() and kernels._compiler():
+        assert info["tier"] == kernels.cpu_tier() == info["cpu_tier"] and "this CPU's highest" in info["tier_reason"]
+    off = run("env", env={"CODEGEN_NATIVE": "0"})
+    assert off.returncode == 0 and "CODEGEN_NATIVE=0" in off.stdout and "torch's" in off.stdout
+    forced = run("env", env={"CODEGEN_ISA": "generic"})
+    assert "tier        generic: generic (forced by CODEGEN_ISA)" in forced.stdout

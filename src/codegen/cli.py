@@ -88,6 +88,52 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    import os
+    import platform
+    import subprocess
+
+    import torch
+
+    from .native import kernels
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    flags = kernels.cpu_flags()
+    shown = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                         "amx_bf16", "amx_int8") if f in flags]
+    active, why = kernels.tier()
+    compiler = kernels._compiler()
+    version = None
+    if compiler:
+        try:
+            version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            version = None
+    in_use = ({"decode step (one row)": "native: fp32 and bf16, every layer in one call",
+               "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else ""),
+               "gelu_new": "native, in place over fc_in's output"}
+              if active else {"all": f"torch's ({why})"})
+    info = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "flags": shown,
+            "cpu_tier": kernels.cpu_tier() if kernels.supported() else None, "tier": active, "tier_reason": why,
+            "compiler": version or compiler, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "kernels": in_use}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"cpu         {cpu} ({info['cores']} cores, {info['machine']}); flags: {' '.join(shown) or 'none of note'}")
+    print(f"tier        {active or 'none'}: {why}" + (f"; the CPU's highest is {info['cpu_tier']}" if active != info["cpu_tier"] else ""))
+    print(f"compiler    {info['compiler'] or 'none found (set CXX, or install g++)'}")
+    print(f"torch       {torch.__version__}, {info['threads']} threads")
+    for what, how in in_use.items():
+        print(f"kernels     {what}: {how}")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     import torch
 
@@ -412,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="also describe this LoRA adapter directory")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=cmd_info)
+
+    p = command("env", help="this machine: CPU, native kernel tier, compiler, and which kernels run and why")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_env)
 
     p = command("init", help="write a randomly initialised checkpoint of a preset shape (tests, benchmarks)")
     p.add_argument("out", help="directory to write")
