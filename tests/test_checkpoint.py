@@ -254,3 +254,16 @@ def test_loading_skips_weight_initialisation(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     fresh = CodeGenForCausalLM(model.config)  # outside loading, models are initialised as before
     assert 0.015 < float(fresh.lm_head.weight.detach().std()) < 0.025
+
+
+def test_malformed_tokenizer_files_beside_a_checkpoint(tmp_path, caplog):
+    """The model still loads (without a vocabulary limit, with a warning); the tokenizer's error names the file."""
+    model, path = _small(tmp_path)
+    (path / "vocab.json").write_text(json.dumps({"a": 0, "b": 1}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    (path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"x7": {"content": "<t>"}}}))
+    with caplog.at_level("WARNING"):
+        loaded = CodeGenForCausalLM.from_pretrained(path)
+    assert loaded.tokenizer_size is None and "added_tokens_decoder is malformed" in caplog.text
+    with pytest.raises(codegen.TokenizerFileError, match=r"tokenizer_config.json: added_tokens_decoder is malformed"):
+        codegen.CodeGenTokenizerFast.from_pretrained(path)

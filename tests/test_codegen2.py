@@ -41,16 +41,15 @@ def to_8_shards(w: torch.Tensor, H: int) -> torch.Tensor:
     in S shards each [q | v | k] block holds H/S heads of D rows, heads numbered shard-major."""
     E = w.shape[1]
     D = E // H
+
+    def row(S: int, kind: int, h: int) -> int:  # first row of head h's q (0), v (1) or k (2) with S shards
+        L = E // S
+        return (h // (H // S)) * 3 * L + kind * L + (h % (H // S)) * D
+
     out = torch.empty_like(w)
-    for kind in range(3):  # q, v, k
+    for kind in range(3):
         for h in range(H):
-            for S, dst in ((4, False), (8, True)):
-                L = E // S
-                row = (h // (H // S)) * 3 * L + kind * L + (h % (H // S)) * D
-                if dst:
-                    out[row:row + D] = w[src:src + D]
-                else:
-                    src = row
+            out[row(8, kind, h):row(8, kind, h) + D] = w[row(4, kind, h):row(4, kind, h) + D]
     return out
 
 
@@ -180,6 +179,8 @@ def test_fill_in_the_middle_through_the_api_and_the_cli(fim_dir, capsys):
                  "--temperature", "0", "--max-new-tokens", "3", "--no-echo"]) == 0
     assert capsys.readouterr().out == "xxx\n"
     assert main(["complete", "x", "--suffix", "y", "--model", os.path.join(fim_dir, "..", "nonexistent")]) == 1
+    assert main(["complete", "x", "--suffix", "y", "--suffix-file", os.path.join(fim_dir, "suffix.py"), "--model", fim_dir]) == 1
+    assert "not both" in capsys.readouterr().err
     with pytest.raises(ValueError, match="only CodeGen2 models can fill in the middle"):
         codegen.complete(model, codegen.CodeGenTokenizerFast.from_pretrained(TOKENIZER_DIR), "a", opts, suffix="b")
 

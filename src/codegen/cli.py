@@ -285,7 +285,9 @@ def _run_settings(args: argparse.Namespace) -> dict:
 
     model, adapter = resolve_model(args.model, args.adapter)
     return {"model": os.path.abspath(model), "adapter": os.path.abspath(adapter) if adapter else None,
-            "tokenizer": os.path.abspath(args.tokenizer) if args.tokenizer else None, "dtype": args.dtype}
+            "tokenizer": os.path.abspath(args.tokenizer) if args.tokenizer else None, "dtype": args.dtype,
+            "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "n": args.n,
+            "max_new_tokens": args.max_new_tokens, "truncate": args.truncate, "seed": args.seed}
 
 
 def cmd_eval_humaneval(args: argparse.Namespace) -> int:
@@ -305,8 +307,8 @@ def cmd_eval_humaneval(args: argparse.Namespace) -> int:
     else:
         os.makedirs(args.out, exist_ok=True)
         samples_file = os.path.join(args.out, "samples.jsonl")
-        settings = _run_settings(args)  # before loading: a mismatched resume is refused at once
-        humaneval.check_run_settings(args.out, settings_of_sampling(args, settings), restart=args.restart)
+        # before loading: a mismatched resume is refused at once
+        humaneval.check_run_settings(args.out, _run_settings(args), restart=args.restart)
         model, tokenizer = _load(args)
         samples = humaneval.generate(model, tokenizer, problems, samples_file, args.n, temperature=args.temperature,
                                      top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
@@ -329,11 +331,6 @@ def cmd_eval_humaneval(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report.pass_at_k, fh, indent=2)
     return 0
-
-
-def settings_of_sampling(args: argparse.Namespace, settings: dict) -> dict:
-    return dict(settings, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, n=args.n,
-                max_new_tokens=args.max_new_tokens, truncate=args.truncate, seed=args.seed)
 
 
 def cmd_eval_mtpb(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
 from typing import Any
 
 import torch
@@ -28,13 +27,6 @@ from .config import CodeGenConfig
 from .ops import ACT_FNS, apply_rotary, rotary_tables
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-class _SkipInit(threading.local):
-    active = False
-
-
-_SKIP_INIT = _SkipInit()
-
-
 _INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
                    "trunc_normal_", "zeros_", "ones_", "constant_")
 
@@ -45,7 +37,6 @@ def no_init_weights():
     torch's own init functions included): for loading, where every weight is assigned from the
     checkpoint next. On the meta device torch's `normal_` alone costs ~1.5 s (it imports
     torch._dynamo), a third of `codegen complete`'s start with the demo model."""
-    before, _SKIP_INIT.active = _SKIP_INIT.active, True
     saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
     for name in _INIT_FUNCTIONS:
         setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
@@ -54,7 +45,6 @@ def no_init_weights():
     finally:
         for name, fn in saved.items():
             setattr(nn.init, name, fn)
-        _SKIP_INIT.active = before
 
 
 def is_cache_object(past) -> bool:
@@ -147,8 +137,6 @@ class CodeGenPreTrainedModel(nn.Module):
     config: CodeGenConfig
 
     def _init_weights(self, module: nn.Module) -> None:
-        if _SKIP_INIT.active:  # weights about to be assigned from a checkpoint
-            return
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)

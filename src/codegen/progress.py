@@ -31,7 +31,7 @@ class Progress:
         self.done = self.start_done = initial
         self.enabled = enabled is not False
         tty = sys.stderr is not None and sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit) if self.enabled and tty and enabled is not False else None
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit) if self.enabled and tty else None
         if interval is None:
             interval = float(os.environ.get("CODEGEN_PROGRESS_INTERVAL", "30"))
         self.interval = interval

@@ -133,11 +133,12 @@ class Backend:
     def decode(self, tokens: list[int], positions: torch.Tensor, cache) -> torch.Tensor:
         """One new token per row (B,) at `positions` (B,) into `cache` (which must have room for
         one more column): logits (B, V) in fp32."""
-        mask = cache.attend(1)
+        cache.mark(1)
         if len(tokens) == 1 and self._fused is not None:
             start = cache.suffix_start(0, extra=1)  # None for a mask with holes: the module path
             if start is not None:
                 return self._fused(tokens[0], int(positions[0]), cache, start)
+        mask = cache.attention_mask(1)
         m = self.model
         ids = torch.tensor(tokens, device=positions.device)[:, None]
         h = m.transformer(input_ids=ids, past_key_values=cache, attention_mask=mask,

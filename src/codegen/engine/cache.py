@@ -62,16 +62,24 @@ class KVCache:
         self.length += n
 
     # ------------------------------------------------------------------ the engine's side
-    def attend(self, new: torch.Tensor | int) -> torch.Tensor | None:
+    def mark(self, new: torch.Tensor | int) -> None:
         """Mark the next columns as attended, before a forward pass of T new tokens: `new` is the (B, T)
-        mask of those tokens (0 = padding) or T (all attended). Returns the model's attention mask
-        (B, length + T), or None when every row attends to every column."""
+        mask of those tokens (0 = padding) or T (all attended)."""
         T = new if isinstance(new, int) else new.shape[1]
         if self.length + T > self.capacity:
             raise ValueError(f"KVCache holds {self.capacity} positions; {self.length} used + {T} new do not fit")
         self.mask[:, self.length:self.length + T] = True if isinstance(new, int) else new.bool()
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """The model's attention mask (B, length + T) for T marked new columns, or None when every row
+        attends to every column."""
         mask = self.mask[:, :self.length + T]
         return None if bool(mask.all()) else mask.long()
+
+    def attend(self, new: torch.Tensor | int) -> torch.Tensor | None:
+        """`mark(new)`, then the model's attention mask for it."""
+        self.mark(new)
+        return self.attention_mask(new if isinstance(new, int) else new.shape[1])
 
     def lengths(self) -> torch.Tensor:
         """(B,) columns each row attends to."""

@@ -50,6 +50,7 @@ class Request:
         self.cancelled = False
         self.error: str | None = None
         self.finished = 0  # outputs that have had their last token
+        self.seed: int | None = None  # set by Scheduler.add for sampled requests
         if isinstance(prompts, torch.Tensor):
             if prompts.dim() != 2 or prompts.shape[1] == 0:
                 raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {tuple(prompts.shape)}")
@@ -173,9 +174,6 @@ class Scheduler:
                 request.seed = int(torch.randint(0, 2**63 - 1, (), generator=request.generator))
         self.waiting.append(request)
         return request
-
-    def cancel(self, request: Request) -> None:
-        request.cancel()
 
     @property
     def has_work(self) -> bool:

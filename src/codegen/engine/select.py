@@ -23,13 +23,11 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Temperature, then top-k, then top-p, each leaving at least one token (transformers' warpers)."""
+def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Temperature, then top-p, leaving at least one token (transformers' warpers; `sample` applies
+    top-k before, by keeping the k largest logits)."""
     if temperature != 1.0:
         logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, NEG_INF)
     if top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=False)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
@@ -61,9 +59,9 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, u
         values, ids = torch.topk(logits, top_k)
         ids, order = ids.sort(dim=-1)
         values = values.gather(1, order)
-        probs = warp(values, temperature, 0, top_p).softmax(dim=-1)
+        probs = warp(values, temperature, top_p).softmax(dim=-1)
         return ids.gather(1, draw(probs, uniforms)[:, None]).squeeze(1)
-    probs = warp(logits, temperature, 0, top_p).softmax(dim=-1)
+    probs = warp(logits, temperature, top_p).softmax(dim=-1)
     return draw(probs, uniforms)
 
 

@@ -50,9 +50,10 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] not in self.open_paths and not self.is_authorized(scope):
+        authorized = self.is_authorized(scope)
+        if scope["path"] not in self.open_paths and not authorized:
             return await _answer(send, UNAUTHORIZED)
-        scope.setdefault("state", {})["authorized"] = self.is_authorized(scope)
+        scope.setdefault("state", {})["authorized"] = authorized
         too_large = APIError(413, f"the request body exceeds the server's bound of {self.max_body} bytes "
                                   f"(--max-body-bytes)", code="request_too_large")
         length = dict(scope.get("headers") or ()).get(b"content-length")

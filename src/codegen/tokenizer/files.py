@@ -104,6 +104,25 @@ def _check_merges(merges: list[tuple[str, str]], vocab: dict[str, int], source: 
             raise TokenizerFileError(f"{source}: merge {n + 1} ({a!r} {b!r}) makes {a + b!r}, which is not in the vocabulary")
 
 
+def _added_tokens(directory: str, settings: dict) -> dict[str, int]:
+    """The added tokens of a vocab.json layout: added_tokens.json, then tokenizer_config.json's
+    added_tokens_decoder for tokens it does not name (a copy: the files' JSON is cached)."""
+    file = os.path.join(directory, ADDED_TOKENS_FILE)
+    added: dict[str, int] = {}
+    if os.path.isfile(file):
+        data = _read_json(file)
+        if not isinstance(data, dict):
+            raise TokenizerFileError(f"{file}: expected a JSON object of token -> id")
+        added = dict(data)
+    try:
+        for idx, entry in settings.get("added_tokens_decoder", {}).items():
+            added.setdefault(entry["content"], int(idx))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise TokenizerFileError(f"{os.path.join(directory, TOKENIZER_CONFIG_FILE)}: added_tokens_decoder is malformed "
+                                 f"({type(e).__name__}: {e})") from None
+    return added
+
+
 def load_files(directory: str) -> TokenizerFiles:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such tokenizer directory")
@@ -121,13 +140,7 @@ def load_files(directory: str) -> TokenizerFiles:
                 raise TokenizerFileError(f"{directory}: {name} is missing (a byte-level BPE tokenizer needs {VOCAB_FILE} and {MERGES_FILE})")
         vocab, merges = read_vocab(path(VOCAB_FILE)), read_merges(path(MERGES_FILE))
         _check_merges(merges, vocab, path(MERGES_FILE))
-        added: dict[str, int] = {}
-        if os.path.isfile(path(ADDED_TOKENS_FILE)):
-            added = _read_json(path(ADDED_TOKENS_FILE))
-            if not isinstance(added, dict):
-                raise TokenizerFileError(f"{path(ADDED_TOKENS_FILE)}: expected a JSON object of token -> id")
-        for entry in settings.get("added_tokens_decoder", {}).items():
-            added.setdefault(entry[1]["content"], int(entry[0]))
+        added = _added_tokens(directory, settings)
     elif os.path.isfile(path(TOKENIZER_FILE)):
         data = _read_json(path(TOKENIZER_FILE))
         try:
@@ -172,11 +185,9 @@ def tokenizer_size(directory: str) -> int | None:
     when there are none; read without the merges, for a model to know which ids it may produce."""
     path = lambda name: os.path.join(directory, name)  # noqa: E731
     if os.path.isfile(path(VOCAB_FILE)):
+        settings = _read_json(path(TOKENIZER_CONFIG_FILE)) if os.path.isfile(path(TOKENIZER_CONFIG_FILE)) else {}
         vocab = read_vocab(path(VOCAB_FILE))
-        ids = set(vocab.values())
-        if os.path.isfile(path(ADDED_TOKENS_FILE)):
-            added = _read_json(path(ADDED_TOKENS_FILE))
-            ids |= {v for v in added.values() if isinstance(v, int)} if isinstance(added, dict) else set()
+        ids = set(vocab.values()) | set(_added_tokens(directory, settings if isinstance(settings, dict) else {}).values())
     elif os.path.isfile(path(TOKENIZER_FILE)):
         data = _read_json(path(TOKENIZER_FILE))
         try:
@@ -186,8 +197,4 @@ def tokenizer_size(directory: str) -> int | None:
             return None
     else:
         return None
-    if os.path.isfile(path(TOKENIZER_CONFIG_FILE)):
-        settings = _read_json(path(TOKENIZER_CONFIG_FILE))
-        if isinstance(settings, dict):
-            ids |= {int(k) for k in settings.get("added_tokens_decoder", {}) if str(k).isdigit()}
-    return max(len(vocab), max(ids, default=-1) + 1)
+    return max(len(vocab), max((i for i in ids if isinstance(i, int)), default=-1) + 1)
