@@ -88,6 +88,11 @@ def test_environment_and_identity():
 
 
 def test_unavailable_isolation_fails_closed(monkeypatch):
+    with pytest.raises(ValueError, match="needs allow_unsafe=True"):
+        sandbox.Sandbox(workers=1, mode="unsafe")
+    with sandbox.Sandbox(workers=1, mode="unsafe", allow_unsafe=True) as box:  # only when asked, and it says so
+        assert box.describe().startswith("NO ISOLATION") and box.run("print(1)").stdout == "1\n"
+        assert box.run("import os\nos._exit(0)").status == "failed"
     monkeypatch.setattr(sys, "platform", "darwin")
     with pytest.raises(sandbox.SandboxUnavailable, match="--unsafe-no-isolation"):
         sandbox.Sandbox(workers=1)

@@ -130,6 +130,9 @@ class Sandbox:
                                      f"{sys.platform}; {UNSAFE_FLAG} (allow_unsafe=True) runs it without isolation")
         if mode not in ("auto", "root", "user", "unsafe"):
             raise ValueError(f"sandbox mode must be auto, root, user or unsafe, got {mode!r}")
+        if mode == "unsafe" and not allow_unsafe:
+            raise ValueError(f"the unsafe sandbox mode runs generated code without isolation: it needs allow_unsafe=True "
+                             f"({UNSAFE_FLAG})")
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.preload, self.python, self.allow_unsafe = tuple(preload), python or sys.executable, allow_unsafe
         self._mode = "unsafe" if sys.platform != "linux" else mode

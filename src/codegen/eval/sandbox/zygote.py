@@ -411,8 +411,11 @@ def main() -> None:
                 preloaded.append(name)
             except Exception as e:
                 missing.append(f"{name} ({type(e).__name__}: {e})")
-        with open("/proc/self/statm") as fh:
-            address_space = int(fh.read().split()[0]) * _PAGE
+        try:
+            with open("/proc/self/statm") as fh:
+                address_space = int(fh.read().split()[0]) * _PAGE
+        except OSError:  # no /proc (the unsafe mode off Linux)
+            address_space = 1 << 32
         plan = jail.Plan(mode=mode, root=config["root"], binds=jail.interpreter_paths(), uid=int(config["uid"]),
                          address_space=address_space, nproc_base=_nproc_base(mode))
         pidns = None if mode == "unsafe" else _own_pid_namespace()
