@@ -173,9 +173,17 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     layout, files = weight_files(directory)
     from .model import no_init_weights
 
+    from .quant.convert import empty_quantized, spec_of
+
+    spec = spec_of(config)  # a checkpoint written by `codegen quantize`
     with torch.device("meta"), no_init_weights():
         model = cls(config)
-    expected = {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
+        if spec is not None:
+            empty_quantized(model, spec)
+    described = model.state_dict(keep_vars=True)
+    expected = {k: v.shape for k, v in described.items()}
+    # quantized layers' tensors keep their stored dtypes (int8 / packed uint8 weights, fp32 scales and biases)
+    exact = {k: v.dtype for k, v in described.items() if spec is not None and _quantized_key(model, k)}
     tied = {"lm_head.weight"} if config.tie_word_embeddings and "lm_head.weight" in expected else set()
     # A CodeGenModel loads the `transformer.` part of a causal-LM checkpoint, as in transformers.
     strip = "transformer." if "wte.weight" in expected else ""
@@ -201,6 +209,13 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
                     f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, but the config "
                     f"({directory}/{CONFIG_NAME}) requires {tuple(expected[key])}"
                 )
+            if key in exact:
+                if tensor.dtype != exact[key] and not (tensor.is_floating_point() and exact[key].is_floating_point):
+                    raise CheckpointError(f"{file}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; the "
+                                          f"quantized layer ({spec.name}) needs {str(exact[key]).removeprefix('torch.')}")
+                bar.update(tensor.numel() * tensor.element_size())
+                state[key] = tensor.to(device)
+                continue
             if not tensor.is_floating_point():
                 raise CheckpointError(f"{file}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; a floating-point "
                                       f"weight belongs there")
@@ -230,6 +245,16 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
             logger.warning("%s; generate will not limit ids to the tokenizer's", e)
     logger.info("loaded %s from %s (%s, %s)", cls.__name__, directory, layout, dtype)
     return model
+
+
+def _quantized_key(model, key: str) -> bool:
+    from .quant import QuantLinear
+
+    parent = key.rpartition(".")[0]
+    try:
+        return isinstance(model.get_submodule(parent), QuantLinear)
+    except AttributeError:
+        return False
 
 
 # --------------------------------------------------------------------------- saving

@@ -134,6 +134,17 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quant import QuantSpec
+    from .quant.convert import quantize_checkpoint
+
+    spec = QuantSpec(args.bits, args.group_size)
+    stats = quantize_checkpoint(args.src, args.dst, spec, args.max_shard_size)
+    print(f"quantized {stats['quantized']} of {stats['tensors']} tensors to {spec.name}: {stats['bytes'] / 1e6:.1f} MB "
+          f"in {args.dst}", file=sys.stderr)
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     import torch
 
@@ -197,7 +208,8 @@ def _load(args: argparse.Namespace):
     from .loading import load_for_inference
 
     return load_for_inference(args.model, args.tokenizer, getattr(args, "dtype", "float32"), args.device, args.threads,
-                              adapter=args.adapter)
+                              adapter=args.adapter, quantize=getattr(args, "quantize", None),
+                              group_size=getattr(args, "group_size", None))
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
@@ -411,6 +423,9 @@ def _add_model_flags(p: argparse.ArgumentParser, what: str = "the model", dtype:
     if dtype:
         p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                        help="weights dtype (default float32; auto = as stored)")
+        p.add_argument("--quantize", choices=["int8", "int4"],
+                       help="quantize the weights at load (weight-only; a `codegen quantize` checkpoint loads as it is)")
+        p.add_argument("--group-size", type=int, help="int4 group size (32, 64 or 128; default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice, one per core)")
 
@@ -470,6 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the written weights (default float32)")
     p.add_argument("--tokenizer", help="copy the tokenizer from this directory into the checkpoint")
     p.set_defaults(func=cmd_init)
+
+    p = command("quantize", help="write a weight-only int8 or int4 copy of a checkpoint",
+                description="Quantize every Linear layer (lm_head included) of SRC into DST, shard by shard: int8 with one "
+                            "scale per output row, or int4 with one scale per group of --group-size inputs. Every command "
+                            "loads DST as it is.")
+    p.add_argument("src", help="checkpoint directory to read")
+    p.add_argument("dst", help="directory to write (config.json with its quantization_config, safetensors, tokenizer)")
+    p.add_argument("--bits", type=int, default=8, choices=[8, 4], help="weight bits (default 8)")
+    p.add_argument("--group-size", type=int, help="int4: inputs per scale, 32, 64 or 128 (default 32)")
+    p.add_argument("--max-shard-size", default="2GB", help="largest output shard (default 2GB)")
+    p.set_defaults(func=cmd_quantize)
 
     p = command("complete", help="complete code from a prompt",
                 description="Complete a prompt. Defaults follow Salesforce's sample.py: temperature 0.2, "

@@ -63,9 +63,11 @@ def resolve_model(model: str | None, adapter: str | None = None) -> tuple[str, s
 
 
 def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: str | None = "float32",
-                       device: str = "cpu", threads: int | None = None, adapter: str | None = None):
+                       device: str = "cpu", threads: int | None = None, adapter: str | None = None,
+                       quantize: str | None = None, group_size: int | None = None):
     """(model, fast tokenizer), with the thread count set first (it matters for decode speed). The
-    tokenizer comes from `tokenizer`, else the adapter directory when it has one, else the model's."""
+    tokenizer comes from `tokenizer`, else the adapter directory when it has one, else the model's.
+    `quantize` ("int8" / "int4", weight-only) quantizes after loading (and after merging adapters)."""
     import torch
 
     from . import lora
@@ -80,11 +82,24 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
     if tokenizer is None and adapter_dir is not None and os.path.isfile(os.path.join(adapter_dir, "vocab.json")):
         tokenizer = adapter_dir
     tok = CodeGenTokenizerFast.from_pretrained(tokenizer or model_dir)
+    spec = None
+    if quantize is not None:
+        from .quant import QuantSpec
+
+        spec = QuantSpec.parse(quantize, group_size)  # before loading: a bad flag costs nothing
     net = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device)
     if adapter_dir is not None:
+        from .quant.convert import refuse_quantized
+
+        refuse_quantized(net, "merging a LoRA adapter")
         lora.load_adapters(net, adapter_dir)
         lora.merge_lora(net).eval()
         for p in net.parameters():
             p.requires_grad_(False)
         logger.info("merged the LoRA adapters of %s into %s", adapter_dir, model_dir)
+    if spec is not None:
+        from .quant.convert import quantize_model
+
+        quantize_model(net, spec)
+        logger.info("quantized %s to %s at load", model_dir, spec.name)
     return net, tok

@@ -34,7 +34,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp")]
+SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp")]
 HEADERS = [os.path.join(_HERE, "simd.h")]
 
 TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
@@ -46,7 +46,7 @@ FLAGS = {"generic": [], "avx2": _X86, "avx512": _X86 + ["-mavx512f", "-mavx512bw
          "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]}
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = _gelu = decode_step = decode_scratch = None
+_gemv = _f32_gemv = _smallmm = _gelu = _q8 = _q4 = decode_step = decode_scratch = None
 _tried = False
 _active_tier: str | None = None
 _why = "not loaded yet"
@@ -145,6 +145,8 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_gelu_tanh", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int], None),
         ("codegen_decode_scratch", [ctypes.c_void_p], ctypes.c_int64),
         ("codegen_decode_step", [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 12, ctypes.c_int),
+        ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
+        ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_simd_width", [], ctypes.c_int),
         ("codegen_native_bf16_dot", [], ctypes.c_int),
     ):
@@ -187,8 +189,9 @@ def load() -> bool:
 
 
 def _activate(name: str) -> None:
-    global _gemv, _f32_gemv, _smallmm, _gelu, decode_step, decode_scratch, _active_tier
+    global _gemv, _f32_gemv, _smallmm, _gelu, _q8, _q4, decode_step, decode_scratch, _active_tier
     lib = library(name)
+    _q8, _q4 = lib.codegen_q8_mm, lib.codegen_q4_mm
     _smallmm, _f32_gemv, _gemv = lib.codegen_f32_smallmm, lib.codegen_f32_gemv, lib.codegen_bf16_gemv
     _gelu, decode_scratch, decode_step = lib.codegen_gelu_tanh, lib.codegen_decode_scratch, lib.codegen_decode_step
     _active_tier = name
@@ -243,6 +246,31 @@ def f32_smallmm(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None
     _smallmm(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), x.shape[0],
              weight.shape[0], weight.shape[1], torch.get_num_threads())
     return y
+
+
+def q8_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """x (M, K) fp32 @ (scale[:, None] * q (N, K) int8).T + bias (N,) fp32, 1 <= M <= 16; None when
+    the native kernels are unavailable (the caller dequantizes instead)."""
+    if not _tried:
+        load()
+    if _q8 is None or not 1 <= x.shape[0] <= 16:
+        return None
+    y = torch.empty(x.shape[0], q.shape[0], dtype=torch.float32)
+    rc = _q8(q.data_ptr(), scale.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+             x.shape[0], q.shape[0], x.shape[1], torch.get_num_threads())
+    return y if rc == 0 else None
+
+
+def q4_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, group_size: int) -> torch.Tensor | None:
+    """The same for 4-bit weights in the kernels' layout (N, Kp / 2) with scales (N, Kp / group_size)."""
+    if not _tried:
+        load()
+    if _q4 is None or not 1 <= x.shape[0] <= 16:
+        return None
+    y = torch.empty(x.shape[0], q.shape[0], dtype=torch.float32)
+    rc = _q4(q.data_ptr(), scale.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+             x.shape[0], q.shape[0], x.shape[1], 2 * q.shape[1], group_size, torch.get_num_threads())
+    return y if rc == 0 else None
 
 
 def gelu_tanh(x: torch.Tensor, inplace: bool = False) -> torch.Tensor | None:

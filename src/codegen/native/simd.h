@@ -6,6 +6,7 @@
 //   avx2 (-mavx2 -mfma -mf16c):  8 lanes; generic (the x86-64 or aarch64 baseline): 4 lanes,
 //                        both written with GCC vector extensions, so any target compiles them.
 // What the kernels use: vf (W fp32 lanes), vload/vstore of n <= W fp32 or bf16 values (zeros past n;
+// vload_i8 / vload_u4 widen int8 and 4-bit quantized weights),
 // bf16 stores round to nearest even, NaN stays NaN), arithmetic, vsum, vexp (Cephes' expf), vgelu
 // (gelu_new), and the matrix-vector dot products dot_f32/dot_bf16 with their software prefetch.
 #pragma once
@@ -54,6 +55,17 @@ inline vf vload(const float* p, int64_t n = W) { return n >= W ? _mm512_loadu_ps
 inline vf vload(const uint16_t* p, int64_t n = W) {
     const __m256i v = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16((__mmask32)lanes(n), p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+// n <= W int8 values widened to fp32 (quantized weights); zeros past n.
+inline vf vload_i8(const int8_t* p, int64_t n = W) {
+    const __m128i v = n >= W ? _mm_loadu_si128((const __m128i*)p) : _mm_maskz_loadu_epi8(lanes(n), p);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+// The low (hi = 0) or high (hi = 1) 4-bit halves of W bytes, as value - 8 in fp32 (int4 weights).
+inline vf vload_u4(const uint8_t* p, int hi) {
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+    v = hi ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(15));
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
 }
 inline void vstore(float* p, int64_t n, vf v) { _mm512_mask_storeu_ps(p, lanes(n), v); }
 inline void vstore(uint16_t* p, int64_t n, vf v) {
@@ -145,6 +157,16 @@ inline vf vload(const uint16_t* p, int64_t n = W) {
     for (int64_t i = 0; i < (n < W ? n : W); ++i) u[i] = (uint32_t)p[i] << 16;
     vf v;
     memcpy(&v, &u, sizeof v);
+    return v;
+}
+inline vf vload_i8(const int8_t* p, int64_t n = W) {
+    vf v = vf{};
+    for (int64_t i = 0; i < (n < W ? n : W); ++i) v[i] = (float)p[i];
+    return v;
+}
+inline vf vload_u4(const uint8_t* p, int hi) {
+    vf v;
+    for (int i = 0; i < W; ++i) v[i] = (float)((hi ? p[i] >> 4 : p[i] & 15) - 8);
     return v;
 }
 inline void vstore(float* p, int64_t n, vf v) {

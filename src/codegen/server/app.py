@@ -335,7 +335,7 @@ def run(settings) -> None:
     from ..loading import load_for_inference, resolve_model
 
     model, tokenizer = load_for_inference(settings.model, settings.tokenizer, settings.dtype, settings.device,
-                                          settings.threads, adapter=settings.adapter)
+                                          settings.threads, adapter=settings.adapter, quantize=settings.quantize)
     batcher = ContinuousBatcher(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue)
     model_dir, adapter_dir = resolve_model(settings.model, settings.adapter)
     name = settings.served_model_name or os.path.basename(os.path.abspath(adapter_dir or model_dir))

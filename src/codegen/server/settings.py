@@ -26,6 +26,7 @@ class ServerSettings:
     max_queue: int = _opt(64, "requests waiting at most; more are answered 429", 1, 100000)
     max_tokens_default: int = _opt(16, "max_tokens of a request that gives none (OpenAI's default is 16)", 1, 2048)
     dtype: str = _opt("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    quantize: str | None = _opt(None, "quantize the weights at load (weight-only)", choices=("int8", "int4"))
     device: str = _opt("cpu", "torch device")
     threads: int | None = _opt(None, "CPU threads for torch (default: one per core)", 1, 1024)
     max_body_bytes: int = _opt(2 * 1024 * 1024, "request bodies larger than this are answered 413 unread", 1024, 2**31)

@@ -1,0 +1,130 @@
+"""What a quantized checkpoint holds, and the tensor conversions (each beside its inverse).
+
+Saved per quantized Linear (names as the unquantized checkpoint's, plus `weight_scale`):
+- int8: `weight` int8 (N, K) and `weight_scale` fp32 (N,): W[n, k] ~ weight_scale[n] * weight[n, k];
+- int4: `weight` uint8 (N, Kp / 2), two weights per byte, consecutive k, the low nibble first, each
+  stored as q + 8 with q in [-8, 7]; `weight_scale` fp32 (N, Kp / G); K padded with zeros to Kp, a
+  multiple of the group size G: W[n, k] ~ weight_scale[n, k // G] * q[n, k].
+Symmetric (no zero point): scale = max |W| over the row or group / 127 (int8) or / 7 (int4).
+config.json records {"quantization_config": {"quant_method": "codegen", "bits": 8 | 4, "group_size": G}}.
+The kernels' int4 layout (16 bytes per 32 weights: low nibbles 0..15, high nibbles 16..31) is made
+at load by `to_kernel_layout` and undone by `from_kernel_layout` when saving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+QUANT_METHOD = "codegen"
+GROUP_SIZES = (32, 64, 128)
+
+
+class QuantConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int  # 8 or 4
+    group_size: int | None = None  # int4 only: 32, 64 or 128 (default 32)
+
+    def __post_init__(self):
+        if self.bits not in (8, 4):
+            raise QuantConfigError(f"quantization bits must be 8 or 4, got {self.bits!r}")
+        if self.bits == 8 and self.group_size is not None:
+            raise QuantConfigError("int8 quantization has one scale per row: group_size applies to 4 bits only")
+        if self.bits == 4:
+            if self.group_size is None:
+                object.__setattr__(self, "group_size", 32)
+            if self.group_size not in GROUP_SIZES:
+                raise QuantConfigError(f"int4 group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
+
+    @classmethod
+    def parse(cls, name: str, group_size: int | None = None) -> QuantSpec:
+        """'int8' / 'int4' (the --quantize flag) to a spec."""
+        names = {"int8": 8, "int4": 4}
+        if name not in names:
+            raise QuantConfigError(f"--quantize must be int8 or int4, got {name!r}")
+        return cls(names[name], group_size if names[name] == 4 else None)
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}" + (f" (group {self.group_size})" if self.bits == 4 else "")
+
+    def to_config(self) -> dict:
+        return {"quant_method": QUANT_METHOD, "bits": self.bits, "group_size": self.group_size}
+
+    @classmethod
+    def from_config(cls, data, source: str = "config.json") -> QuantSpec:
+        if not isinstance(data, dict) or data.get("quant_method") != QUANT_METHOD:
+            method = data.get("quant_method") if isinstance(data, dict) else data
+            raise QuantConfigError(f"{source}: quantization_config quant_method {method!r} is not supported "
+                                   f"(this loader reads {QUANT_METHOD!r}, written by `codegen quantize`)")
+        try:
+            return cls(int(data["bits"]), data.get("group_size"))
+        except KeyError as e:
+            raise QuantConfigError(f"{source}: quantization_config lacks {e}") from None
+        except QuantConfigError as e:
+            raise QuantConfigError(f"{source}: quantization_config: {e}") from None
+
+
+def padded(k: int, group_size: int) -> int:
+    return -(-k // group_size) * group_size
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> int8 (N, K), fp32 scales (N,)."""
+    w = w.float()
+    scale = w.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale[:, None]
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> packed uint8 (N, Kp / 2) in the saved layout, fp32 scales (N, Kp / G)."""
+    n, k = w.shape
+    kp = padded(k, group_size)
+    w = torch.nn.functional.pad(w.float(), (0, kp - k)).reshape(n, kp // group_size, group_size)
+    scale = w.abs().amax(dim=2) / 7
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[..., None]).clamp_(-8, 7).to(torch.int16).reshape(n, kp) + 8
+    return pack_pairs(q), scale
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Saved layout -> (N, K) fp32."""
+    n, groups = scale.shape
+    q = unpack_pairs(packed).float() - 8
+    return (q.reshape(n, groups, -1) * scale[..., None]).reshape(n, -1)[:, :in_features]
+
+
+def pack_pairs(u: torch.Tensor) -> torch.Tensor:
+    """(N, Kp) values 0..15 -> (N, Kp / 2) bytes, k = 2i in the low nibble, 2i + 1 in the high."""
+    u = u.to(torch.uint8)
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_pairs(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_pairs: (N, Kp) values 0..15 as uint8."""
+    return torch.stack([packed & 15, packed >> 4], dim=2).reshape(packed.shape[0], -1)
+
+
+def to_kernel_layout(packed: torch.Tensor) -> torch.Tensor:
+    """Saved layout -> the kernels': per 32 weights, byte j = u[j] | u[j + 16] << 4."""
+    n = packed.shape[0]
+    u = unpack_pairs(packed).reshape(n, -1, 2, 16)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n, -1)
+
+
+def from_kernel_layout(kernel: torch.Tensor) -> torch.Tensor:
+    """Inverse of to_kernel_layout."""
+    n = kernel.shape[0]
+    b = kernel.reshape(n, -1, 16)
+    u = torch.stack([b & 15, b >> 4], dim=2).reshape(n, -1)
+    return pack_pairs(u)

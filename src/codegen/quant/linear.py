@@ -1,0 +1,116 @@
+"""QuantLinear: the module that stands in for nn.Linear in a quantized model (inference only).
+
+Decode rows (1..16) run the native kernels (codegen/native/quant.cpp), which stream the packed
+weights; larger inputs (prefills) dequantize a block of output rows at a time (about 16 MB) into the
+activation dtype and use torch's GEMM, so no whole matrix is ever materialised. Where the native
+kernels are unavailable every input takes the second route. Computed in fp32 (the kernels) or in the
+activation dtype (the GEMM), returned in the input's dtype."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..native import kernels
+from .formats import (QuantSpec, dequantize_int8, from_kernel_layout, padded, quantize_int4, quantize_int8,
+                      to_kernel_layout)
+
+DECODE_ROWS = 16  # the kernels' row range; more rows take the dequantize-and-GEMM route
+BLOCK_BYTES = 16 * 2**20  # fp32 bytes of weight rows dequantized at a time on that route
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = True, device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.spec = in_features, out_features, spec
+        if spec.bits == 8:
+            qshape, sshape, qdtype = (out_features, in_features), (out_features,), torch.int8
+        else:
+            kp = padded(in_features, spec.group_size)
+            qshape, sshape, qdtype = (out_features, kp // 2), (out_features, kp // spec.group_size), torch.uint8
+        self.register_buffer("weight", torch.zeros(qshape, dtype=qdtype, device=device))  # int4: the kernels' layout
+        self.register_buffer("weight_scale", torch.ones(sshape, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, spec: QuantSpec) -> QuantLinear:
+        q = cls(linear.in_features, linear.out_features, spec, bias=linear.bias is not None, device="meta")
+        w = linear.weight.detach()
+        if spec.bits == 8:
+            q.weight, q.weight_scale = quantize_int8(w)
+        else:
+            packed, q.weight_scale = quantize_int4(w, spec.group_size)
+            q.weight = to_kernel_layout(packed)
+        if linear.bias is not None:
+            q.bias = linear.bias.detach().float().clone()
+        return q
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.spec.name}, bias={self.bias is not None}"
+
+    # ------------------------------------------------------------------ checkpoint (saved layout)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        weight = self.weight if self.spec.bits == 8 else from_kernel_layout(self.weight)
+        destination[prefix + "weight"] = weight if keep_vars else weight.detach()
+        destination[prefix + "weight_scale"] = self.weight_scale
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        names = ["weight", "weight_scale"] + (["bias"] if self.bias is not None else [])
+        for name in names:
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            tensor = state_dict[key]
+            want = getattr(self, name)
+            saved_shape = tuple(want.shape)
+            if tensor.shape != saved_shape:
+                error_msgs.append(f"{key}: shape {tuple(tensor.shape)}, expected {saved_shape} ({self.spec.name})")
+                continue
+            if name == "weight":
+                if tensor.dtype != want.dtype:
+                    error_msgs.append(f"{key}: dtype {tensor.dtype}, expected {want.dtype} ({self.spec.name})")
+                    continue
+                self.weight = tensor.contiguous() if self.spec.bits == 8 else to_kernel_layout(tensor)
+            else:
+                setattr(self, name, tensor.float().contiguous())
+
+    # ------------------------------------------------------------------ compute
+    def dequantized(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows start..stop of the weight as fp32 (out_features, in_features) (tests, the GEMM route)."""
+        q, s = self.weight[start:stop], self.weight_scale[start:stop].float()
+        if self.spec.bits == 8:
+            return dequantize_int8(q, s)
+        rows = q.shape[0]
+        b = q.reshape(rows, -1, 16)
+        u = torch.cat([b & 15, b >> 4], dim=2).reshape(rows, -1).float() - 8  # (rows, Kp)
+        return (u.reshape(rows, s.shape[1], -1) * s[..., None]).reshape(rows, -1)[:, :self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        y = None
+        if x2.shape[0] <= DECODE_ROWS and x.device.type == "cpu":
+            xf = x2.float().contiguous()
+            bias = self.bias if self.bias is None or self.bias.dtype == torch.float32 else self.bias.float()
+            scale = self.weight_scale if self.weight_scale.dtype == torch.float32 else self.weight_scale.float()
+            if self.spec.bits == 8:
+                y = kernels.q8_mm(self.weight, scale, xf, bias)
+            else:
+                y = kernels.q4_mm(self.weight, scale, xf, bias, self.spec.group_size)
+        if y is None:
+            y = self._blockwise(x2)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _blockwise(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
+        step = max(1, BLOCK_BYTES // (4 * self.in_features))
+        for n0 in range(0, self.out_features, step):
+            n1 = min(n0 + step, self.out_features)
+            w = self.dequantized(n0, n1).to(x.dtype)
+            b = None if self.bias is None else self.bias[n0:n1].to(x.dtype)
+            out[:, n0:n1] = F.linear(x, w, b)
+        return out

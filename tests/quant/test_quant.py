@@ -1,0 +1,175 @@
+"""Weight-only quantization: formats and their inverses, the kernels of every tier against fp64
+references, QuantLinear's two routes, whole models, checkpoints, commands and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import codegen
+from codegen.native import kernels
+from codegen.quant import QuantLinear, QuantSpec
+from codegen.quant import formats
+from codegen.quant.convert import quantize_checkpoint, quantize_model
+from helpers import TOKENIZER_DIR, sharp_lm
+
+SPECS = [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64), QuantSpec(4, 128)]
+TIERS = [t for t in kernels.TIERS if kernels.supported() and kernels.TIERS.index(t) <= kernels.TIERS.index(kernels.cpu_tier())]
+
+
+# ----------------------------------------------------------------------------- formats
+def test_layouts_round_trip():
+    torch.manual_seed(0)
+    u = torch.randint(0, 16, (5, 96))
+    packed = formats.pack_pairs(u)
+    assert packed.shape == (5, 48) and torch.equal(formats.unpack_pairs(packed), u.to(torch.uint8))
+    assert int(packed[0, 0]) == int(u[0, 0]) | int(u[0, 1]) << 4  # consecutive pairs, low nibble first
+    kernel = formats.to_kernel_layout(packed)
+    assert int(kernel[0, 0]) == int(u[0, 0]) | int(u[0, 16]) << 4  # per 32: j and j + 16
+    assert torch.equal(formats.from_kernel_layout(kernel), packed)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_quantization_error_is_within_half_a_step(spec):
+    torch.manual_seed(1)
+    w = torch.randn(7, 203) * torch.rand(7, 1) * 3
+    if spec.bits == 8:
+        q, s = formats.quantize_int8(w)
+        err, step = (formats.dequantize_int8(q, s) - w).abs(), s[:, None].expand_as(w)
+    else:
+        packed, s = formats.quantize_int4(w, spec.group_size)
+        assert packed.shape == (7, formats.padded(203, spec.group_size) // 2)
+        err = (formats.dequantize_int4(packed, s, 203) - w).abs()
+        step = s.repeat_interleave(spec.group_size, dim=1)[:, :203]
+    assert bool((err <= step / 2 + 1e-6).all())
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="bits must be 8 or 4, got 3"):
+        QuantSpec(3)
+    with pytest.raises(ValueError, match="group_size must be one of"):
+        QuantSpec(4, 48)
+    with pytest.raises(ValueError, match="--quantize must be int8 or int4"):
+        QuantSpec.parse("int2")
+    with pytest.raises(ValueError, match="quant_method 'gptq' is not supported"):
+        QuantSpec.from_config({"quant_method": "gptq", "bits": 4})
+    assert QuantSpec.from_config(QuantSpec(4).to_config()) == QuantSpec(4, 32)
+
+
+# ----------------------------------------------------------------------------- kernels and QuantLinear
+@pytest.fixture
+def tier_restored():
+    yield
+    kernels.activate(kernels.cpu_tier())
+
+
+@pytest.mark.skipif(not TIERS, reason="no native kernels on this machine")
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_kernels_match_fp64_on_odd_shapes(tier, spec, tier_restored):
+    kernels.activate(tier)
+    torch.manual_seed(2)
+    for n, k in ((37, 45), (9, 257), (130, 96)):
+        q = QuantLinear.from_linear(torch.nn.Linear(k, n), spec)
+        ref_w = q.dequantized().double()
+        for m in (1, 2, 3, 7, 8, 9, 16):
+            x = torch.randn(m, k)
+            y = kernels.q8_mm(q.weight, q.weight_scale, x, q.bias) if spec.bits == 8 else \
+                kernels.q4_mm(q.weight, q.weight_scale, x, q.bias, spec.group_size)
+            ref = x.double() @ ref_w.T + q.bias.double()
+            assert y is not None and torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5), (n, k, m)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_both_routes_and_dtypes(spec):
+    torch.manual_seed(3)
+    q = QuantLinear.from_linear(torch.nn.Linear(100, 70), spec)
+    ref_w = q.dequantized()
+    for rows in (1, 5, 40):  # 40 rows: the dequantize-and-GEMM route
+        x = torch.randn(2, rows, 100)
+        ref = torch.nn.functional.linear(x, ref_w, q.bias)
+        assert torch.allclose(q(x), ref, rtol=1e-5, atol=1e-5)
+        xb = x.bfloat16()
+        out = q(xb)
+        assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, rtol=3e-2, atol=3e-2)
+
+
+# ----------------------------------------------------------------------------- models and checkpoints
+def _dequantized_copy(model, quantized):
+    """The float model with the quantized model's weights, dequantized: the torch reference."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    for name, m in quantized.named_modules():
+        if isinstance(m, QuantLinear):
+            target = ref.get_submodule(name)
+            with torch.no_grad():
+                target.weight.copy_(m.dequantized())
+                if target.bias is not None:
+                    target.bias.copy_(m.bias)
+    return ref
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32)], ids=lambda s: s.name)
+def test_quantized_model_equals_its_dequantized_reference(spec):
+    import copy
+
+    model = sharp_lm(4)
+    quantized = quantize_model(copy.deepcopy(model), spec)
+    assert sum(isinstance(m, QuantLinear) for m in quantized.modules()) == 4 * 2 + 1  # 4 per layer, lm_head
+    ref = _dequantized_copy(model, quantized)
+    ids = torch.randint(0, 51200, (2, 12))
+    with torch.no_grad():
+        a, b = quantized(ids).logits, ref(ids).logits
+    assert (a - b).abs().max() / b.abs().max() < 1e-4  # stated tolerance: fp32 summation order only
+    kwargs = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    assert torch.equal(quantized.generate(ids[:1, :5], **kwargs), ref.generate(ids[:1, :5], **kwargs))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_command_and_loading(tmp_path, bits, capsys):
+    from codegen.cli import main
+
+    src, dst = str(tmp_path / "m"), str(tmp_path / "q")
+    model = sharp_lm(5)
+    model.save_pretrained(src, max_shard_size="600KB")  # several input shards, streamed one by one
+    assert main(["quantize", src, dst, "--bits", str(bits), "--max-shard-size", "500KB"]) == 0
+    config = json.load(open(os.path.join(dst, "config.json")))
+    assert config["quantization_config"] == QuantSpec(bits).to_config()
+    assert os.path.exists(os.path.join(dst, "model.safetensors.index.json"))
+    loaded = codegen.CodeGenForCausalLM.from_pretrained(dst)
+    at_load = quantize_model(codegen.CodeGenForCausalLM.from_pretrained(src), QuantSpec(bits))
+    ids = torch.randint(0, 51200, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, at_load(ids).logits)
+    # a quantized model saves and loads back unchanged
+    loaded.save_pretrained(str(tmp_path / "again"))
+    again = codegen.CodeGenForCausalLM.from_pretrained(str(tmp_path / "again"))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, loaded(ids).logits)
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_checkpoint(dst, str(tmp_path / "q2"), QuantSpec(8))
+
+
+def test_cli_quantize_at_load_and_refusals(tmp_path, capsys):
+    from codegen.cli import main
+
+    if not os.path.isdir(TOKENIZER_DIR):
+        pytest.skip("tokenizer files not in ../shared")
+    src = str(tmp_path / "m")
+    assert main(["init", src, "--tokenizer", TOKENIZER_DIR]) == 0
+    assert main(["quantize", src, str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    args = ["def f(x):", "--temperature", "0", "--max-new-tokens", "6"]
+    assert main(["complete", *args, "--model", str(tmp_path / "q")]) == 0
+    from_file = capsys.readouterr().out
+    assert main(["complete", *args, "--model", src, "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out == from_file
+    assert main(["complete", *args, "--model", src, "--quantize", "int4", "--group-size", "48"]) == 1
+    assert "group_size must be one of" in capsys.readouterr().err
+    assert main(["train", "--model", str(tmp_path / "q"), "--data", str(tmp_path), "--out", str(tmp_path / "t"),
+                 "--max-steps", "1"]) == 1
+    assert "quantized checkpoint" in capsys.readouterr().err
