@@ -165,7 +165,7 @@ RSS_CHILD = r"""
 import json, sys, torch
 lib, path, dtype, batch, prompt, new, threads = sys.argv[1:8]
 torch.set_num_threads(int(threads))
-dtype = getattr(torch, dtype)
+dtype = getattr(torch, dtype) if dtype in ("float32", "bfloat16") else torch.float32  # int8 / int4: a quantized checkpoint
 if lib == "ours":
     import codegen
     m = codegen.CodeGenForCausalLM.from_pretrained(path, torch_dtype=dtype)
@@ -185,12 +185,19 @@ def rss_section(ours, args) -> None:
     ours.save_pretrained(path)
     print(f"\npeak RSS of loading {args.preset} and generating {args.new} tokens, each library in a fresh process:")
     print(f"{'dtype':<10}{'batch':>6}{'ours MB':>10}{'transformers MB':>17}{'ratio':>8}")
+    from codegen.quant import QuantSpec
+    from codegen.quant.convert import quantize_checkpoint
+
     for dtype in args.dtype:
+        paths = {"ours": path, "transformers": path}
+        if dtype in ("int8", "int4"):  # ours loads a `codegen quantize` checkpoint of the same weights
+            paths["ours"] = tempfile.mkdtemp(prefix=f"codegen-bench-{dtype}-")
+            quantize_checkpoint(path, paths["ours"], QuantSpec.parse(dtype), progress=False)
         for batch in args.batch:
             peaks = {}
             for lib in ("ours", "transformers"):
-                r = subprocess.run([sys.executable, "-c", RSS_CHILD, lib, path, dtype, str(batch), str(args.prompt), str(args.new),
-                                    str(args.threads)], capture_output=True, text=True)
+                r = subprocess.run([sys.executable, "-c", RSS_CHILD, lib, paths[lib], dtype, str(batch), str(args.prompt),
+                                    str(args.new), str(args.threads)], capture_output=True, text=True)
                 peaks[lib] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"] if r.returncode == 0 else float("nan")
             print(f"{dtype:<10}{batch:>6}{peaks['ours']:>10.0f}{peaks['transformers']:>17.0f}{peaks['ours'] / peaks['transformers']:>8.2f}")
 
@@ -201,7 +208,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "int8", "int4"],
+                    choices=["float32", "bfloat16", "int8", "int4"],
+                    help="int8 / int4: ours weight-only quantized (fp32 activations) beside transformers fp32 and CTranslate2 int8")
     ap.add_argument("--mode", nargs="+", default=["greedy", "sample"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -239,9 +248,21 @@ def main() -> None:
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
           f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
     for dtype in args.dtype:
-        ct2 = ct2_generator(ours32, dtype, args.threads) if not args.no_ct2 else None
-        ours, hf = ours32.to(getattr(torch, dtype)), hf32.to(getattr(torch, dtype))
-        nbytes = streamed * ours.lm_head.weight.element_size()
+        quantized = dtype in ("int8", "int4")
+        if quantized:  # ours weight-only quantized (fp32 activations) against transformers fp32 and CTranslate2 int8
+            import copy
+
+            from codegen.quant import QuantLinear, QuantSpec
+            from codegen.quant.convert import quantize_model
+
+            ct2 = ct2_generator(ours32, "int8", args.threads) if not args.no_ct2 else None
+            ours, hf = quantize_model(copy.deepcopy(ours32), QuantSpec.parse(dtype)), hf32
+            nbytes = sum(b.numel() * b.element_size() for m in ours.modules() if isinstance(m, QuantLinear)
+                         for b in (m.weight, m.weight_scale))
+        else:
+            ct2 = ct2_generator(ours32, dtype, args.threads) if not args.no_ct2 else None
+            ours, hf = ours32.to(getattr(torch, dtype)), hf32.to(getattr(torch, dtype))
+            nbytes = streamed * ours.lm_head.weight.element_size()
         for batch in args.batch:
             for mode in args.mode:
                 r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats, args.hf_compile)
@@ -259,7 +280,8 @@ def main() -> None:
             p = prefill_case(ours, hf, length, max(1, args.repeats - 1))
             print(f"{dtype:<10} prefill of {length} tokens: ours {p['ours']:.2f} s, transformers {p['transformers']:.2f} s "
                   f"({p['transformers'] / p['ours']:.2f}x)")
-        ours32, hf32 = ours.float(), hf.float()
+        if not quantized:
+            ours32, hf32 = ours.float(), hf.float()
     if args.rss:
         rss_section(ours32, args)
 

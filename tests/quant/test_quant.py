@@ -173,3 +173,25 @@ def test_cli_quantize_at_load_and_refusals(tmp_path, capsys):
     assert main(["train", "--model", str(tmp_path / "q"), "--data", str(tmp_path), "--out", str(tmp_path / "t"),
                  "--max-steps", "1"]) == 1
     assert "quantized checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not TIERS, reason="no native kernels on this machine")
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64)], ids=lambda s: s.name)
+def test_fused_quantized_step_equals_the_module_path(tier, spec, tier_restored):
+    import copy
+
+    from codegen.engine.backend import Backend
+
+    kernels.activate(tier)
+    q = quantize_model(copy.deepcopy(sharp_lm(6)), spec)
+    assert Backend.for_model(q)._fused is not None  # the whole one-row step in one native call
+    ids = torch.randint(0, 51200, (1, 10))
+    kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    fused = q.generate(ids, **kwargs)
+    hook = q.lm_head.register_forward_hook(lambda *a: None)  # a hook: the module path
+    try:
+        assert Backend.for_model(q)._fused is None
+        assert torch.equal(q.generate(ids, **kwargs), fused)
+    finally:
+        hook.remove()

@@ -21,6 +21,7 @@ from torch import nn
 from ..native import kernels
 from ..native.fused import FusedDecoder
 from ..ops import GELU_TANH
+from ..quant import QuantLinear
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Backend:
     def refresh(self) -> None:
         """Decide again whether the native one-row step applies to the model as it is now (its
         weights, dtype, mode, modules and hooks): the engine calls this when a scheduler starts."""
-        self._fused = FusedDecoder.create(self.model, linear_types=(nn.Linear, CPULinear))
+        self._fused = FusedDecoder.create(self.model, linear_types=(nn.Linear, CPULinear, QuantLinear))
 
     def prefill(self, input_ids: torch.Tensor, cache, mask: torch.Tensor | None, positions: torch.Tensor,
                 all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -32,6 +32,24 @@ inline float get(const uint16_t* p) { return bf16_to_f32(*p); }
 inline float dot(const float* w, const float* x, int64_t K) { return dot_f32(w, x, K); }
 inline float dot(const uint16_t* w, const uint16_t* x, int64_t K) { return dot_bf16(w, x, K); }
 
+// A weight matrix of the step: dense T rows, or int8 (one scale per row) or 4-bit (one scale per group
+// of G) rows, quantized formats with fp32 activations only (T = float; see codegen/native/quant.cpp).
+struct Lin {
+    const void* w;
+    const float* s;
+};
+
+template <typename T> inline float rowdot(int fmt, int64_t G, Lin l, int64_t n, const T* x, int64_t K) {
+    if constexpr (sizeof(T) == 4) {
+        if (fmt == 8) return qdot8((const int8_t*)l.w + n * K, x, K) * l.s[n];
+        if (fmt == 4) {
+            const int64_t Kp = (K + G - 1) / G * G;
+            return qdot4((const uint8_t*)l.w + n * (Kp / 2), l.s + n * (Kp / G), x, K, G);
+        }
+    }
+    return dot((const T*)l.w + n * K, x, K);
+}
+
 // q (fp32) . k (T) over a head of D values.
 template <typename T> inline float dot_head(const float* q, const T* k, int64_t D) {
     vf acc = vzero();
@@ -87,13 +105,17 @@ void attend(const float* q, const float* v, const float* k, const float* sin, co
 }
 
 // SHARDS: qkv_proj's output is that many shards of [q | v | k] (4; 8 for CodeGen2-1B/3.7B).
-enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, SHARDS, N_DIMS };
-enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, PER_LAYER };
+// QFORMAT: 0 dense, 8 int8, 4 int4 (groups of GROUP) for every Linear of the step, lm_head included.
+enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, SHARDS, QFORMAT, GROUP, N_DIMS };
+// *_S: the quantized layers' scales (unused when dense).
+enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, QKV_S, OUT_S, FC_IN_S, FC_OUT_S, PER_LAYER };
 
 template <typename T>
 void decode_step(const int64_t* d, float eps, const void* const* layers, const T* wte, const T* lnf_w, const T* lnf_b,
-                        const T* head_w, const T* head_b, T* key, T* value, const float* sin, const float* cos,
-                        float* scratch, float* logits) {
+                        const void* head_w, const float* head_s, const T* head_b, T* key, T* value, const float* sin,
+                        const float* cos, float* scratch, float* logits) {
+    const int fmt = (int)d[QFORMAT];
+    const int64_t G = d[GROUP];
     const int64_t E = d[EMBD], H = d[HEADS], D = d[HEAD_DIM], I = d[INNER], cap = d[CAPACITY], len = d[LENGTH];
     const int64_t L = E / d[SHARDS], per_shard = H / d[SHARDS];
     float* h = scratch;        // E: the residual stream
@@ -109,14 +131,15 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
     {
         for (int64_t l = 0; l < d[N_LAYER]; ++l) {
             const void* const* w = layers + l * PER_LAYER;
-            const T *wqkv = (const T*)w[QKV], *wout = (const T*)w[OUT], *win = (const T*)w[FC_IN], *wfo = (const T*)w[FC_OUT];
+            const Lin wqkv{w[QKV], (const float*)w[QKV_S]}, wout{w[OUT], (const float*)w[OUT_S]};
+            const Lin win{w[FC_IN], (const float*)w[FC_IN_S]}, wfo{w[FC_OUT], (const float*)w[FC_OUT_S]};
             const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
 #pragma omp single
             layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
 #pragma omp for schedule(static)
             for (int64_t n = 0; n < 3 * E + I; ++n) {
-                if (n < 3 * E) qkv[n] = rnd<T>(dot(wqkv + n * E, a, E));
-                else pre[n - 3 * E] = rnd<T>(dot(win + (n - 3 * E) * E, a, E) + get(bin + n - 3 * E));
+                if (n < 3 * E) qkv[n] = rnd<T>(rowdot(fmt, G, wqkv, n, a, E));
+                else pre[n - 3 * E] = rnd<T>(rowdot(fmt, G, win, n - 3 * E, a, E) + get(bin + n - 3 * E));
             }
 #pragma omp for schedule(static) nowait
             for (int64_t hd = 0; hd < H; ++hd) {
@@ -128,15 +151,16 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
             for (int64_t i = 0; i < I; i += W) vstore(inner + i, I - i, vgelu(vload(pre + i, I - i)));
 #pragma omp for schedule(static)
             for (int64_t n = 0; n < E; ++n) {
-                const float o = rnd<T>(dot(wout + n * E, attn, E));
-                const float f = rnd<T>(dot(wfo + n * I, inner, I) + get(bfo + n));
+                const float o = rnd<T>(rowdot(fmt, G, wout, n, attn, E));
+                const float f = rnd<T>(rowdot(fmt, G, wfo, n, inner, I) + get(bfo + n));
                 h[n] = rnd<T>(rnd<T>(o + f) + h[n]);
             }
         }
 #pragma omp single
         layer_norm(h, lnf_w, lnf_b, a, E, eps);
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < d[VOCAB]; ++n) logits[n] = rnd<T>(dot(head_w + n * E, a, E) + (head_b ? get(head_b + n) : 0.0f));
+        for (int64_t n = 0; n < d[VOCAB]; ++n)
+            logits[n] = rnd<T>(rowdot(fmt, G, Lin{head_w, head_s}, n, a, E) + (head_b ? get(head_b + n) : 0.0f));
     }
 }
 
@@ -148,22 +172,26 @@ extern "C" int64_t codegen_decode_scratch(const int64_t* d) {
 }
 
 // dims: the N_DIMS values above; layers: PER_LAYER pointers per layer (ln_1 weight and bias, qkv_proj,
-// out_proj, fc_in weight and bias, fc_out weight and bias); key/value: the cache, (n_layer, 1, H,
-// capacity, D); sin/cos: D values for this position. bf16 != 0: every tensor but sin, cos, scratch and
-// logits holds bf16. Returns 0, or 1 for a head_dim it does not take.
+// out_proj, fc_in weight and bias, fc_out weight and bias, then the four products' scales or nulls);
+// key/value: the cache, (n_layer, 1, H, capacity, D); sin/cos: D values for this position. bf16 != 0:
+// every tensor but sin, cos, scratch, logits and the quantized layers' holds bf16. Returns 0, or 1
+// for dims it does not take (a head_dim over MAX_HEAD_DIM, quantized weights with bf16 activations).
 extern "C" int codegen_decode_step(int bf16, const int64_t* dims, float eps, const void* const* layers, const void* wte,
-                                   const void* lnf_w, const void* lnf_b, const void* head_w, const void* head_b, void* key,
-                                   void* value, const float* sin, const float* cos, float* scratch, float* logits) {
+                                   const void* lnf_w, const void* lnf_b, const void* head_w, const float* head_s,
+                                   const void* head_b, void* key, void* value, const float* sin, const float* cos,
+                                   float* scratch, float* logits) {
     if (dims[HEAD_DIM] > MAX_HEAD_DIM || dims[SHARDS] < 1 || dims[EMBD] % dims[SHARDS] || dims[HEADS] % dims[SHARDS] || dims[START] < 0 ||
         dims[START] > dims[LENGTH])
         return 1;
+    if (dims[QFORMAT] != 0 && (bf16 || (dims[QFORMAT] != 8 && dims[QFORMAT] != 4) ||
+                               (dims[QFORMAT] == 4 && (dims[GROUP] < 32 || dims[GROUP] % 32))))
+        return 1;
     if (bf16)
         decode_step<uint16_t>(dims, eps, layers, (const uint16_t*)wte, (const uint16_t*)lnf_w, (const uint16_t*)lnf_b,
-                              (const uint16_t*)head_w, (const uint16_t*)head_b, (uint16_t*)key, (uint16_t*)value, sin, cos,
+                              head_w, head_s, (const uint16_t*)head_b, (uint16_t*)key, (uint16_t*)value, sin, cos,
                               scratch, logits);
     else
         decode_step<float>(dims, eps, layers, (const float*)wte, (const float*)lnf_w, (const float*)lnf_b,
-                           (const float*)head_w, (const float*)head_b, (float*)key, (float*)value, sin, cos, scratch,
-                           logits);
+                           head_w, head_s, (const float*)head_b, (float*)key, (float*)value, sin, cos, scratch, logits);
     return 0;
 }

@@ -144,7 +144,7 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_bf16_gemv", args + [ctypes.c_int], None),
         ("codegen_gelu_tanh", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int], None),
         ("codegen_decode_scratch", [ctypes.c_void_p], ctypes.c_int64),
-        ("codegen_decode_step", [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 12, ctypes.c_int),
+        ("codegen_decode_step", [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 13, ctypes.c_int),
         ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_simd_width", [], ctypes.c_int),

@@ -159,16 +159,37 @@ inline vf vload(const uint16_t* p, int64_t n = W) {
     memcpy(&v, &u, sizeof v);
     return v;
 }
+#if defined(__AVX2__)
+// GCC lowers the vector-extension widening of 8 bytes to scalar code: the AVX2 instructions directly.
 inline vf vload_i8(const int8_t* p, int64_t n = W) {
-    vf v = vf{};
-    for (int64_t i = 0; i < (n < W ? n : W); ++i) v[i] = (float)p[i];
-    return v;
+    int64_t lo;
+    if (n >= W) memcpy(&lo, p, 8);
+    else { lo = 0; memcpy(&lo, p, n); }
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(lo)));
 }
 inline vf vload_u4(const uint8_t* p, int hi) {
-    vf v;
-    for (int i = 0; i < W; ++i) v[i] = (float)((hi ? p[i] >> 4 : p[i] & 15) - 8);
-    return v;
+    int64_t lo;
+    memcpy(&lo, p, 8);
+    __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(lo));
+    v = hi ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
+    return (vf)_mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8)));
 }
+#else
+typedef int8_t vi8 __attribute__((vector_size(W)));
+typedef uint8_t vu8 __attribute__((vector_size(W)));
+inline vf vload_i8(const int8_t* p, int64_t n = W) {
+    vi8 b = vi8{};
+    if (n >= W) memcpy(&b, p, sizeof b);
+    else for (int64_t i = 0; i < n; ++i) b[i] = p[i];
+    return __builtin_convertvector(__builtin_convertvector(b, vi), vf);
+}
+inline vf vload_u4(const uint8_t* p, int hi) {
+    vu8 b;
+    memcpy(&b, p, sizeof b);
+    b = hi ? b >> 4 : b & 15;
+    return __builtin_convertvector(__builtin_convertvector(b, vi) - 8, vf);
+}
+#endif
 inline void vstore(float* p, int64_t n, vf v) {
     if (n >= W) memcpy(p, &v, sizeof v);
     else for (int64_t i = 0; i < n; ++i) p[i] = v[i];
@@ -239,6 +260,40 @@ inline float dot_bf16(const uint16_t* w, const uint16_t* x, int64_t K) {
     return vsum(vadd(a0, a1));
 }
 #endif
+
+// One row of an int8 weight matrix . x (fp32), before the row's scale; 4 accumulators, prefetched.
+inline float qdot8(const int8_t* w, const float* x, int64_t K) {
+    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 4 * W <= K; k += 4 * W) {
+        if (k % 256 == 0) prefetch_256(w + k);
+        a0 = vfma(vload_i8(w + k), vload(x + k), a0);
+        a1 = vfma(vload_i8(w + k + W), vload(x + k + W), a1);
+        a2 = vfma(vload_i8(w + k + 2 * W), vload(x + k + 2 * W), a2);
+        a3 = vfma(vload_i8(w + k + 3 * W), vload(x + k + 3 * W), a3);
+    }
+    for (; k < K; k += W) a0 = vfma(vload_i8(w + k, K - k), vload(x + k, K - k), a0);
+    return vsum(vadd(vadd(a0, a1), vadd(a2, a3)));
+}
+
+// One row of 4-bit weights in the kernels' layout (16 bytes per 32 weights: low nibbles 0..15, high
+// 16..31, value + 8) with one scale per group of G (a multiple of 32) . x (fp32).
+inline float qdot4(const uint8_t* w, const float* s, const float* x, int64_t K, int64_t G) {
+    vf total = vzero();
+    for (int64_t g0 = 0; g0 < K; g0 += G) {
+        vf a0 = vzero(), a1 = a0;
+        for (int64_t k0 = g0; k0 < g0 + G && k0 < K; k0 += 32) {
+            if (k0 % 512 == 0) prefetch_256(w + k0 / 2);
+            for (int c = 0; c < 16 / W; ++c) {
+                const int64_t lo = k0 + c * W, hi = lo + 16;
+                if (lo < K) a0 = vfma(vload_u4(w + k0 / 2 + c * W, 0), vload(x + lo, K - lo), a0);
+                if (hi < K) a1 = vfma(vload_u4(w + k0 / 2 + c * W, 1), vload(x + hi, K - hi), a1);
+            }
+        }
+        total = vfma(vadd(a0, a1), vset(s[g0 / G]), total);
+    }
+    return vsum(total);
+}
 
 // gelu_new (tanh approximation) with tanh(u) = 1 - 2 / (exp(2u) + 1): the form torch and transformers
 // evaluate (0.5 x (1 + tanh u)), cancellation for negative x included, so that results round as theirs.
