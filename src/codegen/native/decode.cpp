@@ -50,6 +50,17 @@ template <typename T> inline float rowdot(int fmt, int64_t G, Lin l, int64_t n, 
     return dot((const T*)l.w + n * K, x, K);
 }
 
+// Rows n..n+3 of a quantized matrix . x (T = float), finished (scales applied).
+inline void rowdot4(int fmt, int64_t G, Lin l, int64_t n, const float* x, int64_t K, float* out) {
+    if (fmt == 8) {
+        qdot8x4((const int8_t*)l.w + n * K, K, x, K, out);
+        for (int r = 0; r < 4; ++r) out[r] *= l.s[n + r];
+    } else {
+        const int64_t Kp = (K + G - 1) / G * G;
+        qdot4x4((const uint8_t*)l.w + n * (Kp / 2), Kp / 2, l.s + n * (Kp / G), Kp / G, x, K, G, out);
+    }
+}
+
 // q (fp32) . k (T) over a head of D values.
 template <typename T> inline float dot_head(const float* q, const T* k, int64_t D) {
     vf acc = vzero();
@@ -136,10 +147,24 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
             const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
 #pragma omp single
             layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
+            if (sizeof(T) == 4 && fmt != 0 && E % 4 == 0 && I % 4 == 0) {  // quantized: four rows at a time
 #pragma omp for schedule(static)
-            for (int64_t n = 0; n < 3 * E + I; ++n) {
-                if (n < 3 * E) qkv[n] = rnd<T>(rowdot(fmt, G, wqkv, n, a, E));
-                else pre[n - 3 * E] = rnd<T>(rowdot(fmt, G, win, n - 3 * E, a, E) + get(bin + n - 3 * E));
+                for (int64_t n = 0; n < 3 * E + I; n += 4) {
+                    float o[4];
+                    if (n < 3 * E) {
+                        rowdot4(fmt, G, wqkv, n, (const float*)a, E, o);
+                        for (int r = 0; r < 4; ++r) qkv[n + r] = o[r];
+                    } else {
+                        rowdot4(fmt, G, win, n - 3 * E, (const float*)a, E, o);
+                        for (int r = 0; r < 4; ++r) pre[n - 3 * E + r] = o[r] + get(bin + n - 3 * E + r);
+                    }
+                }
+            } else {
+#pragma omp for schedule(static)
+                for (int64_t n = 0; n < 3 * E + I; ++n) {
+                    if (n < 3 * E) qkv[n] = rnd<T>(rowdot(fmt, G, wqkv, n, a, E));
+                    else pre[n - 3 * E] = rnd<T>(rowdot(fmt, G, win, n - 3 * E, a, E) + get(bin + n - 3 * E));
+                }
             }
 #pragma omp for schedule(static) nowait
             for (int64_t hd = 0; hd < H; ++hd) {
@@ -149,17 +174,34 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
             }
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < I; i += W) vstore(inner + i, I - i, vgelu(vload(pre + i, I - i)));
+            if (sizeof(T) == 4 && fmt != 0 && E % 4 == 0 && I % 4 == 0) {
 #pragma omp for schedule(static)
-            for (int64_t n = 0; n < E; ++n) {
-                const float o = rnd<T>(rowdot(fmt, G, wout, n, attn, E));
-                const float f = rnd<T>(rowdot(fmt, G, wfo, n, inner, I) + get(bfo + n));
-                h[n] = rnd<T>(rnd<T>(o + f) + h[n]);
+                for (int64_t n = 0; n < E; n += 4) {
+                    float o[4], f[4];
+                    rowdot4(fmt, G, wout, n, (const float*)attn, E, o);
+                    rowdot4(fmt, G, wfo, n, (const float*)inner, I, f);
+                    for (int r = 0; r < 4; ++r) h[n + r] = (o[r] + (f[r] + get(bfo + n + r))) + h[n + r];
+                }
+            } else {
+#pragma omp for schedule(static)
+                for (int64_t n = 0; n < E; ++n) {
+                    const float o = rnd<T>(rowdot(fmt, G, wout, n, attn, E));
+                    const float f = rnd<T>(rowdot(fmt, G, wfo, n, inner, I) + get(bfo + n));
+                    h[n] = rnd<T>(rnd<T>(o + f) + h[n]);
+                }
             }
         }
 #pragma omp single
         layer_norm(h, lnf_w, lnf_b, a, E, eps);
+        const int64_t V = d[VOCAB], quad = (sizeof(T) == 4 && fmt != 0) ? V / 4 * 4 : 0;
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < d[VOCAB]; ++n)
+        for (int64_t n = 0; n < quad; n += 4) {
+            float o[4];
+            rowdot4(fmt, G, Lin{head_w, head_s}, n, (const float*)a, E, o);
+            for (int r = 0; r < 4; ++r) logits[n + r] = o[r] + (head_b ? get(head_b + n + r) : 0.0f);
+        }
+#pragma omp for schedule(static)
+        for (int64_t n = quad; n < V; ++n)
             logits[n] = rnd<T>(rowdot(fmt, G, Lin{head_w, head_s}, n, a, E) + (head_b ? get(head_b + n) : 0.0f));
     }
 }

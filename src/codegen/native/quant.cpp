@@ -73,10 +73,10 @@ void q4_mm(const uint8_t* Q, const float* S, const float* X, const float* b, flo
         for (int r = 0; r < R; ++r)
             for (int m = 0; m < M; ++m) acc[r][m] = vzero();
         for (int64_t k0 = 0; k0 < K; k0 += 32) {  // 32 weights = 16 bytes per row
-            vf scale[R];
+            vf table[R];
             for (int r = 0; r < R; ++r) {
                 __builtin_prefetch(w[r] + k0 / 2 + Q_PREFETCH_BYTES, 0, 2);
-                scale[r] = vset(sc[r][k0 / G]);
+                table[r] = q4_table(sc[r][k0 / G]);
             }
             for (int hi = 0; hi < 2; ++hi)
                 for (int c = 0; c < 16 / W; ++c) {
@@ -84,7 +84,7 @@ void q4_mm(const uint8_t* Q, const float* S, const float* X, const float* b, flo
                     if (k >= K) continue;
                     const int64_t n = K - k;
                     vf wv[R];
-                    for (int r = 0; r < R; ++r) wv[r] = vmul(vload_u4(w[r] + k0 / 2 + c * W, hi), scale[r]);
+                    for (int r = 0; r < R; ++r) wv[r] = vload_q4(w[r] + k0 / 2 + c * W, hi, table[r]);
                     for (int m = 0; m < M; ++m) {
                         const vf xv = vload(X + m * K + k, n);
                         for (int r = 0; r < R; ++r) acc[r][m] = vfma(wv[r], xv, acc[r][m]);

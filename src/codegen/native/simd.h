@@ -67,6 +67,17 @@ inline vf vload_u4(const uint8_t* p, int hi) {
     v = hi ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(15));
     return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
 }
+// 4-bit weights times their group's scale: the 16 possible products in one register, looked up by a
+// permute (which reads only the index's low 4 bits), so a vector costs an extension, a shift and a
+// permute. The products equal (value - 8) * scale exactly, as vload_u4 and a multiply give them.
+inline vf q4_table(float scale) {
+    return _mm512_mul_ps(_mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_ps(scale));
+}
+inline vf vload_q4(const uint8_t* p, int hi, vf table) {
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+    if (hi) v = _mm512_srli_epi32(v, 4);
+    return _mm512_permutexvar_ps(v, table);
+}
 inline void vstore(float* p, int64_t n, vf v) { _mm512_mask_storeu_ps(p, lanes(n), v); }
 inline void vstore(uint16_t* p, int64_t n, vf v) {
     const __m512i bits = _mm512_castps_si512(v);
@@ -190,6 +201,8 @@ inline vf vload_u4(const uint8_t* p, int hi) {
     return __builtin_convertvector(__builtin_convertvector(b, vi) - 8, vf);
 }
 #endif
+inline vf q4_table(float scale) { return vset(scale); }
+inline vf vload_q4(const uint8_t* p, int hi, vf table) { return vload_u4(p, hi) * table; }
 inline void vstore(float* p, int64_t n, vf v) {
     if (n >= W) memcpy(p, &v, sizeof v);
     else for (int64_t i = 0; i < n; ++i) p[i] = v[i];
@@ -279,20 +292,57 @@ inline float qdot8(const int8_t* w, const float* x, int64_t K) {
 // One row of 4-bit weights in the kernels' layout (16 bytes per 32 weights: low nibbles 0..15, high
 // 16..31, value + 8) with one scale per group of G (a multiple of 32) . x (fp32).
 inline float qdot4(const uint8_t* w, const float* s, const float* x, int64_t K, int64_t G) {
-    vf total = vzero();
-    for (int64_t g0 = 0; g0 < K; g0 += G) {
-        vf a0 = vzero(), a1 = a0;
-        for (int64_t k0 = g0; k0 < g0 + G && k0 < K; k0 += 32) {
-            if (k0 % 512 == 0) prefetch_256(w + k0 / 2);
+    vf acc = vzero();
+    for (int64_t k0 = 0; k0 < K; k0 += 32) {
+        if (k0 % 512 == 0) prefetch_256(w + k0 / 2);
+        const vf table = q4_table(s[k0 / G]);
+        for (int hi = 0; hi < 2; ++hi)
             for (int c = 0; c < 16 / W; ++c) {
-                const int64_t lo = k0 + c * W, hi = lo + 16;
-                if (lo < K) a0 = vfma(vload_u4(w + k0 / 2 + c * W, 0), vload(x + lo, K - lo), a0);
-                if (hi < K) a1 = vfma(vload_u4(w + k0 / 2 + c * W, 1), vload(x + hi, K - hi), a1);
+                const int64_t k = k0 + hi * 16 + c * W;
+                if (k < K) acc = vfma(vload_q4(w + k0 / 2 + c * W, hi, table), vload(x + k, K - k), acc);
             }
-        }
-        total = vfma(vadd(a0, a1), vset(s[g0 / G]), total);
     }
-    return vsum(total);
+    return vsum(acc);
+}
+
+// Four consecutive rows of int8 weights (`stride` bytes apart) . x, before the rows' scales: one x
+// load feeds four independent FMA chains (a row at a time leaves the 1-KiB rows of a 350M model
+// latency-bound in the reduction).
+inline void qdot8x4(const int8_t* w, int64_t stride, const float* x, int64_t K, float* out) {
+    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t k = 0; k < K; k += W) {
+        const int64_t n = K - k;
+        if (k % 64 == 0)
+            for (int r = 0; r < 4; ++r) __builtin_prefetch(w + r * stride + k + 4 * stride, 0, 2);
+        const vf xv = vload(x + k, n);
+        a0 = vfma(vload_i8(w + k, n), xv, a0);
+        a1 = vfma(vload_i8(w + stride + k, n), xv, a1);
+        a2 = vfma(vload_i8(w + 2 * stride + k, n), xv, a2);
+        a3 = vfma(vload_i8(w + 3 * stride + k, n), xv, a3);
+    }
+    out[0] = vsum(a0), out[1] = vsum(a1), out[2] = vsum(a2), out[3] = vsum(a3);
+}
+
+// The same for four rows of 4-bit weights (kernels' layout, `stride` bytes apart) with their group
+// scales (`s_stride` floats apart), scales applied: the finished products.
+inline void qdot4x4(const uint8_t* w, int64_t stride, const float* s, int64_t s_stride, const float* x, int64_t K,
+                    int64_t G, float* out) {
+    vf acc[4] = {vzero(), vzero(), vzero(), vzero()};
+    for (int64_t k0 = 0; k0 < K; k0 += 32) {
+        if (k0 % 128 == 0)
+            for (int r = 0; r < 4; ++r) __builtin_prefetch(w + r * stride + k0 / 2 + 4 * stride, 0, 2);
+        vf table[4];
+        for (int r = 0; r < 4; ++r) table[r] = q4_table(s[r * s_stride + k0 / G]);
+        for (int hi = 0; hi < 2; ++hi)  // the order of quant.cpp's q4_mm, so that both give the same sums
+            for (int c = 0; c < 16 / W; ++c) {
+                const int64_t k = k0 + hi * 16 + c * W;
+                if (k >= K) continue;
+                const vf xv = vload(x + k, K - k);
+                for (int r = 0; r < 4; ++r)
+                    acc[r] = vfma(vload_q4(w + r * stride + k0 / 2 + c * W, hi, table[r]), xv, acc[r]);
+            }
+    }
+    for (int r = 0; r < 4; ++r) out[r] = vsum(acc[r]);
 }
 
 // gelu_new (tanh approximation) with tanh(u) = 1 - 2 / (exp(2u) + 1): the form torch and transformers
