@@ -41,10 +41,12 @@ struct Lin {
 
 template <typename T> inline float rowdot(int fmt, int64_t G, Lin l, int64_t n, const T* x, int64_t K) {
     if constexpr (sizeof(T) == 4) {
-        if (fmt == 8) return qdot8((const int8_t*)l.w + n * K, x, K) * l.s[n];
-        if (fmt == 4) {
-            const int64_t Kp = (K + G - 1) / G * G;
-            return qdot4((const uint8_t*)l.w + n * (Kp / 2), l.s + n * (Kp / G), x, K, G);
+        if (fmt != 0) {  // one row (a tail): the four-row product of that row alone, so sums are the same
+            float o[4];
+            const int64_t Kp = fmt == 8 ? K : (K + G - 1) / G * G;
+            if (fmt == 8) qdot8x4((const int8_t*)l.w + n * K, 0, x, K, o);
+            else qdot4x4((const uint8_t*)l.w + n * (Kp / 2), 0, l.s + n * (Kp / G), 0, x, K, G, o);
+            return fmt == 8 ? o[0] * l.s[n] : o[0];
         }
     }
     return dot((const T*)l.w + n * K, x, K);

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp")]
-HEADERS = [os.path.join(_HERE, "simd.h")]
+HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "rows.h")]
 
 TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
 _AVX2 = {"avx2", "fma", "f16c"}

@@ -9,7 +9,7 @@
 // R weight rows is widened to fp32 once and multiplied with all M rows of X, which stay in L1. The
 // weights are the only large stream: 1 byte (int8) or half a byte (int4) per weight instead of 2 or 4.
 // Rows are split across OpenMP threads, as in kernels.cpp.
-#include "simd.h"
+#include "rows.h"
 
 namespace {
 
@@ -24,32 +24,7 @@ template <int M> constexpr int q_rows_per_block() {
 
 template <int M>
 void q8_mm(const int8_t* Q, const float* s, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
-    constexpr int R = q_rows_per_block<M>();
-    const int64_t blocks = (N + R - 1) / R;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t n0 = blk * R;
-        const int rows = (int)(N - n0 < R ? N - n0 : R);
-        const int8_t* w[R];
-        for (int r = 0; r < R; ++r) w[r] = Q + (n0 + (r < rows ? r : 0)) * K;
-        vf acc[R][M];
-        for (int r = 0; r < R; ++r)
-            for (int m = 0; m < M; ++m) acc[r][m] = vzero();
-        for (int64_t k = 0; k < K; k += W) {
-            const int64_t n = K - k;
-            vf wv[R];
-            for (int r = 0; r < R; ++r) {
-                __builtin_prefetch(w[r] + k + Q_PREFETCH_BYTES, 0, 2);
-                wv[r] = vload_i8(w[r] + k, n);
-            }
-            for (int m = 0; m < M; ++m) {
-                const vf xv = vload(X + m * K + k, n);
-                for (int r = 0; r < R; ++r) acc[r][m] = vfma(wv[r], xv, acc[r][m]);
-            }
-        }
-        for (int r = 0; r < rows; ++r)
-            for (int m = 0; m < M; ++m) Y[m * N + n0 + r] = vsum(acc[r][m]) * s[n0 + r] + (b ? b[n0 + r] : 0.0f);
-    }
+    rows_mm<M, q_rows_per_block<M>(), Q_PREFETCH_BYTES>(Q, s, X, b, Y, N, K, threads);
 }
 
 template <int M>

@@ -6,7 +6,7 @@
 //   avx2 (-mavx2 -mfma -mf16c):  8 lanes; generic (the x86-64 or aarch64 baseline): 4 lanes,
 //                        both written with GCC vector extensions, so any target compiles them.
 // What the kernels use: vf (W fp32 lanes), vload/vstore of n <= W fp32 or bf16 values (zeros past n;
-// vload_i8 / vload_u4 widen int8 and 4-bit quantized weights),
+// vload_i8 / vload_u4 / vload_q4 widen int8 and 4-bit quantized weights, qdot8x4 / qdot4x4 their rows),
 // bf16 stores round to nearest even, NaN stays NaN), arithmetic, vsum, vexp (Cephes' expf), vgelu
 // (gelu_new), and the matrix-vector dot products dot_f32/dot_bf16 with their software prefetch.
 #pragma once
@@ -273,37 +273,6 @@ inline float dot_bf16(const uint16_t* w, const uint16_t* x, int64_t K) {
     return vsum(vadd(a0, a1));
 }
 #endif
-
-// One row of an int8 weight matrix . x (fp32), before the row's scale; 4 accumulators, prefetched.
-inline float qdot8(const int8_t* w, const float* x, int64_t K) {
-    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t k = 0;
-    for (; k + 4 * W <= K; k += 4 * W) {
-        if (k % 256 == 0) prefetch_256(w + k);
-        a0 = vfma(vload_i8(w + k), vload(x + k), a0);
-        a1 = vfma(vload_i8(w + k + W), vload(x + k + W), a1);
-        a2 = vfma(vload_i8(w + k + 2 * W), vload(x + k + 2 * W), a2);
-        a3 = vfma(vload_i8(w + k + 3 * W), vload(x + k + 3 * W), a3);
-    }
-    for (; k < K; k += W) a0 = vfma(vload_i8(w + k, K - k), vload(x + k, K - k), a0);
-    return vsum(vadd(vadd(a0, a1), vadd(a2, a3)));
-}
-
-// One row of 4-bit weights in the kernels' layout (16 bytes per 32 weights: low nibbles 0..15, high
-// 16..31, value + 8) with one scale per group of G (a multiple of 32) . x (fp32).
-inline float qdot4(const uint8_t* w, const float* s, const float* x, int64_t K, int64_t G) {
-    vf acc = vzero();
-    for (int64_t k0 = 0; k0 < K; k0 += 32) {
-        if (k0 % 512 == 0) prefetch_256(w + k0 / 2);
-        const vf table = q4_table(s[k0 / G]);
-        for (int hi = 0; hi < 2; ++hi)
-            for (int c = 0; c < 16 / W; ++c) {
-                const int64_t k = k0 + hi * 16 + c * W;
-                if (k < K) acc = vfma(vload_q4(w + k0 / 2 + c * W, hi, table), vload(x + k, K - k), acc);
-            }
-    }
-    return vsum(acc);
-}
 
 // Four consecutive rows of int8 weights (`stride` bytes apart) . x, before the rows' scales: one x
 // load feeds four independent FMA chains (a row at a time leaves the 1-KiB rows of a 350M model
