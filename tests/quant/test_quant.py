@@ -195,3 +195,18 @@ def test_fused_quantized_step_equals_the_module_path(tier, spec, tier_restored):
         assert torch.equal(q.generate(ids, **kwargs), fused)
     finally:
         hook.remove()
+
+
+@pytest.mark.skipif(not TIERS, reason="no native kernels on this machine")
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_native_dequantization_equals_the_formats(tier, spec, tier_restored):
+    kernels.activate(tier)
+    torch.manual_seed(7)
+    q = QuantLinear.from_linear(torch.nn.Linear(203, 19), spec)
+    native = kernels.dequantize(q.weight, q.weight_scale, 203, spec.bits, spec.group_size)
+    if spec.bits == 8:
+        ref = formats.dequantize_int8(q.weight, q.weight_scale)
+    else:
+        ref = formats.dequantize_int4(formats.from_kernel_layout(q.weight), q.weight_scale, 203)
+    assert torch.equal(native, ref)

@@ -46,7 +46,7 @@ FLAGS = {"generic": [], "avx2": _X86, "avx512": _X86 + ["-mavx512f", "-mavx512bw
          "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]}
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = _gelu = _q8 = _q4 = decode_step = decode_scratch = None
+_gemv = _f32_gemv = _smallmm = _gelu = _q8 = _q4 = _dequant = decode_step = decode_scratch = None
 _tried = False
 _active_tier: str | None = None
 _why = "not loaded yet"
@@ -147,6 +147,7 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_decode_step", [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 13, ctypes.c_int),
         ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
+        ("codegen_dequantize", [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int], ctypes.c_int),
         ("codegen_simd_width", [], ctypes.c_int),
         ("codegen_native_bf16_dot", [], ctypes.c_int),
     ):
@@ -189,9 +190,9 @@ def load() -> bool:
 
 
 def _activate(name: str) -> None:
-    global _gemv, _f32_gemv, _smallmm, _gelu, _q8, _q4, decode_step, decode_scratch, _active_tier
+    global _gemv, _f32_gemv, _smallmm, _gelu, _q8, _q4, _dequant, decode_step, decode_scratch, _active_tier
     lib = library(name)
-    _q8, _q4 = lib.codegen_q8_mm, lib.codegen_q4_mm
+    _q8, _q4, _dequant = lib.codegen_q8_mm, lib.codegen_q4_mm, lib.codegen_dequantize
     _smallmm, _f32_gemv, _gemv = lib.codegen_f32_smallmm, lib.codegen_f32_gemv, lib.codegen_bf16_gemv
     _gelu, decode_scratch, decode_step = lib.codegen_gelu_tanh, lib.codegen_decode_scratch, lib.codegen_decode_step
     _active_tier = name
@@ -271,6 +272,19 @@ def q4_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Ten
     rc = _q4(q.data_ptr(), scale.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
              x.shape[0], q.shape[0], x.shape[1], 2 * q.shape[1], group_size, torch.get_num_threads())
     return y if rc == 0 else None
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, in_features: int, bits: int, group_size: int | None) -> torch.Tensor | None:
+    """Rows of a quantized weight (int8 (N, K), or 4-bit in the kernels' layout (N, Kp / 2)) with their
+    fp32 scales as fp32 (N, in_features), or None when the native kernels are unavailable."""
+    if not _tried:
+        load()
+    if _dequant is None:
+        return None
+    out = torch.empty(q.shape[0], in_features, dtype=torch.float32)
+    rc = _dequant(q.data_ptr(), scale.data_ptr(), out.data_ptr(), q.shape[0], in_features,
+                  in_features if bits == 8 else 2 * q.shape[1], group_size or 0, bits, torch.get_num_threads())
+    return out if rc == 0 else None
 
 
 def gelu_tanh(x: torch.Tensor, inplace: bool = False) -> torch.Tensor | None:

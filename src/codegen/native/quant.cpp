@@ -118,3 +118,30 @@ extern "C" int codegen_q4_mm(const uint8_t* Q, const float* S, const float* X, c
     }
     return 0;
 }
+
+// Rows [0, N) of a quantized matrix as fp32 (N, K) into out: the prefill route's dequantization, one
+// pass over the packed weights (bits 8: Q int8 (N, K), S (N,); bits 4: the kernels' layout, Kp, G).
+extern "C" int codegen_dequantize(const void* Q, const float* S, float* out, int64_t N, int64_t K, int64_t Kp, int64_t G,
+                                  int bits, int threads) {
+    if (bits != 8 && (bits != 4 || G % 32 != 0 || Kp % G != 0 || Kp < K)) return 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; ++n) {
+        float* y = out + n * K;
+        if (bits == 8) {
+            const int8_t* q = (const int8_t*)Q + n * K;
+            const vf s = vset(S[n]);
+            for (int64_t k = 0; k < K; k += W) vstore(y + k, K - k, vmul(vload_i8(q + k, K - k), s));
+        } else {
+            const uint8_t* q = (const uint8_t*)Q + n * (Kp / 2);
+            for (int64_t k0 = 0; k0 < K; k0 += 32) {
+                const vf table = q4_table(S[n * (Kp / G) + k0 / G]);
+                for (int hi = 0; hi < 2; ++hi)
+                    for (int c = 0; c < 16 / W; ++c) {
+                        const int64_t k = k0 + hi * 16 + c * W;
+                        if (k < K) vstore(y + k, K - k, vload_q4(q + k0 / 2 + c * W, hi, table));
+                    }
+            }
+        }
+    }
+    return 0;
+}

@@ -82,6 +82,10 @@ class QuantLinear(nn.Module):
     def dequantized(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows start..stop of the weight as fp32 (out_features, in_features) (tests, the GEMM route)."""
         q, s = self.weight[start:stop], self.weight_scale[start:stop].float()
+        if q.device.type == "cpu" and q.is_contiguous() and s.is_contiguous():
+            native = kernels.dequantize(q, s, self.in_features, self.spec.bits, self.spec.group_size)
+            if native is not None:  # one pass; the torch expressions below make several
+                return native
         if self.spec.bits == 8:
             return dequantize_int8(q, s)
         rows = q.shape[0]
