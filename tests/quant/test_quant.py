@@ -60,25 +60,25 @@ def test_spec_validation():
 
 
 # ----------------------------------------------------------------------------- kernels and QuantLinear
-@pytest.fixture
-def tier_restored():
-    yield
+@pytest.fixture(params=TIERS or [None])
+def tier(request):
+    """Each tier this CPU runs, active for the test (the CPU's own restored after)."""
+    if request.param is None:
+        pytest.skip("no native kernels on this machine")
+    kernels.activate(request.param)
+    yield request.param
     kernels.activate(kernels.cpu_tier())
 
 
-@pytest.mark.skipif(not TIERS, reason="no native kernels on this machine")
-@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
-def test_kernels_match_fp64_on_odd_shapes(tier, spec, tier_restored):
-    kernels.activate(tier)
+def test_kernels_match_fp64_on_odd_shapes(tier, spec):
     torch.manual_seed(2)
     for n, k in ((37, 45), (9, 257), (130, 96)):
         q = QuantLinear.from_linear(torch.nn.Linear(k, n), spec)
         ref_w = q.dequantized().double()
         for m in (1, 2, 3, 7, 8, 9, 16):
             x = torch.randn(m, k)
-            y = kernels.q8_mm(q.weight, q.weight_scale, x, q.bias) if spec.bits == 8 else \
-                kernels.q4_mm(q.weight, q.weight_scale, x, q.bias, spec.group_size)
+            y = kernels.quant_mm(q.weight, q.weight_scale, x, q.bias, spec.bits, spec.group_size)
             ref = x.double() @ ref_w.T + q.bias.double()
             assert y is not None and torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5), (n, k, m)
 
@@ -175,15 +175,12 @@ def test_cli_quantize_at_load_and_refusals(tmp_path, capsys):
     assert "quantized checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not TIERS, reason="no native kernels on this machine")
-@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64)], ids=lambda s: s.name)
-def test_fused_quantized_step_equals_the_module_path(tier, spec, tier_restored):
+def test_fused_quantized_step_equals_the_module_path(tier, spec):
     import copy
 
     from codegen.engine.backend import Backend
 
-    kernels.activate(tier)
     q = quantize_model(copy.deepcopy(sharp_lm(6)), spec)
     assert Backend.for_model(q)._fused is not None  # the whole one-row step in one native call
     ids = torch.randint(0, 51200, (1, 10))
@@ -197,11 +194,8 @@ def test_fused_quantized_step_equals_the_module_path(tier, spec, tier_restored):
         hook.remove()
 
 
-@pytest.mark.skipif(not TIERS, reason="no native kernels on this machine")
-@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
-def test_native_dequantization_equals_the_formats(tier, spec, tier_restored):
-    kernels.activate(tier)
+def test_native_dequantization_equals_the_formats(tier, spec):
     torch.manual_seed(7)
     q = QuantLinear.from_linear(torch.nn.Linear(203, 19), spec)
     native = kernels.dequantize(q.weight, q.weight_scale, 203, spec.bits, spec.group_size)

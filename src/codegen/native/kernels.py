@@ -249,28 +249,20 @@ def f32_smallmm(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
-def q8_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """x (M, K) fp32 @ (scale[:, None] * q (N, K) int8).T + bias (N,) fp32, 1 <= M <= 16; None when
-    the native kernels are unavailable (the caller dequantizes instead)."""
+def quant_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, bits: int,
+             group_size: int | None = None) -> torch.Tensor | None:
+    """x (M, K) fp32 @ W.T + bias (N,) fp32 for 1 <= M <= 16 with W quantized: int8 q (N, K) with scales
+    (N,), or 4-bit q in the kernels' layout (N, Kp / 2) with scales (N, Kp / group_size). None when the
+    native kernels are unavailable (the caller dequantizes instead)."""
     if not _tried:
         load()
     if _q8 is None or not 1 <= x.shape[0] <= 16:
         return None
     y = torch.empty(x.shape[0], q.shape[0], dtype=torch.float32)
-    rc = _q8(q.data_ptr(), scale.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
-             x.shape[0], q.shape[0], x.shape[1], torch.get_num_threads())
-    return y if rc == 0 else None
-
-
-def q4_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, group_size: int) -> torch.Tensor | None:
-    """The same for 4-bit weights in the kernels' layout (N, Kp / 2) with scales (N, Kp / group_size)."""
-    if not _tried:
-        load()
-    if _q4 is None or not 1 <= x.shape[0] <= 16:
-        return None
-    y = torch.empty(x.shape[0], q.shape[0], dtype=torch.float32)
-    rc = _q4(q.data_ptr(), scale.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
-             x.shape[0], q.shape[0], x.shape[1], 2 * q.shape[1], group_size, torch.get_num_threads())
+    args = (q.data_ptr(), scale.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+            x.shape[0], q.shape[0], x.shape[1])
+    threads = torch.get_num_threads()
+    rc = _q8(*args, threads) if bits == 8 else _q4(*args, 2 * q.shape[1], group_size, threads)
     return y if rc == 0 else None
 
 

@@ -101,10 +101,7 @@ class QuantLinear(nn.Module):
             xf = x2.float().contiguous()
             bias = self.bias if self.bias is None or self.bias.dtype == torch.float32 else self.bias.float()
             scale = self.weight_scale if self.weight_scale.dtype == torch.float32 else self.weight_scale.float()
-            if self.spec.bits == 8:
-                y = kernels.q8_mm(self.weight, scale, xf, bias)
-            else:
-                y = kernels.q4_mm(self.weight, scale, xf, bias, self.spec.group_size)
+            y = kernels.quant_mm(self.weight, scale, xf, bias, self.spec.bits, self.spec.group_size)
         if y is None:
             y = self._blockwise(x2)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
