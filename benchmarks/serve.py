@@ -1,7 +1,7 @@
 """Server throughput and latency at 1, 4 and 16 concurrent clients, with continuous batching and
 with one request at a time (--max-batch 1), over real HTTP on a loopback port.
 
-    python benchmarks/serve.py [--preset 350M-mono] [--tokens 32] [--clients 1 4 16] [--dtype float32]
+    python benchmarks/serve.py [--preset 350M-mono] [--tokens 32] [--clients 1 4 16] [--dtype float32] [--quantize int8|int4]
 
 The model is a random checkpoint of the preset shape (the speed does not depend on the weights);
 each client sends requests back to back (greedy, `--tokens` new tokens, EOS suppressed by a
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantized model (fp32 activations)")
     ap.add_argument("--tokenizer", default=TOKENIZER)
     args = ap.parse_args()
 
@@ -88,8 +89,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig.preset(args.preset)).eval().to(getattr(torch, args.dtype))
+    if args.quantize:
+        from codegen.quant import QuantSpec
+        from codegen.quant.convert import quantize_model
+
+        quantize_model(model, QuantSpec.parse(args.quantize))
     tok = codegen.CodeGenTokenizerFast.from_pretrained(args.tokenizer)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, threads {torch.get_num_threads()}; {args.preset} {args.dtype}; "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, threads {torch.get_num_threads()}; {args.preset} {args.dtype}{' ' + args.quantize if args.quantize else ''}; "
           f"{args.tokens} new tokens per request, {args.requests_per_client} requests per client")
     print(f"{'server':<22}{'clients':>8}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}")
     results = {}
