@@ -163,8 +163,10 @@ def resolve_dtype(torch_dtype: Any, config: CodeGenConfig) -> torch.dtype | None
     raise ValueError(f"torch_dtype {torch_dtype!r} is not supported; use None, 'auto', float32, float16 or bfloat16")
 
 
-def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, revision=None, progress=None):
-    """Build `cls` (CodeGenModel or CodeGenForCausalLM) from a checkpoint directory or hub id."""
+def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, revision=None, progress=None, quantize=None):
+    """Build `cls` (CodeGenModel or CodeGenForCausalLM) from a checkpoint directory or hub id.
+    `quantize` (a QuantSpec) quantizes each Linear weight as it is read, so that the float model is
+    never held whole."""
     directory = resolve(path, revision)
     config = config if config is not None else CodeGenConfig.from_pretrained(directory)
     if config.mp_num is None and ("auto_map" in config.extra or "head_dim" in config.extra):
@@ -173,15 +175,22 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     layout, files = weight_files(directory)
     from .model import no_init_weights
 
-    from .quant.convert import empty_quantized, spec_of
+    from .quant.convert import empty_quantized, linear_names, quantize_tensor, spec_of
 
     spec = spec_of(config)  # a checkpoint written by `codegen quantize`
+    if quantize is not None and spec is not None:
+        raise CheckpointError(f"{directory} is already quantized ({spec.name}); load it without quantize")
     with torch.device("meta"), no_init_weights():
         model = cls(config)
+        on_read = {name + ".weight": name for name in linear_names(model)} if quantize is not None else {}
+        if quantize is not None:  # the file holds float weights: check them against the float shapes
+            expected = {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
+            empty_quantized(model, quantize)
         if spec is not None:
             empty_quantized(model, spec)
     described = model.state_dict(keep_vars=True)
-    expected = {k: v.shape for k, v in described.items()}
+    if quantize is None:
+        expected = {k: v.shape for k, v in described.items()}
     # quantized layers' tensors keep their stored dtypes (int8 / packed uint8 weights, fp32 scales and biases)
     exact = {k: v.dtype for k, v in described.items() if spec is not None and _quantized_key(model, k)}
     tied = {"lm_head.weight"} if config.tie_word_embeddings and "lm_head.weight" in expected else set()
@@ -224,6 +233,13 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
             bar.update(tensor.numel() * tensor.element_size())
             if tensor.is_floating_point() and tensor.dtype != dtype:
                 tensor = tensor.to(dtype)
+            if key in on_read:  # quantized now, from the dtype the float model would have had
+                prefix = key[: -len("weight")]
+                for name, value in quantize_tensor(tensor, quantize).items():
+                    state[prefix + name] = value.to(device)
+                continue
+            if key.endswith(".bias") and key[: -len("bias")] + "weight" in on_read:
+                tensor = tensor.float()  # a quantized layer's bias is fp32
             state[key] = tensor.to(device)
     bar.close()
     missing = sorted(set(expected) - set(state) - tied)

@@ -87,7 +87,9 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
         from .quant import QuantSpec
 
         spec = QuantSpec.parse(quantize, group_size)  # before loading: a bad flag costs nothing
-    net = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device)
+    # Without an adapter to merge first, weights are quantized as they are read (the float model is never whole).
+    net = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device,
+                                             quantize=spec if adapter_dir is None else None)
     if adapter_dir is not None:
         from .quant.convert import refuse_quantized
 
@@ -97,9 +99,10 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
         for p in net.parameters():
             p.requires_grad_(False)
         logger.info("merged the LoRA adapters of %s into %s", adapter_dir, model_dir)
-    if spec is not None:
+    if spec is not None and adapter_dir is not None:
         from .quant.convert import quantize_model
 
         quantize_model(net, spec)
+    if spec is not None:
         logger.info("quantized %s to %s at load", model_dir, spec.name)
     return net, tok

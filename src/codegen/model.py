@@ -179,9 +179,17 @@ class CodeGenPreTrainedModel(nn.Module):
         config: CodeGenConfig | None = None,
         revision: str | None = None,
         progress: bool = False,
+        quantize=None,
     ):
+        """transformers' from_pretrained; `quantize` (a codegen.quant.QuantSpec, or "int8" / "int4")
+        quantizes every Linear as it is read (weight-only)."""
+        if isinstance(quantize, str):
+            from .quant import QuantSpec
+
+            quantize = QuantSpec.parse(quantize)
         return checkpoint.load_pretrained(
-            cls, path, torch_dtype=torch_dtype, device=device, config=config, revision=revision, progress=progress
+            cls, path, torch_dtype=torch_dtype, device=device, config=config, revision=revision, progress=progress,
+            quantize=quantize,
         )
 
     def save_pretrained(self, path: str | os.PathLike, *, safe_serialization: bool = True, max_shard_size: int | str = "5GB") -> None:

@@ -204,3 +204,21 @@ def test_native_dequantization_equals_the_formats(tier, spec):
     else:
         ref = formats.dequantize_int4(formats.from_kernel_layout(q.weight), q.weight_scale, 203)
     assert torch.equal(native, ref)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_quantizing_while_reading_equals_quantizing_after(tmp_path, dtype):
+    """from_pretrained(quantize=...) quantizes each weight as it is read (the float model is never
+    whole) and gives the model quantize_model gives after a float load."""
+    src = str(tmp_path / "m")
+    sharp_lm(8).save_pretrained(src, max_shard_size="600KB")
+    ids = torch.randint(0, 51200, (1, 7))
+    for spec in (QuantSpec(8), QuantSpec(4, 64)):
+        read = codegen.CodeGenForCausalLM.from_pretrained(src, torch_dtype=dtype, quantize=spec)
+        after = quantize_model(codegen.CodeGenForCausalLM.from_pretrained(src, torch_dtype=dtype), spec)
+        assert read.config.quantization_config == spec.to_config()
+        with torch.no_grad():
+            assert torch.equal(read(ids).logits, after(ids).logits)
+    quantize_checkpoint(src, str(tmp_path / "q"), QuantSpec(8))
+    with pytest.raises(ValueError, match="already quantized"):
+        codegen.CodeGenForCausalLM.from_pretrained(str(tmp_path / "q"), quantize="int8")

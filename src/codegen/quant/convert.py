@@ -57,6 +57,14 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     return model.eval()
 
 
+def quantize_tensor(weight: torch.Tensor, spec: QuantSpec) -> dict[str, torch.Tensor]:
+    """One Linear weight (N, K) -> its checkpoint tensors {"weight", "weight_scale"} (saved layout)."""
+    probe = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    probe.weight = nn.Parameter(weight, requires_grad=False)
+    state = QuantLinear.from_linear(probe, spec).state_dict()
+    return {"weight": state["weight"], "weight_scale": state["weight_scale"]}
+
+
 def refuse_quantized(model: nn.Module, what: str) -> None:
     spec = spec_of(getattr(model, "config", None))
     if spec is not None or any(isinstance(m, QuantLinear) for m in model.modules()):
@@ -110,10 +118,7 @@ def quantize_checkpoint(src: str, dst: str, spec: QuantSpec, max_shard_size: int
                 if tuple(tensor.shape) != (linear.out_features, linear.in_features):
                     raise ValueError(f"{file}: {key} has shape {tuple(tensor.shape)}; the config says "
                                      f"{(linear.out_features, linear.in_features)}")
-                probe = nn.Linear(linear.in_features, linear.out_features, bias=False, device="meta")
-                probe.weight = nn.Parameter(tensor.float(), requires_grad=False)
-                q = QuantLinear.from_linear(probe, spec)
-                out = {k: v for k, v in q.state_dict().items() if k != "bias"}
+                out = quantize_tensor(tensor, spec)
                 stats["quantized"] += 1
                 pieces = {key: out["weight"], key[: -len("weight")] + "weight_scale": out["weight_scale"]}
             elif key.endswith(".bias") and key[: -len("bias")] + "weight" in targets:
