@@ -67,7 +67,8 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
                        quantize: str | None = None, group_size: int | None = None):
     """(model, fast tokenizer), with the thread count set first (it matters for decode speed). The
     tokenizer comes from `tokenizer`, else the adapter directory when it has one, else the model's.
-    `quantize` ("int8" / "int4", weight-only) quantizes after loading (and after merging adapters)."""
+    `quantize` ("int8" / "int4", weight-only) quantizes each weight as it is read, or, with an
+    adapter, after merging it."""
     import torch
 
     from . import lora

@@ -274,8 +274,9 @@ def last_checkpoint(out: str) -> tuple[str, dict] | None:
 def build_model(cfg: TrainConfig, resume_dir: str | None) -> CodeGenForCausalLM:
     from .quant.convert import spec_of
 
-    if cfg.model is not None and spec_of(CodeGenConfig.from_pretrained(cfg.model)) is not None:
-        raise ValueError(f"{cfg.model} is a quantized checkpoint ({spec_of(CodeGenConfig.from_pretrained(cfg.model)).name}); "
+    spec = spec_of(CodeGenConfig.from_pretrained(cfg.model)) if cfg.model is not None else None
+    if spec is not None:
+        raise ValueError(f"{cfg.model} is a quantized checkpoint ({spec.name}); "
                          f"training needs the unquantized one (quantize after training, with `codegen quantize`)")
     if cfg.model is not None:
         source = resume_dir if resume_dir and not cfg.lora_rank else cfg.model

@@ -87,28 +87,13 @@ def _expected(expect: str, v) -> bool:
     return not v.passed
 
 
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as fh:
-                    kids = [int(c) for c in fh.read().split()]
-                found += kids
-                todo += kids
-        except OSError:
-            pass
-    return found
-
-
 def run(sandbox, ctx: dict) -> list[dict]:
     records = []
     with sandbox.Sandbox(workers=2) as box:
         for name, program, limits, expect in _cases(ctx):
             v = box.run(program, sandbox.Limits(**limits))
             zygotes = [z.info["pid"] for z in box._all]
-            left = [p for z in zygotes for p in _descendants(z)]
+            left = [p for z in zygotes for p in sandbox.zygote._tree(z)[1:]]  # the supervisor's own walk
             alive = all(os.path.exists(f"/proc/{z}") for z in zygotes)
             after = box.run(GOOD, sandbox.Limits(timeout=3.0))
             records.append({"name": name, "ok": _expected(expect, v) and not left and alive and after.passed,

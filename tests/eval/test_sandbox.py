@@ -232,13 +232,12 @@ def test_hostile_samples_as_an_unprivileged_user():
 _KILLED_HARNESS = """
 import json, sys, threading, time
 from codegen.eval import sandbox
-import hostile
 box = sandbox.Sandbox(workers=1)
 daemon = "import posix, time\\nif posix.fork() == 0:\\n    posix.setsid()\\n    time.sleep(120)\\ntime.sleep(120)\\n"
 threading.Thread(target=box.run, args=(daemon, sandbox.Limits(timeout=100.0)), daemon=True).start()
 time.sleep(1.5)
 zygote = box._all[0].info["pid"]
-print(json.dumps([zygote] + hostile._descendants(zygote)), flush=True)
+print(json.dumps(sandbox.zygote._tree(zygote)), flush=True)
 time.sleep(120)
 """
 
@@ -253,8 +252,7 @@ def _gone(pid: int) -> bool:
 
 def test_killing_the_harness_ends_everything():
     """SIGKILL to the harness mid-program: the zygote, the program and its daemon all end."""
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(hostile.__file__))
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_HARNESS], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_HARNESS], stdout=subprocess.PIPE, text=True)
     try:
         pids = json.loads(proc.stdout.readline())
         assert len(pids) >= 3, pids  # zygote, program, daemon (and a supervisor in user mode)

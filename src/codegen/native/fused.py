@@ -25,7 +25,7 @@ from . import kernels
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
 # Indices into the dims array of decode.cpp.
 N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, SHARDS, QFORMAT, GROUP = range(14)
-N_DIMS = 14
+N_DIMS = GROUP + 1
 
 
 def _spec(linear):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..native import kernels
-from .formats import (QuantSpec, dequantize_int8, from_kernel_layout, padded, quantize_int4, quantize_int8,
-                      to_kernel_layout)
+from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_layout, padded, quantize_int4,
+                      quantize_int8, to_kernel_layout)
 
 DECODE_ROWS = 16  # the kernels' row range; more rows take the dequantize-and-GEMM route
 BLOCK_BYTES = 16 * 2**20  # fp32 bytes of weight rows dequantized at a time on that route
@@ -88,10 +88,7 @@ class QuantLinear(nn.Module):
                 return native
         if self.spec.bits == 8:
             return dequantize_int8(q, s)
-        rows = q.shape[0]
-        b = q.reshape(rows, -1, 16)
-        u = torch.cat([b & 15, b >> 4], dim=2).reshape(rows, -1).float() - 8  # (rows, Kp)
-        return (u.reshape(rows, s.shape[1], -1) * s[..., None]).reshape(rows, -1)[:, :self.in_features]
+        return dequantize_int4(from_kernel_layout(q), s, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

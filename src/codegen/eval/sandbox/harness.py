@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from . import protocol
+from .zygote import BASE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ class _Zygote:
         package = __name__.rsplit(".", 1)[0]
         top = package.split(".")[0]
         top_dir = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules[top].__file__)))
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-               "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = dict(BASE_ENV, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
         self.lock = threading.Lock()
         self.proc = subprocess.Popen([python, "-I", "-c", _BOOT, top_dir, package], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True, cwd="/")

