@@ -13,7 +13,7 @@
 // path and not a more precise one; dot products accumulate in fp32 as in kernels.cpp.
 #include <math.h>
 
-#include "simd.h"
+#include "qdot.h"
 
 namespace {
 
@@ -33,35 +33,46 @@ inline float dot(const float* w, const float* x, int64_t K) { return dot_f32(w, 
 inline float dot(const uint16_t* w, const uint16_t* x, int64_t K) { return dot_bf16(w, x, K); }
 
 // A weight matrix of the step: dense T rows, or int8 (one scale per row) or 4-bit (one scale per group
-// of G) rows, quantized formats with fp32 activations only (T = float; see codegen/native/quant.cpp).
+// of G) rows; quantized formats take fp32 activations (T = float), quantized to int8 once per product
+// input (qdot.h).
 struct Lin {
     const void* w;
     const float* s;
 };
 
-template <typename T> inline float rowdot(int fmt, int64_t G, Lin l, int64_t n, const T* x, int64_t K) {
-    if constexpr (sizeof(T) == 4) {
-        if (fmt != 0) {  // one row (a tail): the four-row product of that row alone, so sums are the same
-            float o[4];
-            const int64_t Kp = fmt == 8 ? K : (K + G - 1) / G * G;
-            if (fmt == 8) qdot8x4((const int8_t*)l.w + n * K, 0, x, K, o);
-            else qdot4x4((const uint8_t*)l.w + n * (Kp / 2), 0, l.s + n * (Kp / G), 0, x, K, G, o);
-            return fmt == 8 ? o[0] * l.s[n] : o[0];
+// Rows n0 .. n0 + rows - 1 (rows <= 4) of a quantized matrix . x, finished (scales applied).
+inline void qrows4(int fmt, int64_t G, Lin l, int64_t n0, int rows, int64_t K, const QRow& x, float* out) {
+    float o[4][1];
+    if (fmt == 8) {
+        const int8_t* w[4];
+        float sw[4];
+        for (int r = 0; r < 4; ++r) {
+            const int64_t row = n0 + (r < rows ? r : 0);  // past the end: re-read a valid row
+            w[r] = (const int8_t*)l.w + row * K;
+            sw[r] = l.s[row];
         }
+        q8_block<1, 4>(w, sw, K, &x, o);
+    } else {
+        const int64_t Kp = round_up(K, G);
+        const uint8_t* w[4];
+        const float* sc[4];
+        for (int r = 0; r < 4; ++r) {
+            const int64_t row = n0 + (r < rows ? r : 0);
+            w[r] = (const uint8_t*)l.w + row * (Kp / 2);
+            sc[r] = l.s + row * (Kp / G);
+        }
+        q4_block<1, 4>(w, sc, K, Kp, G, &x, o);
     }
-    return dot((const T*)l.w + n * K, x, K);
+    for (int r = 0; r < rows; ++r) out[r] = o[r][0];
 }
 
-// Rows n..n+3 of a quantized matrix . x (T = float), finished (scales applied).
-inline void rowdot4(int fmt, int64_t G, Lin l, int64_t n, const float* x, int64_t K, float* out) {
-    if (fmt == 8) {
-        qdot8x4((const int8_t*)l.w + n * K, K, x, K, out);
-        for (int r = 0; r < 4; ++r) out[r] *= l.s[n + r];
-    } else {
-        const int64_t Kp = (K + G - 1) / G * G;
-        qdot4x4((const uint8_t*)l.w + n * (Kp / 2), Kp / 2, l.s + n * (Kp / G), Kp / G, x, K, G, out);
-    }
-}
+// A quantized activation row in scratch: K values' bytes and bias lanes.
+struct QBuf {
+    QRow row;
+    int8_t* q;
+    int32_t* bias;
+    void set(const float* x, int64_t K, int fmt) { row.scale = quantize_act(x, K, fmt, q, bias); }
+};
 
 // q (fp32) . k (T) over a head of D values.
 template <typename T> inline float dot_head(const float* q, const T* k, int64_t D) {
@@ -123,14 +134,18 @@ enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, TH
 // *_S: the quantized layers' scales (unused when dense).
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, QKV_S, OUT_S, FC_IN_S, FC_OUT_S, PER_LAYER };
 
+// Quantized rows, four at a time: int8 activations (T = float) and the block products of qdot.h.
+inline int64_t quads(int64_t n) { return (n + 3) / 4; }
+
 template <typename T>
 void decode_step(const int64_t* d, float eps, const void* const* layers, const T* wte, const T* lnf_w, const T* lnf_b,
-                        const void* head_w, const float* head_s, const T* head_b, T* key, T* value, const float* sin,
-                        const float* cos, float* scratch, float* logits) {
+                 const void* head_w, const float* head_s, const T* head_b, T* key, T* value, const float* sin,
+                 const float* cos, float* scratch, float* logits) {
     const int fmt = (int)d[QFORMAT];
+    const bool quant = sizeof(T) == 4 && fmt != 0;
     const int64_t G = d[GROUP];
     const int64_t E = d[EMBD], H = d[HEADS], D = d[HEAD_DIM], I = d[INNER], cap = d[CAPACITY], len = d[LENGTH];
-    const int64_t L = E / d[SHARDS], per_shard = H / d[SHARDS];
+    const int64_t L = E / d[SHARDS], per_shard = H / d[SHARDS], V = d[VOCAB];
     float* h = scratch;        // E: the residual stream
     float* qkv = h + E;        // 3E
     float* pre = qkv + 3 * E;  // I: fc_in's output before the activation
@@ -138,6 +153,13 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
     T* a = (T*)(scores + H * cap);  // E: ln_1's output, T for the products
     T* attn = a + E;                // E
     T* inner = attn + E;            // I
+    // Quantized models: the three product inputs as int8 rows (ln_1's output, attention, gelu).
+    int32_t* lanes = (int32_t*)(inner + I + 16);
+    int8_t* bytes = (int8_t*)(lanes + 2 * act_lanes(E) + act_lanes(I));
+    QBuf xa{{}, bytes, lanes}, xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E)};
+    QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E)};
+    QBuf* bufs[3] = {&xa, &xo, &xi};
+    for (QBuf* x : bufs) x->row.q = x->q, x->row.bias = x->bias;
     for (int64_t i = 0; i < E; ++i) h[i] = get(wte + d[TOKEN] * E + i);
 
 #pragma omp parallel num_threads((int)d[THREADS])
@@ -148,24 +170,27 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
             const Lin win{w[FC_IN], (const float*)w[FC_IN_S]}, wfo{w[FC_OUT], (const float*)w[FC_OUT_S]};
             const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
 #pragma omp single
-            layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
-            if (sizeof(T) == 4 && fmt != 0 && E % 4 == 0 && I % 4 == 0) {  // quantized: four rows at a time
+            {
+                layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
+                if (quant) xa.set((const float*)a, E, fmt);
+            }
+            if (quant) {
 #pragma omp for schedule(static)
-                for (int64_t n = 0; n < 3 * E + I; n += 4) {
+                for (int64_t blk = 0; blk < quads(3 * E) + quads(I); ++blk) {
                     float o[4];
-                    if (n < 3 * E) {
-                        rowdot4(fmt, G, wqkv, n, (const float*)a, E, o);
-                        for (int r = 0; r < 4; ++r) qkv[n + r] = o[r];
-                    } else {
-                        rowdot4(fmt, G, win, n - 3 * E, (const float*)a, E, o);
-                        for (int r = 0; r < 4; ++r) pre[n - 3 * E + r] = o[r] + get(bin + n - 3 * E + r);
-                    }
+                    const bool first = blk < quads(3 * E);
+                    const int64_t n0 = 4 * (first ? blk : blk - quads(3 * E)), N = first ? 3 * E : I;
+                    const int rows = (int)(N - n0 < 4 ? N - n0 : 4);
+                    qrows4(fmt, G, first ? wqkv : win, n0, rows, E, xa.row, o);
+                    for (int r = 0; r < rows; ++r)
+                        if (first) qkv[n0 + r] = o[r];
+                        else pre[n0 + r] = o[r] + get(bin + n0 + r);
                 }
             } else {
 #pragma omp for schedule(static)
                 for (int64_t n = 0; n < 3 * E + I; ++n) {
-                    if (n < 3 * E) qkv[n] = rnd<T>(rowdot(fmt, G, wqkv, n, a, E));
-                    else pre[n - 3 * E] = rnd<T>(rowdot(fmt, G, win, n - 3 * E, a, E) + get(bin + n - 3 * E));
+                    if (n < 3 * E) qkv[n] = rnd<T>(dot((const T*)wqkv.w + n * E, a, E));
+                    else pre[n - 3 * E] = rnd<T>(dot((const T*)win.w + (n - 3 * E) * E, a, E) + get(bin + n - 3 * E));
                 }
             }
 #pragma omp for schedule(static) nowait
@@ -176,35 +201,49 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
             }
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < I; i += W) vstore(inner + i, I - i, vgelu(vload(pre + i, I - i)));
-            if (sizeof(T) == 4 && fmt != 0 && E % 4 == 0 && I % 4 == 0) {
+            if (quant) {
+#pragma omp single
+                {
+                    xo.set((const float*)attn, E, fmt);
+                    xi.set((const float*)inner, I, fmt);
+                }
 #pragma omp for schedule(static)
-                for (int64_t n = 0; n < E; n += 4) {
+                for (int64_t blk = 0; blk < quads(E); ++blk) {
                     float o[4], f[4];
-                    rowdot4(fmt, G, wout, n, (const float*)attn, E, o);
-                    rowdot4(fmt, G, wfo, n, (const float*)inner, I, f);
-                    for (int r = 0; r < 4; ++r) h[n + r] = (o[r] + (f[r] + get(bfo + n + r))) + h[n + r];
+                    const int64_t n0 = 4 * blk;
+                    const int rows = (int)(E - n0 < 4 ? E - n0 : 4);
+                    qrows4(fmt, G, wout, n0, rows, E, xo.row, o);
+                    qrows4(fmt, G, wfo, n0, rows, I, xi.row, f);
+                    for (int r = 0; r < rows; ++r) h[n0 + r] = (o[r] + (f[r] + get(bfo + n0 + r))) + h[n0 + r];
                 }
             } else {
 #pragma omp for schedule(static)
                 for (int64_t n = 0; n < E; ++n) {
-                    const float o = rnd<T>(rowdot(fmt, G, wout, n, attn, E));
-                    const float f = rnd<T>(rowdot(fmt, G, wfo, n, inner, I) + get(bfo + n));
+                    const float o = rnd<T>(dot((const T*)wout.w + n * E, attn, E));
+                    const float f = rnd<T>(dot((const T*)wfo.w + n * I, inner, I) + get(bfo + n));
                     h[n] = rnd<T>(rnd<T>(o + f) + h[n]);
                 }
             }
         }
 #pragma omp single
-        layer_norm(h, lnf_w, lnf_b, a, E, eps);
-        const int64_t V = d[VOCAB], quad = (sizeof(T) == 4 && fmt != 0) ? V / 4 * 4 : 0;
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < quad; n += 4) {
-            float o[4];
-            rowdot4(fmt, G, Lin{head_w, head_s}, n, (const float*)a, E, o);
-            for (int r = 0; r < 4; ++r) logits[n + r] = o[r] + (head_b ? get(head_b + n + r) : 0.0f);
+        {
+            layer_norm(h, lnf_w, lnf_b, a, E, eps);
+            if (quant) xa.set((const float*)a, E, fmt);
         }
+        if (quant) {
 #pragma omp for schedule(static)
-        for (int64_t n = quad; n < V; ++n)
-            logits[n] = rnd<T>(rowdot(fmt, G, Lin{head_w, head_s}, n, a, E) + (head_b ? get(head_b + n) : 0.0f));
+            for (int64_t blk = 0; blk < quads(V); ++blk) {
+                float o[4];
+                const int64_t n0 = 4 * blk;
+                const int rows = (int)(V - n0 < 4 ? V - n0 : 4);
+                qrows4(fmt, G, Lin{head_w, head_s}, n0, rows, E, xa.row, o);
+                for (int r = 0; r < rows; ++r) logits[n0 + r] = o[r] + (head_b ? get(head_b + n0 + r) : 0.0f);
+            }
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t n = 0; n < V; ++n)
+                logits[n] = rnd<T>(dot((const T*)head_w + n * E, a, E) + (head_b ? get(head_b + n) : 0.0f));
+        }
     }
 }
 
@@ -212,7 +251,8 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
 
 // Floats of scratch that codegen_decode_step needs.
 extern "C" int64_t codegen_decode_scratch(const int64_t* d) {
-    return 8 * d[EMBD] + 2 * d[INNER] + d[HEADS] * d[CAPACITY] + 64;
+    const int64_t E = d[EMBD], I = d[INNER];  // + the quantized activations' lanes and bytes (decode_step)
+    return 8 * E + 2 * I + d[HEADS] * d[CAPACITY] + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 4 + 16;
 }
 
 // dims: the N_DIMS values above; layers: PER_LAYER pointers per layer (ln_1 weight and bias, qkv_proj,

@@ -16,11 +16,46 @@
 // Rows are split across OpenMP threads; the library links libgomp.so.1, the runtime torch has
 // already loaded, so there is one thread pool. Plain C ABI, called through ctypes by
 // codegen/native/kernels.py, which compiles this file on first use.
-#include "rows.h"
+#include "simd.h"
 
 namespace {
 
 using namespace codegen;
+
+// Y (M, N) = X (M, K) W (N, K)^T (+ b): every block of R weight rows is loaded once and multiplied with
+// all M rows of X, which stay in L1; the weights are prefetched PF bytes ahead into L2 so that loads and
+// FMAs overlap.
+template <int M, int R, int PF>
+void rows_mm(const float* Wt, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
+    const int64_t blocks = (N + R - 1) / R;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t n0 = blk * R;
+        const int rows = (int)(N - n0 < R ? N - n0 : R);
+        const float* w[R];
+        for (int r = 0; r < R; ++r) w[r] = Wt + (n0 + (r < rows ? r : 0)) * K;  // past N: re-read a valid row
+        vf acc[R][M];
+        for (int r = 0; r < R; ++r)
+            for (int m = 0; m < M; ++m) acc[r][m] = vzero();
+        for (int64_t k = 0; k < K; k += W) {
+            const int64_t n = K - k;
+            vf wv[R];
+            for (int r = 0; r < R; ++r) {
+                __builtin_prefetch((const char*)(w[r] + k) + PF, 0, 2);
+                wv[r] = vload(w[r] + k, n);
+            }
+            for (int m = 0; m < M; ++m) {
+                const vf xv = vload(X + m * K + k, n);
+                for (int r = 0; r < R; ++r) acc[r][m] = vfma(wv[r], xv, acc[r][m]);
+            }
+        }
+        for (int r = 0; r < rows; ++r)
+            for (int m = 0; m < M; ++m) {
+                const float v = vsum(acc[r][m]);
+                Y[m * N + n0 + r] = v + (b ? b[n0 + r] : 0.0f);
+            }
+    }
+}
 
 // Registers: R * M accumulators, R weight vectors and one X vector, out of 32 (AVX-512) or 16.
 template <int M> constexpr int rows_per_block() {
@@ -31,7 +66,7 @@ constexpr int F32_PREFETCH_BYTES = 8192;
 
 template <int M>
 void f32_smallmm(const float* Wt, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
-    rows_mm<M, rows_per_block<M>(), F32_PREFETCH_BYTES>(Wt, nullptr, X, b, Y, N, K, threads);
+    rows_mm<M, rows_per_block<M>(), F32_PREFETCH_BYTES>(Wt, X, b, Y, N, K, threads);
 }
 
 // y = gelu_new(x) elementwise over n values, fp32 or (bf16 != 0) bf16 computed in fp32 and rounded to

@@ -1,15 +1,17 @@
 """Native kernels for decode-sized work, on every CPU: the bf16 and fp32 matrix-vector products of a
-batch-1 step, fp32 products of 2 to 8 rows, gelu_new (kernels.cpp), and a whole batch-1 decode step
-(decode.cpp, driven by fused.py), all written once against the SIMD layer in simd.h.
+batch-1 step, fp32 products of 2 to 8 rows, gelu_new (kernels.cpp), int8 / int4 weight products of 1
+to 16 rows with int8 activations (quant.cpp, qdot.h), and a whole batch-1 decode step (decode.cpp,
+driven by fused.py), all written once against the SIMD layer in simd.h.
 
 The sources are compiled for one tier of the CPU, on first use, with the system's C++ compiler
 (`$CXX`, else g++ or c++) into the user cache (`$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen`, else
 ~/.cache/codegen), keyed by a hash of the sources, compiler, flags and tier, and loaded with ctypes:
 
     generic     the baseline of x86-64 or aarch64 (4 fp32 lanes: SSE2 / NEON)   every Linux CPU
-    avx2        AVX2 + FMA + F16C (8 lanes)                                       Haswell+, Zen 1+
-    avx512      AVX-512 F/BW/VL (16 lanes, masked tails)                          Skylake-SP+, Zen 4
-    avx512bf16  avx512 + AVX512-BF16 (VDPBF16PS bf16 dot products)                Cooper Lake, Sapphire Rapids+, Zen 4
+    avx2        AVX2 + FMA + F16C (8 lanes; int8 products by VPMADDUBSW)          Haswell+, Zen 1+
+    avx512      AVX-512 F/BW/VL (16 lanes, masked tails; VPMADDUBSW)              Skylake-SP+, Zen 4
+    avx512bf16  avx512 + AVX512-BF16 and VNNI (VDPBF16PS bf16 dot products,     Cooper Lake, Sapphire Rapids+, Zen 4
+                VPDPBUSD int8 ones)
 
 The highest tier the CPU has is used (`tier()` says which, and why); `CODEGEN_ISA=<tier>` forces a
 lower one (a higher one is refused with a warning and the CPU's own tier kept). With no compiler, a
@@ -35,15 +37,15 @@ logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp")]
-HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "rows.h")]
+HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h")]
 
 TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
 _AVX2 = {"avx2", "fma", "f16c"}
 REQUIRES = {"generic": set(), "avx2": _AVX2, "avx512": _AVX2 | {"avx512f", "avx512bw", "avx512vl"},
-            "avx512bf16": _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}}
+            "avx512bf16": _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"}}
 _X86 = ["-mavx2", "-mfma", "-mf16c"]
 FLAGS = {"generic": [], "avx2": _X86, "avx512": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl"],
-         "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]}
+         "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]}
 
 _lock = threading.Lock()
 _gemv = _f32_gemv = _smallmm = _gelu = _q8 = _q4 = _dequant = decode_step = decode_scratch = None
@@ -148,6 +150,7 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_dequantize", [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int], ctypes.c_int),
+        ("codegen_quantize_act", [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p], ctypes.c_float),
         ("codegen_simd_width", [], ctypes.c_int),
         ("codegen_native_bf16_dot", [], ctypes.c_int),
     ):
@@ -210,6 +213,12 @@ def activate(name: str) -> None:
         _tried, _why = True, f"{name} (activated)"
 
 
+def bf16_gemm_native() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), so that torch's bf16
+    GEMM is several times faster than its fp32 one."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def native_bf16_dot() -> bool:
     """Whether bf16 dot products run as VDPBF16PS (the avx512bf16 tier) rather than widened to fp32."""
     return _active_tier == "avx512bf16"
@@ -252,8 +261,9 @@ def f32_smallmm(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None
 def quant_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, bits: int,
              group_size: int | None = None) -> torch.Tensor | None:
     """x (M, K) fp32 @ W.T + bias (N,) fp32 for 1 <= M <= 16 with W quantized: int8 q (N, K) with scales
-    (N,), or 4-bit q in the kernels' layout (N, Kp / 2) with scales (N, Kp / group_size). None when the
-    native kernels are unavailable (the caller dequantizes instead)."""
+    (N,), or 4-bit q in the kernels' layout (N, Kp / 2) with scales (N, Kp / group_size); each row of x
+    is quantized to int8 first (`codegen.quant.formats.quantize_activations`) and the products summed in
+    int32. None when the native kernels are unavailable (the caller dequantizes instead)."""
     if not _tried:
         load()
     if _q8 is None or not 1 <= x.shape[0] <= 16:
@@ -277,6 +287,19 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, in_features: int, bits: int
     rc = _dequant(q.data_ptr(), scale.data_ptr(), out.data_ptr(), q.shape[0], in_features,
                   in_features if bits == 8 else 2 * q.shape[1], group_size or 0, bits, torch.get_num_threads())
     return out if rc == 0 else None
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """The native kernels' activation quantization of one fp32 row (K,): (int8 values, scale), or None
+    when the kernels are unavailable (tests compare it with codegen.quant.formats')."""
+    if not _tried:
+        load()
+    if _q8 is None:
+        return None
+    x = x.float().contiguous()
+    q = torch.empty(x.shape[0], dtype=torch.int8)
+    scale = _libs[_active_tier].codegen_quantize_act(x.data_ptr(), x.shape[0], q.data_ptr())
+    return q, scale
 
 
 def gelu_tanh(x: torch.Tensor, inplace: bool = False) -> torch.Tensor | None:

@@ -6,7 +6,8 @@
 //   avx2 (-mavx2 -mfma -mf16c):  8 lanes; generic (the x86-64 or aarch64 baseline): 4 lanes,
 //                        both written with GCC vector extensions, so any target compiles them.
 // What the kernels use: vf (W fp32 lanes), vload/vstore of n <= W fp32 or bf16 values (zeros past n;
-// vload_i8 / vload_u4 / vload_q4 widen int8 and 4-bit quantized weights, qdot8x4 / qdot4x4 their rows),
+// vload_i8 / vload_u4 / vload_q4 widen int8 and 4-bit quantized weights for their dequantization;
+// qdot.h has their integer products),
 // bf16 stores round to nearest even, NaN stays NaN), arithmetic, vsum, vexp (Cephes' expf), vgelu
 // (gelu_new), and the matrix-vector dot products dot_f32/dot_bf16 with their software prefetch.
 #pragma once
@@ -273,46 +274,6 @@ inline float dot_bf16(const uint16_t* w, const uint16_t* x, int64_t K) {
     return vsum(vadd(a0, a1));
 }
 #endif
-
-// Four consecutive rows of int8 weights (`stride` bytes apart) . x, before the rows' scales: one x
-// load feeds four independent FMA chains (a row at a time leaves the 1-KiB rows of a 350M model
-// latency-bound in the reduction).
-inline void qdot8x4(const int8_t* w, int64_t stride, const float* x, int64_t K, float* out) {
-    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t k = 0; k < K; k += W) {
-        const int64_t n = K - k;
-        if (k % 64 == 0)
-            for (int r = 0; r < 4; ++r) __builtin_prefetch(w + r * stride + k + 4 * stride, 0, 2);
-        const vf xv = vload(x + k, n);
-        a0 = vfma(vload_i8(w + k, n), xv, a0);
-        a1 = vfma(vload_i8(w + stride + k, n), xv, a1);
-        a2 = vfma(vload_i8(w + 2 * stride + k, n), xv, a2);
-        a3 = vfma(vload_i8(w + 3 * stride + k, n), xv, a3);
-    }
-    out[0] = vsum(a0), out[1] = vsum(a1), out[2] = vsum(a2), out[3] = vsum(a3);
-}
-
-// The same for four rows of 4-bit weights (kernels' layout, `stride` bytes apart) with their group
-// scales (`s_stride` floats apart), scales applied: the finished products.
-inline void qdot4x4(const uint8_t* w, int64_t stride, const float* s, int64_t s_stride, const float* x, int64_t K,
-                    int64_t G, float* out) {
-    vf acc[4] = {vzero(), vzero(), vzero(), vzero()};
-    for (int64_t k0 = 0; k0 < K; k0 += 32) {
-        if (k0 % 128 == 0)
-            for (int r = 0; r < 4; ++r) __builtin_prefetch(w + r * stride + k0 / 2 + 4 * stride, 0, 2);
-        vf table[4];
-        for (int r = 0; r < 4; ++r) table[r] = q4_table(s[r * s_stride + k0 / G]);
-        for (int hi = 0; hi < 2; ++hi)  // the order of quant.cpp's q4_mm, so that both give the same sums
-            for (int c = 0; c < 16 / W; ++c) {
-                const int64_t k = k0 + hi * 16 + c * W;
-                if (k >= K) continue;
-                const vf xv = vload(x + k, K - k);
-                for (int r = 0; r < 4; ++r)
-                    acc[r] = vfma(vload_q4(w + r * stride + k0 / 2 + c * W, hi, table[r]), xv, acc[r]);
-            }
-    }
-    for (int r = 0; r < 4; ++r) out[r] = vsum(acc[r]);
-}
 
 // gelu_new (tanh approximation) with tanh(u) = 1 - 2 / (exp(2u) + 1): the form torch and transformers
 // evaluate (0.5 x (1 + tanh u)), cancellation for negative x included, so that results round as theirs.

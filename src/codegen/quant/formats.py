@@ -8,7 +8,11 @@ Saved per quantized Linear (names as the unquantized checkpoint's, plus `weight_
 Symmetric (no zero point): scale = max |W| over the row or group / 127 (int8) or / 7 (int4).
 config.json records {"quantization_config": {"quant_method": "codegen", "bits": 8 | 4, "group_size": G}}.
 The kernels' int4 layout (16 bytes per 32 weights: low nibbles 0..15, high nibbles 16..31) is made
-at load by `to_kernel_layout` and undone by `from_kernel_layout` when saving."""
+at load by `to_kernel_layout` and undone by `from_kernel_layout` when saving.
+
+Activations are quantized on the fly, one symmetric int8 scale per row (`quantize_activations`, the
+kernels' rule), and the products summed in integers: `quantized_linear` is what every route of
+QuantLinear computes, in torch."""
 
 from __future__ import annotations
 
@@ -102,6 +106,25 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, in_features: int)
     n, groups = scale.shape
     q = unpack_pairs(packed).float() - 8
     return (q.reshape(n, groups, -1) * scale[..., None]).reshape(n, -1)[:, :in_features]
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., K) float -> int8 values (..., K) and fp32 scales (..., 1): scale = max |x| / 127 per row,
+    q = round-half-even(x * (127 / max |x|)) (a zero row: zeros, scale 0), exactly as the native
+    kernels compute it in fp32 (codegen/native/qdot.h)."""
+    x = x.float()
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    q = torch.round(x * inv).clamp_(-127, 127).to(torch.int8)
+    return q, amax / 127
+
+
+def quantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The quantized layer's function in torch: x's rows quantized (`quantize_activations`), times the
+    dequantized weight (N, K) fp32, plus bias, in fp32 (the reference the kernels are tested against)."""
+    q, s = quantize_activations(x)
+    y = torch.nn.functional.linear(q.float(), weight) * s
+    return y if bias is None else y + bias
 
 
 def pack_pairs(u: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,16 @@
 """QuantLinear: the module that stands in for nn.Linear in a quantized model (inference only).
 
-Decode rows (1..16) run the native kernels (codegen/native/quant.cpp), which stream the packed
-weights; larger inputs (prefills) dequantize a block of output rows at a time (about 16 MB) into the
-activation dtype and use torch's GEMM, so no whole matrix is ever materialised. Where the native
-kernels are unavailable every input takes the second route. Computed in fp32 (the kernels) or in the
-activation dtype (the GEMM), returned in the input's dtype."""
+Every route computes `formats.quantized_linear`: the input's rows quantized to int8 (one scale per
+row), times the quantized weight, summed in integers, scaled, plus the bias.
+- Decode rows (1..16): the native kernels (codegen/native/quant.cpp, qdot.h), which stream the packed
+  weights once for all rows.
+- More rows (prefills): int8 weights go to torch's integer GEMM (`torch._int_mm`, VNNI / AMX where the
+  CPU has them) a block of output rows at a time; int4 weights are dequantized a block at a time
+  (about 16 MB) and multiplied in bf16 where the CPU multiplies bf16 natively (AVX512-BF16 / AMX: the
+  activations' int8 values are exact in bf16, the dequantized weights and the products' sums are
+  rounded to bf16), else in fp32. No whole matrix is ever materialised.
+Where the native kernels are unavailable every input takes the second route. Returned in the input's
+dtype."""
 
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..native import kernels
-from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_layout, padded, quantize_int4,
-                      quantize_int8, to_kernel_layout)
+from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_layout, padded, quantize_activations,
+                      quantize_int4, quantize_int8, to_kernel_layout)
 
 DECODE_ROWS = 16  # the kernels' row range; more rows take the dequantize-and-GEMM route
 BLOCK_BYTES = 16 * 2**20  # fp32 bytes of weight rows dequantized at a time on that route
@@ -104,11 +110,19 @@ class QuantLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def _blockwise(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
-        step = max(1, BLOCK_BYTES // (4 * self.in_features))
+        q, s = quantize_activations(x)  # (M, K) int8, (M, 1) fp32
+        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32, device=x.device)
+        integer = self.spec.bits == 8 and x.device.type == "cpu"
+        dtype = torch.bfloat16 if not integer and kernels.bf16_gemm_native() else torch.float32
+        qx = q if integer else q.to(dtype)
+        step = max(1, BLOCK_BYTES // (4 * max(self.in_features, x.shape[0])))
         for n0 in range(0, self.out_features, step):
             n1 = min(n0 + step, self.out_features)
-            w = self.dequantized(n0, n1).to(x.dtype)
-            b = None if self.bias is None else self.bias[n0:n1].to(x.dtype)
-            out[:, n0:n1] = F.linear(x, w, b)
+            if integer:  # exact int32 sums; the per-row scales after
+                y = torch._int_mm(qx, self.weight[n0:n1].T).float() * (s * self.weight_scale[n0:n1].float())
+            else:
+                y = torch.mm(qx, self.dequantized(n0, n1).to(dtype).T).float() * s
+            if self.bias is not None:
+                y += self.bias[n0:n1].float()
+            out[:, n0:n1] = y
         return out

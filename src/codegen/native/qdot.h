@@ -1,0 +1,251 @@
+// Integer dot products of quantized weights with int8 activations, for every tier of simd.h: the core
+// of quant.cpp (1-16 rows) and of decode.cpp's quantized step.
+//
+// Activations are quantized on the fly, one symmetric scale per row: sx = max|x| / 127, xq =
+// round-half-even(x * (127 / max|x|)) in [-127, 127] (codegen/quant/formats.py's quantize_activations
+// is the same in torch). Then, exactly in int32:
+//   int8 weights (one scale per output row):  y = sx * sw[n] * sum_k q[n, k] xq[k]
+//   int4 weights (one scale per group of G):  y = sx * sum_g sw[n, g] * sum_{k in g} (u[n, k] - 8) xq[k]
+// A vector instruction multiplies VB bytes of weights with VB bytes of activations and adds each 4
+// neighbouring products into an int32 lane: VPDPBUSD where the CPU has AVX512-VNNI (the avx512bf16
+// tier), VPMADDUBSW + VPMADDWD on AVX2 and plain AVX-512, plain C on the generic tier. VPMADDUBSW
+// multiplies unsigned by signed bytes and saturates pairs at 16 bits, so
+//   int8: |q| (unsigned, <= 128) times xq with q's sign (|xq| <= 127): pairs <= 32512, no saturation;
+//   int4: the stored nibble u = value + 8 (0..15) times xq; the 8 * sum xq this adds is taken off by
+//         starting each chunk's lanes at -8 * (their activations' sum), computed once per row.
+// Layouts: int8 weights and activations in natural order, rows of K bytes (activations zero-padded to
+// a multiple of VB). int4 weights in the kernels' layout (quant.cpp): per 32 weights 16 bytes, low
+// nibbles weights 0..15, high nibbles 16..31. A chunk of 2 VB weights is one VB-byte load per row;
+// its low nibbles meet the activations' first VB bytes and its high nibbles the next VB, so the
+// activations are stored in that order: per chunk, for each of its VB / 16 units of 32, values 0..15
+// in the first half and 16..31 in the second. Activations past K are zero, so whatever the weights
+// hold there adds nothing.
+#pragma once
+#include <math.h>
+
+#include "simd.h"
+
+namespace codegen {
+
+constexpr int VB = 4 * W;       // bytes per integer vector: 64 / 32 / 16
+constexpr int CHUNK = 2 * VB;   // int4 weights per step (VB bytes)
+constexpr int LANES = VB / 4;   // int32 lanes (= W)
+
+inline int64_t round_up(int64_t k, int64_t m) { return (k + m - 1) / m * m; }
+
+// One quantized activation row: KX = round_up(K, CHUNK) bytes and (int4) KX / 8 bias lanes.
+struct QRow {
+    const int8_t* q;
+    const int32_t* bias;
+    float scale;
+};
+
+inline int64_t act_bytes(int64_t K) { return round_up(K, CHUNK); }
+inline int64_t act_lanes(int64_t K) { return round_up(K, CHUNK) / 8; }
+
+// Quantizes x (K fp32) into q (act_bytes(K)) and, for int4 (fmt 4), bias (act_lanes(K)); returns sx
+// (NaN if x holds a NaN, so that the products are NaN as the float ones would be).
+inline float quantize_act(const float* x, int64_t K, int fmt, int8_t* q, int32_t* bias) {
+    float amax = 0.0f;
+    bool nan = false;
+    for (int64_t k = 0; k < K; ++k) {
+        const float a = fabsf(x[k]);
+        nan |= a != a;
+        amax = a > amax ? a : amax;
+    }
+    const int64_t KX = act_bytes(K);
+    memset(q, 0, KX);
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+        float v = nearbyintf(x[k] * inv);
+        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;  // inf * 0, NaN: 0 (the scale carries them)
+        int64_t dst = k;
+        if (fmt == 4) {
+            const int64_t c = k / CHUNK, j = k % CHUNK, u = j / 32, t = j % 32;
+            dst = c * CHUNK + (t < 16 ? 0 : VB) + u * 16 + t % 16;
+        }
+        q[dst] = (int8_t)(v == v ? v : 0.0f);
+    }
+    if (fmt == 4)
+        for (int64_t l = 0; l < KX / 8; ++l) {  // lane l of chunk c: bytes 4l'..4l'+3 of both halves
+            const int64_t c = l / LANES, i = 4 * (l % LANES);
+            int32_t s = 0;
+            for (int j = 0; j < 4; ++j) s += q[c * CHUNK + i + j] + q[c * CHUNK + VB + i + j];
+            bias[l] = -8 * s;
+        }
+    return nan ? NAN : amax / 127.0f;
+}
+
+#if defined(__AVX512F__)
+// ------------------------------------------------------------------------------------------ AVX-512
+using bvec = __m512i;
+using ivec = __m512i;
+inline bvec bload(const void* p) { return _mm512_loadu_si512(p); }
+inline bvec bload(const void* p, int64_t n) {  // n < VB bytes, zeros after
+    return _mm512_maskz_loadu_epi8(n >= 64 ? ~0ull : (1ull << n) - 1ull, p);
+}
+inline ivec izero() { return _mm512_setzero_si512(); }
+inline ivec iload(const int32_t* p) { return _mm512_loadu_si512(p); }
+inline void nibbles(bvec v, bvec& lo, bvec& hi) {
+    const bvec m = _mm512_set1_epi8(15);
+    lo = _mm512_and_si512(v, m);
+    hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+}
+inline bvec babs(bvec w) { return _mm512_abs_epi8(w); }
+inline bvec bsign(bvec x, bvec w) { return _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x); }
+#if defined(__AVX512VNNI__)
+inline ivec udot(ivec acc, bvec u, bvec s) { return _mm512_dpbusd_epi32(acc, u, s); }
+inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) { return udot(udot(acc, u, s), u2, s2); }
+#else
+inline ivec udot(ivec acc, bvec u, bvec s) {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+}
+inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) {  // int4: pairs <= 3810, their sum fits 16 bits
+    const __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(u, s), _mm512_maddubs_epi16(u2, s2));
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
+}
+#endif
+inline vf itof(ivec v) { return _mm512_cvtepi32_ps(v); }
+inline int32_t isum(ivec v) { return _mm512_reduce_add_epi32(v); }
+// Lane l covers the unit (32 weights) l / 4 of the chunk at k0: its group's scale.
+inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t groups) {
+    const int64_t g0 = k0 / G, n = G >= CHUNK ? 1 : CHUNK / G;
+    const int64_t have = groups - g0 < n ? groups - g0 : n;
+    const __m128 v = _mm_maskz_loadu_ps((__mmask8)((1u << have) - 1u), s + g0);
+    const int shift = 2 + __builtin_ctzll(G / 32);  // lane l -> unit l / 4 -> its group within the chunk
+    const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), shift);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
+}
+
+#elif defined(__AVX2__)
+// --------------------------------------------------------------------------------------------- AVX2
+using bvec = __m256i;
+using ivec = __m256i;
+inline bvec bload(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+inline bvec bload(const void* p, int64_t n) {
+    alignas(32) uint8_t buf[32] = {};
+    memcpy(buf, p, n < 32 ? n : 32);
+    return _mm256_load_si256((const __m256i*)buf);
+}
+inline ivec izero() { return _mm256_setzero_si256(); }
+inline ivec iload(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+inline void nibbles(bvec v, bvec& lo, bvec& hi) {
+    const bvec m = _mm256_set1_epi8(15);
+    lo = _mm256_and_si256(v, m);
+    hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+}
+inline bvec babs(bvec w) { return _mm256_abs_epi8(w); }
+inline bvec bsign(bvec x, bvec w) { return _mm256_sign_epi8(x, w); }
+inline ivec udot(ivec acc, bvec u, bvec s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) {
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(u2, s2));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+inline vf itof(ivec v) { return (vf)_mm256_cvtepi32_ps(v); }
+inline int32_t isum(ivec v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t groups) {
+    const int64_t g0 = k0 / G;
+    const float a = s[g0], b = G == 32 && g0 + 1 < groups ? s[g0 + 1] : a;
+    return (vf)_mm256_setr_m128(_mm_set1_ps(a), _mm_set1_ps(b));
+}
+
+#else
+// ------------------------------------------------------------------------------------------ generic
+struct bvec {
+    int8_t b[VB];
+};
+typedef int32_t ivec __attribute__((vector_size(LANES * 4)));
+inline bvec bload(const void* p) {
+    bvec v;
+    memcpy(v.b, p, VB);
+    return v;
+}
+inline bvec bload(const void* p, int64_t n) {
+    bvec v = {};
+    memcpy(v.b, p, n < VB ? n : VB);
+    return v;
+}
+inline ivec izero() { return ivec{}; }
+inline ivec iload(const int32_t* p) {
+    ivec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+inline void nibbles(bvec v, bvec& lo, bvec& hi) {
+    for (int i = 0; i < VB; ++i) lo.b[i] = (int8_t)((uint8_t)v.b[i] & 15), hi.b[i] = (int8_t)((uint8_t)v.b[i] >> 4);
+}
+inline bvec babs(bvec w) { return w; }      // the generic products take both operands signed
+inline bvec bsign(bvec x, bvec) { return x; }
+// u: weights (int8 signed, or nibbles 0..15), s: activations; lane l += sum of bytes 4l..4l+3.
+inline ivec udot(ivec acc, bvec u, bvec s) {
+    for (int l = 0; l < LANES; ++l)
+        for (int j = 0; j < 4; ++j) acc[l] += (int32_t)u.b[4 * l + j] * s.b[4 * l + j];
+    return acc;
+}
+inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) { return udot(udot(acc, u, s), u2, s2); }
+inline vf itof(ivec v) { return __builtin_convertvector(v, vf); }
+inline int32_t isum(ivec v) {
+    int32_t s = 0;
+    for (int l = 0; l < LANES; ++l) s += v[l];
+    return s;
+}
+inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t) { return vset(s[k0 / G]); }
+#endif
+
+// R rows of int8 weights (w[r], K bytes each) times M activation rows: out[r][m], scales applied.
+template <int M, int R>
+inline void q8_block(const int8_t* const* w, const float* sw, int64_t K, const QRow* x, float (*out)[M]) {
+    ivec acc[R][M];
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) acc[r][m] = izero();
+    for (int64_t k = 0; k < K; k += VB) {
+        bvec wa[R], ws[R];
+        for (int r = 0; r < R; ++r) {
+            __builtin_prefetch(w[r] + k + 4096, 0, 2);
+            ws[r] = k + VB <= K ? bload(w[r] + k) : bload(w[r] + k, K - k);
+            wa[r] = babs(ws[r]);
+        }
+        for (int m = 0; m < M; ++m) {
+            const bvec xv = bload(x[m].q + k);
+            for (int r = 0; r < R; ++r) acc[r][m] = udot(acc[r][m], wa[r], bsign(xv, ws[r]));
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) out[r][m] = (float)isum(acc[r][m]) * x[m].scale * sw[r];
+}
+
+// R rows of int4 weights (w[r] in the kernels' layout, Kp / 2 bytes; s[r] their Kp / G scales).
+template <int M, int R>
+inline void q4_block(const uint8_t* const* w, const float* const* s, int64_t K, int64_t Kp, int64_t G, const QRow* x,
+                     float (*out)[M]) {
+    const int64_t groups = Kp / G;
+    vf acc[R][M];
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) acc[r][m] = vzero();
+    for (int64_t k0 = 0; k0 < K; k0 += CHUNK) {
+        const int64_t bytes = (Kp - k0) / 2;
+        bvec lo[R], hi[R];
+        vf sv[R];
+        for (int r = 0; r < R; ++r) {
+            __builtin_prefetch(w[r] + k0 / 2 + 4096, 0, 2);
+            nibbles(bytes >= VB ? bload(w[r] + k0 / 2) : bload(w[r] + k0 / 2, bytes), lo[r], hi[r]);
+            sv[r] = group_scales(s[r], k0, G, groups);
+        }
+        for (int m = 0; m < M; ++m) {
+            const bvec xlo = bload(x[m].q + k0), xhi = bload(x[m].q + k0 + VB);
+            const ivec b = iload(x[m].bias + k0 / 8);
+            for (int r = 0; r < R; ++r) acc[r][m] = vfma(itof(udot2(b, lo[r], xlo, hi[r], xhi)), sv[r], acc[r][m]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) out[r][m] = vsum(acc[r][m]) * x[m].scale;
+}
+
+}  // namespace codegen
