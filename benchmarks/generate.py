@@ -76,6 +76,7 @@ def gen_kwargs(mode: str, new: int) -> dict:
 
 
 def timed(fn) -> float:
+    time.sleep(0.25)  # the previous run's idle threads stop spinning first (CTranslate2's OpenMP spins 200 ms)
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
@@ -125,9 +126,7 @@ def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeat
         compiled = compiled_kwargs()
         runners["compiled"] = lambda n: hf.generate(x, **compiled, **gen_kwargs(mode, n))
     if ct2 is not None:
-        import codegen
-
-        tok = codegen.CodeGenTokenizerFast.from_pretrained(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "codegen", "demo"))
+        tok = demo_tokenizer()
         tokens = [tok.convert_ids_to_tokens(row) for row in x.tolist()]
         sampling = dict(sampling_topk=50, sampling_topp=0.95, sampling_temperature=0.8) if mode == "sample" else dict(sampling_topk=1)
         runners["ctranslate2"] = lambda n: ct2.generate_batch(tokens, max_length=n, min_length=n, end_token=[],
@@ -150,15 +149,27 @@ def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeat
     return out
 
 
-def prefill_case(ours, hf, length: int, repeats: int) -> dict:
+def prefill_case(ours, hf, ct2, length: int, repeats: int) -> dict:
+    """Seconds to the first token of a `length`-token prompt (median), ours / transformers / CTranslate2."""
     x = torch.randint(0, 50000, (1, length), generator=torch.Generator().manual_seed(2))
     kw = dict(max_new_tokens=1, min_new_tokens=1, pad_token_id=0, do_sample=False)
-    res = {"ours": [], "transformers": []}
+    runs = {"ours": lambda: ours.generate(x, **kw), "transformers": lambda: hf.generate(x, **kw)}
+    if ct2 is not None:
+        tokens = [demo_tokenizer().convert_ids_to_tokens(x[0].tolist())]
+        runs["ctranslate2"] = lambda: ct2.generate_batch(tokens, max_length=1, min_length=1, end_token=[],
+                                                         include_prompt_in_result=False, sampling_topk=1)
+    res = {k: [] for k in runs}
     with torch.inference_mode():
         for _ in range(repeats):
-            res["ours"].append(timed(lambda: ours.generate(x, **kw)))
-            res["transformers"].append(timed(lambda: hf.generate(x, **kw)))
+            for name, run in runs.items():
+                res[name].append(timed(run))
     return {k: statistics.median(v) for k, v in res.items()}
+
+
+def demo_tokenizer():
+    import codegen
+
+    return codegen.CodeGenTokenizerFast.from_pretrained(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "codegen", "demo"))
 
 
 RSS_CHILD = r"""
@@ -210,7 +221,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "int8", "int4"],
                     choices=["float32", "bfloat16", "int8", "int4"],
-                    help="int8 / int4: ours weight-only quantized (fp32 activations) beside transformers fp32 and CTranslate2 int8")
+                    help="int8 / int4: ours weight-only quantized (int8 activations) beside transformers fp32 and CTranslate2 int8")
     ap.add_argument("--mode", nargs="+", default=["greedy", "sample"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -247,15 +258,18 @@ def main() -> None:
 
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
           f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
+    # CTranslate2 int8: the quantized rows' and every 2048-token prefill's comparison (built while fp32)
+    wants_int8 = args.prefill_2048 or any(d in ("int8", "int4") for d in args.dtype)
+    ct2_int8 = ct2_generator(ours32, "int8", args.threads) if wants_int8 and not args.no_ct2 else None
     for dtype in args.dtype:
         quantized = dtype in ("int8", "int4")
-        if quantized:  # ours weight-only quantized (fp32 activations) against transformers fp32 and CTranslate2 int8
+        if quantized:  # ours weight-only quantized (int8 activations) against transformers fp32 and CTranslate2 int8
             import copy
 
             from codegen.quant import QuantLinear, QuantSpec
             from codegen.quant.convert import quantize_model
 
-            ct2 = ct2_generator(ours32, "int8", args.threads) if not args.no_ct2 else None
+            ct2 = ct2_int8
             ours, hf = quantize_model(copy.deepcopy(ours32), QuantSpec.parse(dtype)), hf32
             nbytes = sum(b.numel() * b.element_size() for m in ours.modules() if isinstance(m, QuantLinear)
                          for b in (m.weight, m.weight_scale))
@@ -275,11 +289,13 @@ def main() -> None:
                 print(f"{dtype:<10}{batch:>6}{mode:>8}{o['prefill_ms']:>12.0f} / {h['prefill_ms']:<7.0f}"
                       f"{o['decode_tok_s']:>19.1f}{h['decode_tok_s']:>8.1f}{o['decode_tok_s'] / h['decode_tok_s']:>6.2f}x"
                       f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / bw:>11.0%}{ct2_cols}{hc_cols}")
-        if args.prefill_2048:
+        if args.prefill_2048:  # against transformers in this dtype (fp32 for int8/int4) and CTranslate2 int8
             length = min(2048, ours.config.n_positions) - 1
-            p = prefill_case(ours, hf, length, max(1, args.repeats - 1))
+            p = prefill_case(ours, hf, ct2_int8, length, max(1, args.repeats - 1))
+            c = (f", CTranslate2 int8 {p['ctranslate2']:.2f} s (ours / ct2 int8 time {p['ours'] / p['ctranslate2']:.2f})"
+                 if "ctranslate2" in p else "")
             print(f"{dtype:<10} prefill of {length} tokens: ours {p['ours']:.2f} s, transformers {p['transformers']:.2f} s "
-                  f"({p['transformers'] / p['ours']:.2f}x)")
+                  f"({p['transformers'] / p['ours']:.2f}x){c}")
         if not quantized:
             ours32, hf32 = ours.float(), hf.float()
     if args.rss:

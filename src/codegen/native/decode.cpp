@@ -66,12 +66,16 @@ inline void qrows4(int fmt, int64_t G, Lin l, int64_t n0, int rows, int64_t K, c
     for (int r = 0; r < rows; ++r) out[r] = o[r][0];
 }
 
-// A quantized activation row in scratch: K values' bytes and bias lanes.
+// A quantized activation row in scratch: K values' bytes, their unsigned copy and bias lanes.
 struct QBuf {
     QRow row;
     int8_t* q;
     int32_t* bias;
-    void set(const float* x, int64_t K, int fmt) { row.scale = quantize_act(x, K, fmt, q, bias); }
+    uint8_t* u;
+    void set(const float* x, int64_t K, int fmt) {
+        uint8_t* un = fmt == 8 && UNSIGNED_ACTS ? u : nullptr;
+        row = QRow{q, bias, quantize_act(x, K, fmt, q, bias, un), un};
+    }
 };
 
 // q (fp32) . k (T) over a head of D values.
@@ -156,10 +160,10 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
     // Quantized models: the three product inputs as int8 rows (ln_1's output, attention, gelu).
     int32_t* lanes = (int32_t*)(inner + I + 16);
     int8_t* bytes = (int8_t*)(lanes + 2 * act_lanes(E) + act_lanes(I));
-    QBuf xa{{}, bytes, lanes}, xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E)};
-    QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E)};
-    QBuf* bufs[3] = {&xa, &xo, &xi};
-    for (QBuf* x : bufs) x->row.q = x->q, x->row.bias = x->bias;
+    const int64_t nb = 2 * act_bytes(E) + act_bytes(I);  // the unsigned copies after the signed bytes
+    QBuf xa{{}, bytes, lanes, (uint8_t*)bytes + nb};
+    QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
+    QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
     for (int64_t i = 0; i < E; ++i) h[i] = get(wte + d[TOKEN] * E + i);
 
 #pragma omp parallel num_threads((int)d[THREADS])
@@ -252,7 +256,7 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
 // Floats of scratch that codegen_decode_step needs.
 extern "C" int64_t codegen_decode_scratch(const int64_t* d) {
     const int64_t E = d[EMBD], I = d[INNER];  // + the quantized activations' lanes and bytes (decode_step)
-    return 8 * E + 2 * I + d[HEADS] * d[CAPACITY] + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 4 + 16;
+    return 8 * E + 2 * I + d[HEADS] * d[CAPACITY] + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 2 + 16;
 }
 
 // dims: the N_DIMS values above; layers: PER_LAYER pointers per layer (ln_1 weight and bias, qkv_proj,

@@ -10,7 +10,9 @@
 // neighbouring products into an int32 lane: VPDPBUSD where the CPU has AVX512-VNNI (the avx512bf16
 // tier), VPMADDUBSW + VPMADDWD on AVX2 and plain AVX-512, plain C on the generic tier. VPMADDUBSW
 // multiplies unsigned by signed bytes and saturates pairs at 16 bits, so
-//   int8: |q| (unsigned, <= 128) times xq with q's sign (|xq| <= 127): pairs <= 32512, no saturation;
+//   int8: |q| (unsigned, <= 128) times xq with q's sign (|xq| <= 127): pairs <= 32512, no saturation
+//         (with VNNI, which does not saturate: xq + 128 (unsigned) times q, less 128 * sum q, summed by
+//         the same instruction once per weight row for all activation rows; exact for K < 65793);
 //   int4: the stored nibble u = value + 8 (0..15) times xq; the 8 * sum xq this adds is taken off by
 //         starting each chunk's lanes at -8 * (their activations' sum), computed once per row.
 // Layouts: int8 weights and activations in natural order, rows of K bytes (activations zero-padded to
@@ -33,19 +35,28 @@ constexpr int LANES = VB / 4;   // int32 lanes (= W)
 
 inline int64_t round_up(int64_t k, int64_t m) { return (k + m - 1) / m * m; }
 
-// One quantized activation row: KX = round_up(K, CHUNK) bytes and (int4) KX / 8 bias lanes.
+// One quantized activation row: KX = round_up(K, CHUNK) bytes, (int8 with VNNI) the same plus 128 as
+// unsigned bytes, and (int4) KX / 8 bias lanes.
 struct QRow {
     const int8_t* q;
     const int32_t* bias;
     float scale;
+    const uint8_t* u;
 };
+
+#if defined(__AVX512VNNI__)
+constexpr bool UNSIGNED_ACTS = true;  // int8 products take QRow::u
+#else
+constexpr bool UNSIGNED_ACTS = false;
+#endif
 
 inline int64_t act_bytes(int64_t K) { return round_up(K, CHUNK); }
 inline int64_t act_lanes(int64_t K) { return round_up(K, CHUNK) / 8; }
 
-// Quantizes x (K fp32) into q (act_bytes(K)) and, for int4 (fmt 4), bias (act_lanes(K)); returns sx
-// (NaN if x holds a NaN, so that the products are NaN as the float ones would be).
-inline float quantize_act(const float* x, int64_t K, int fmt, int8_t* q, int32_t* bias) {
+// Quantizes x (K fp32) into q (act_bytes(K)), for int4 (fmt 4) bias (act_lanes(K)), for int8 with
+// UNSIGNED_ACTS u (act_bytes(K)); returns sx (NaN if x holds a NaN, so that the products are NaN as
+// the float ones would be).
+inline float quantize_act(const float* x, int64_t K, int fmt, int8_t* q, int32_t* bias, uint8_t* u = nullptr) {
     float amax = 0.0f;
     bool nan = false;
     for (int64_t k = 0; k < K; ++k) {
@@ -73,6 +84,8 @@ inline float quantize_act(const float* x, int64_t K, int fmt, int8_t* q, int32_t
             for (int j = 0; j < 4; ++j) s += q[c * CHUNK + i + j] + q[c * CHUNK + VB + i + j];
             bias[l] = -8 * s;
         }
+    if (u != nullptr)
+        for (int64_t k = 0; k < KX; ++k) u[k] = (uint8_t)(q[k] + 128);
     return nan ? NAN : amax / 127.0f;
 }
 
@@ -92,6 +105,7 @@ inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
 }
 inline bvec babs(bvec w) { return _mm512_abs_epi8(w); }
+inline bvec ones_u8() { return _mm512_set1_epi8(1); }
 inline bvec bsign(bvec x, bvec w) { return _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x); }
 #if defined(__AVX512VNNI__)
 inline ivec udot(ivec acc, bvec u, bvec s) { return _mm512_dpbusd_epi32(acc, u, s); }
@@ -135,6 +149,7 @@ inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
 }
 inline bvec babs(bvec w) { return _mm256_abs_epi8(w); }
+inline bvec ones_u8() { return _mm256_set1_epi8(1); }
 inline bvec bsign(bvec x, bvec w) { return _mm256_sign_epi8(x, w); }
 inline ivec udot(ivec acc, bvec u, bvec s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
@@ -182,6 +197,7 @@ inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     for (int i = 0; i < VB; ++i) lo.b[i] = (int8_t)((uint8_t)v.b[i] & 15), hi.b[i] = (int8_t)((uint8_t)v.b[i] >> 4);
 }
 inline bvec babs(bvec w) { return w; }      // the generic products take both operands signed
+inline bvec ones_u8() { bvec v; memset(v.b, 1, VB); return v; }
 inline bvec bsign(bvec x, bvec) { return x; }
 // u: weights (int8 signed, or nibbles 0..15), s: activations; lane l += sum of bytes 4l..4l+3.
 inline ivec udot(ivec acc, bvec u, bvec s) {
@@ -202,23 +218,33 @@ inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t) { return 
 // R rows of int8 weights (w[r], K bytes each) times M activation rows: out[r][m], scales applied.
 template <int M, int R>
 inline void q8_block(const int8_t* const* w, const float* sw, int64_t K, const QRow* x, float (*out)[M]) {
-    ivec acc[R][M];
-    for (int r = 0; r < R; ++r)
+    ivec acc[R][M], wsum[R];
+    for (int r = 0; r < R; ++r) {
+        wsum[r] = izero();
         for (int m = 0; m < M; ++m) acc[r][m] = izero();
+    }
     for (int64_t k = 0; k < K; k += VB) {
         bvec wa[R], ws[R];
         for (int r = 0; r < R; ++r) {
             __builtin_prefetch(w[r] + k + 4096, 0, 2);
             ws[r] = k + VB <= K ? bload(w[r] + k) : bload(w[r] + k, K - k);
-            wa[r] = babs(ws[r]);
+            if constexpr (UNSIGNED_ACTS) wsum[r] = udot(wsum[r], ones_u8(), ws[r]);
+            else wa[r] = babs(ws[r]);
         }
         for (int m = 0; m < M; ++m) {
-            const bvec xv = bload(x[m].q + k);
-            for (int r = 0; r < R; ++r) acc[r][m] = udot(acc[r][m], wa[r], bsign(xv, ws[r]));
+            if constexpr (UNSIGNED_ACTS) {
+                const bvec xu = bload(x[m].u + k);
+                for (int r = 0; r < R; ++r) acc[r][m] = udot(acc[r][m], xu, ws[r]);
+            } else {
+                const bvec xv = bload(x[m].q + k);
+                for (int r = 0; r < R; ++r) acc[r][m] = udot(acc[r][m], wa[r], bsign(xv, ws[r]));
+            }
         }
     }
-    for (int r = 0; r < R; ++r)
-        for (int m = 0; m < M; ++m) out[r][m] = (float)isum(acc[r][m]) * x[m].scale * sw[r];
+    for (int r = 0; r < R; ++r) {
+        const int32_t off = UNSIGNED_ACTS ? 128 * isum(wsum[r]) : 0;
+        for (int m = 0; m < M; ++m) out[r][m] = (float)(isum(acc[r][m]) - off) * x[m].scale * sw[r];
+    }
 }
 
 // R rows of int4 weights (w[r] in the kernels' layout, Kp / 2 bytes; s[r] their Kp / G scales).

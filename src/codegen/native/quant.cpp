@@ -20,7 +20,7 @@ using namespace codegen;
 
 // Registers: R * M accumulators, 1-2 R weight vectors, the activations' vectors.
 template <int M> constexpr int q_rows_per_block() {
-    return W == 16 ? (M == 1 ? 4 : M <= 2 ? 4 : M <= 4 ? 3 : 2) : (M <= 2 ? 3 : M <= 4 ? 2 : 1);
+    return W == 16 ? (M <= 2 ? 4 : M <= 4 ? 3 : 2) : (M <= 2 ? 3 : M <= 4 ? 2 : 1);
 }
 
 // The M rows of X quantized: one allocation per call (M * ~K bytes), reused within it.
@@ -29,13 +29,16 @@ struct Acts {
     void* mem = nullptr;
     Acts(const float* X, int64_t M, int64_t K, int fmt) {
         const int64_t bytes = act_bytes(K), lanes = act_lanes(K);
-        mem = malloc(M * (bytes + 4 * lanes) + 64);
+        mem = malloc(M * (2 * bytes + 4 * lanes) + 64);
+        if (mem == nullptr) return;
         int32_t* bias = (int32_t*)mem;
         int8_t* q = (int8_t*)(bias + M * lanes);
+        uint8_t* u = (uint8_t*)(q + M * bytes);
         for (int64_t m = 0; m < M; ++m) {
-            rows[m].q = q + m * bytes;
-            rows[m].bias = bias + m * lanes;
-            rows[m].scale = quantize_act(X + m * K, K, fmt, (int8_t*)rows[m].q, (int32_t*)rows[m].bias);
+            int8_t* qm = q + m * bytes;
+            int32_t* bm = bias + m * lanes;
+            uint8_t* um = fmt == 8 && UNSIGNED_ACTS ? u + m * bytes : nullptr;
+            rows[m] = QRow{qm, bm, quantize_act(X + m * K, K, fmt, qm, bm, um), um};
         }
     }
     ~Acts() { free(mem); }
