@@ -5,8 +5,9 @@ A checkpoint is a directory with `config.json` and weights as `model.safetensors
 `pytorch_model.bin.index.json`. State-dict keys equal our module names, so no layout conversion is
 needed; only the known non-parameter buffers of older checkpoints are dropped.
 
-Loading builds the model on the meta device and assigns tensors taken from memory-mapped files,
-so a checkpoint needs about its own size of RAM (no second full copy). `.bin` files are only ever
+Loading builds the model on the meta device and assigns tensors read one at a time (safetensors
+without a memory map, `.bin` from torch.load's), so a checkpoint needs about its own size of RAM
+(no second full copy, no mapped file pages counted beside it). `.bin` files are only ever
 read with `torch.load(weights_only=True)`.
 """
 
@@ -16,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .config import CONFIG_NAME, CodeGenConfig
+from .safetensors_io import SafetensorsFormatError, iter_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +114,14 @@ def weight_files(directory: str) -> tuple[str, list[str]]:
     return layout, files
 
 
-def iter_tensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) pairs of one weights file; safetensors tensors are views of a memory map."""
+def iter_tensors(file: str, copy: Callable[[str, torch.dtype], bool] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) pairs of one weights file. safetensors: the tensors copy(key, dtype) names (all
+    without `copy`) read one at a time into their own memory, the others mapped (see safetensors_io);
+    .bin: views of torch.load's memory map."""
     if file.endswith(".safetensors"):
         try:
-            with safe_open(file, framework="pt") as fh:
-                for key in fh.keys():
-                    yield key, fh.get_tensor(key)
-        except SafetensorError as e:
+            yield from iter_safetensors(file, copy)
+        except (SafetensorsFormatError, SafetensorError, OSError) as e:
             raise CheckpointError(f"{file}: not a readable safetensors file ({e}); it may be truncated or corrupt") from None
         return
     def unreadable(e: Exception) -> CheckpointError:
@@ -175,14 +177,19 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     layout, files = weight_files(directory)
     from .model import no_init_weights
 
-    from .quant.convert import empty_quantized, linear_names, quantize_tensor, spec_of
+    from .quant.convert import embedding_name, empty_quantized, linear_names, quantize_tensor, spec_of
+    from .quant.formats import to_kernel_layout
+    from .quant.linear import QuantLinear
 
     spec = spec_of(config)  # a checkpoint written by `codegen quantize`
     if quantize is not None and spec is not None:
         raise CheckpointError(f"{directory} is already quantized ({spec.name}); load it without quantize")
     with torch.device("meta"), no_init_weights():
         model = cls(config)
-        on_read = {name + ".weight": name for name in linear_names(model)} if quantize is not None else {}
+        # quantized as read: weight key -> the Linear's spec (None: the embedding, int8 per token)
+        on_read = {name + ".weight": quantize for name in linear_names(model)} if quantize is not None else {}
+        if quantize is not None and embedding_name(model, quantize) is not None:
+            on_read[embedding_name(model, quantize) + ".weight"] = None
         if quantize is not None:  # the file holds float weights: check them against the float shapes
             expected = {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
             empty_quantized(model, quantize)
@@ -203,8 +210,17 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     total = sum(os.path.getsize(f) for f in files)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {os.path.basename(os.path.abspath(directory))}",
                disable=None if progress is None else not progress)
+    packed = {k for k in exact if k.endswith(".weight") and spec.bits == 4  # relaid for the kernels at load
+              and isinstance(model.get_submodule(k[: -len(".weight")]), QuantLinear)}
+    relaid: set[str] = set()
+
+    def converted(key: str, stored: torch.dtype) -> bool:  # read, not mapped: converted copies only stay
+        key = key[len(strip):] if strip and key.startswith(strip) else key
+        return key in on_read or key in packed or (stored.is_floating_point and key not in exact
+                                                   and dtype is not None and stored != dtype)
+
     for file in files:
-        for key, tensor in iter_tensors(file):
+        for key, tensor in iter_tensors(file, converted):
             if strip and key.startswith(strip):
                 key = key[len(strip):]
             elif strip and key.startswith("lm_head."):
@@ -223,6 +239,10 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
                     raise CheckpointError(f"{file}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; the "
                                           f"quantized layer ({spec.name}) needs {str(exact[key]).removeprefix('torch.')}")
                 bar.update(tensor.numel() * tensor.element_size())
+                if key in packed:  # relaid now, so that the saved layout is freed before the next tensor is read
+                    model.get_submodule(key[: -len(".weight")]).weight = to_kernel_layout(tensor).to(device)
+                    relaid.add(key)
+                    continue
                 state[key] = tensor.to(device)
                 continue
             if not tensor.is_floating_point():
@@ -235,20 +255,22 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
                 tensor = tensor.to(dtype)
             if key in on_read:  # quantized now, from the dtype the float model would have had
                 prefix = key[: -len("weight")]
-                for name, value in quantize_tensor(tensor, quantize).items():
+                for name, value in quantize_tensor(tensor, on_read[key]).items():
                     state[prefix + name] = value.to(device)
                 continue
             if key.endswith(".bias") and key[: -len("bias")] + "weight" in on_read:
                 tensor = tensor.float()  # a quantized layer's bias is fp32
             state[key] = tensor.to(device)
     bar.close()
-    missing = sorted(set(expected) - set(state) - tied)
+    missing = sorted(set(expected) - set(state) - tied - relaid)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise CheckpointError(f"{directory}: the checkpoint ({layout}) lacks {len(missing)} tensor(s) of {cls.__name__}: {shown}")
     if tied:
         state["lm_head.weight"] = state["transformer.wte.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if set(result.missing_keys) - relaid - tied or result.unexpected_keys:  # checked above; a guard, not a path
+        raise CheckpointError(f"{directory}: could not assign {result.missing_keys or result.unexpected_keys}")
     if tied:
         model.lm_head.weight = model.transformer.wte.weight
     model.eval()
@@ -264,11 +286,11 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
 
 
 def _quantized_key(model, key: str) -> bool:
-    from .quant import QuantLinear
+    from .quant import QuantEmbedding, QuantLinear
 
     parent = key.rpartition(".")[0]
     try:
-        return isinstance(model.get_submodule(parent), QuantLinear)
+        return isinstance(model.get_submodule(parent), (QuantLinear, QuantEmbedding))
     except AttributeError:
         return False
 

@@ -283,11 +283,11 @@ class CodeGenModel(CodeGenPreTrainedModel):
                 raise ValueError(f"position_ids must lie in [0, n_positions = {self.config.n_positions})")
         position_ids = position_ids.expand(B, T)
 
-        h = inputs_embeds
+        h = inputs_embeds.to(self.ln_f.weight.dtype)  # the blocks' dtype (an int8 table's rows come as fp32)
         if token_type_ids is not None:
             token_type_ids = token_type_ids.view(-1, T)
             self._check_ids("token_type_ids", token_type_ids)
-            h = h + self.wte(token_type_ids)  # token types share the token embedding table
+            h = h + self.wte(token_type_ids).to(h.dtype)  # token types share the token embedding table
         h = self.drop(h)
 
         exact = bool(output_attentions) or head_mask is not None

@@ -12,6 +12,8 @@
 // value torch would store in T is rounded to T here too (rnd<T>), so results follow torch's bf16
 // path and not a more precise one; dot products accumulate in fp32 as in kernels.cpp.
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 
 #include "qdot.h"
 
@@ -132,24 +134,53 @@ void attend(const float* q, const float* v, const float* k, const float* sin, co
     for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
 }
 
-// SHARDS: qkv_proj's output is that many shards of [q | v | k] (4; 8 for CodeGen2-1B/3.7B).
-// QFORMAT: 0 dense, 8 int8, 4 int4 (groups of GROUP) for every Linear of the step, lm_head included.
-enum { N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, SHARDS, QFORMAT, GROUP, N_DIMS };
-// *_S: the quantized layers' scales (unused when dense).
+// The arguments of codegen_decode_step, declared here once: codegen/native/fused.py mirrors them as a
+// ctypes.Structure and checks it against codegen_decode_layout() (every field's name and offset) when
+// the library loads; the step itself checks abi and size.
+constexpr int64_t DECODE_ABI = 2;
+struct DecodeArgs {
+    int64_t abi, size;  // DECODE_ABI, sizeof(DecodeArgs)
+    int64_t n_layer, embd, heads, head_dim, inner, vocab;
+    int64_t shards;          // qkv_proj's output is that many shards of [q | v | k] (4; 8 for CodeGen2-1B/3.7B)
+    int64_t qformat, group;  // 0 dense, 8 int8, 4 int4 (groups of `group`) for every Linear, lm_head included
+    int64_t bf16;            // the storage type T: 1 bf16, 0 fp32 (quantized: fp32 activations only)
+    int64_t capacity, length, start, threads;  // this step: the cache's size and fill, padding before start
+    float eps;
+    int32_t reserved;
+    const void* const* layers;  // PER_LAYER pointers per layer (below)
+    const void* embed;          // the token's embedding row: embd values of T
+    const void *lnf_w, *lnf_b, *head_w;
+    const float* head_s;  // lm_head's scales (quantized) or null
+    const void* head_b;
+    void *key, *value;            // the cache, (n_layer, 1, heads, capacity, head_dim) of T
+    const float *sin, *cos;       // head_dim values for this position
+    float *scratch, *logits;      // codegen_decode_scratch floats; vocab fp32 logits
+};
+#define CODEGEN_DECODE_FIELDS(X)                                                                                       \
+    X(abi) X(size) X(n_layer) X(embd) X(heads) X(head_dim) X(inner) X(vocab) X(shards) X(qformat) X(group) X(bf16)     \
+    X(capacity) X(length) X(start) X(threads) X(eps) X(reserved) X(layers) X(embed) X(lnf_w) X(lnf_b) X(head_w)       \
+    X(head_s) X(head_b) X(key) X(value) X(sin) X(cos) X(scratch) X(logits)
+// Per layer: ln_1 weight and bias, qkv_proj, out_proj, fc_in weight and bias, fc_out weight and bias,
+// then the four products' scales (*_S, null when dense).
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, QKV_S, OUT_S, FC_IN_S, FC_OUT_S, PER_LAYER };
 
 // Quantized rows, four at a time: int8 activations (T = float) and the block products of qdot.h.
 inline int64_t quads(int64_t n) { return (n + 3) / 4; }
 
 template <typename T>
-void decode_step(const int64_t* d, float eps, const void* const* layers, const T* wte, const T* lnf_w, const T* lnf_b,
-                 const void* head_w, const float* head_s, const T* head_b, T* key, T* value, const float* sin,
-                 const float* cos, float* scratch, float* logits) {
-    const int fmt = (int)d[QFORMAT];
+void decode_step(const DecodeArgs& A) {
+    const int fmt = (int)A.qformat;
     const bool quant = sizeof(T) == 4 && fmt != 0;
-    const int64_t G = d[GROUP];
-    const int64_t E = d[EMBD], H = d[HEADS], D = d[HEAD_DIM], I = d[INNER], cap = d[CAPACITY], len = d[LENGTH];
-    const int64_t L = E / d[SHARDS], per_shard = H / d[SHARDS], V = d[VOCAB];
+    const int64_t G = A.group;
+    const int64_t E = A.embd, H = A.heads, D = A.head_dim, I = A.inner, cap = A.capacity, len = A.length;
+    const int64_t L = E / A.shards, per_shard = H / A.shards, V = A.vocab;
+    const void* const* layers = A.layers;
+    const T *lnf_w = (const T*)A.lnf_w, *lnf_b = (const T*)A.lnf_b, *head_b = (const T*)A.head_b;
+    const void* head_w = A.head_w;
+    const float *head_s = A.head_s, *sin = A.sin, *cos = A.cos;
+    T *key = (T*)A.key, *value = (T*)A.value;
+    float *scratch = A.scratch, *logits = A.logits;
+    const float eps = A.eps;
     float* h = scratch;        // E: the residual stream
     float* qkv = h + E;        // 3E
     float* pre = qkv + 3 * E;  // I: fc_in's output before the activation
@@ -164,11 +195,11 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
     QBuf xa{{}, bytes, lanes, (uint8_t*)bytes + nb};
     QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
     QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
-    for (int64_t i = 0; i < E; ++i) h[i] = get(wte + d[TOKEN] * E + i);
+    for (int64_t i = 0; i < E; ++i) h[i] = get((const T*)A.embed + i);
 
-#pragma omp parallel num_threads((int)d[THREADS])
+#pragma omp parallel num_threads((int)A.threads)
     {
-        for (int64_t l = 0; l < d[N_LAYER]; ++l) {
+        for (int64_t l = 0; l < A.n_layer; ++l) {
             const void* const* w = layers + l * PER_LAYER;
             const Lin wqkv{w[QKV], (const float*)w[QKV_S]}, wout{w[OUT], (const float*)w[OUT_S]};
             const Lin win{w[FC_IN], (const float*)w[FC_IN_S]}, wfo{w[FC_OUT], (const float*)w[FC_OUT_S]};
@@ -201,7 +232,7 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
             for (int64_t hd = 0; hd < H; ++hd) {
                 const float* q = qkv + (hd / per_shard) * 3 * L + (hd % per_shard) * D;
                 const int64_t row = ((l * H) + hd) * cap * D;
-                attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, d[START], len, D, scores + hd * cap, attn + hd * D);
+                attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, A.start, len, D, scores + hd * cap, attn + hd * D);
             }
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < I; i += W) vstore(inner + i, I - i, vgelu(vload(pre + i, I - i)));
@@ -254,32 +285,36 @@ void decode_step(const int64_t* d, float eps, const void* const* layers, const T
 }  // namespace
 
 // Floats of scratch that codegen_decode_step needs.
-extern "C" int64_t codegen_decode_scratch(const int64_t* d) {
-    const int64_t E = d[EMBD], I = d[INNER];  // + the quantized activations' lanes and bytes (decode_step)
-    return 8 * E + 2 * I + d[HEADS] * d[CAPACITY] + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 2 + 16;
+extern "C" int64_t codegen_decode_scratch(const DecodeArgs* a) {
+    const int64_t E = a->embd, I = a->inner;  // + the quantized activations' lanes and bytes (decode_step)
+    return 8 * E + 2 * I + a->heads * a->capacity + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 2 + 16;
 }
 
-// dims: the N_DIMS values above; layers: PER_LAYER pointers per layer (ln_1 weight and bias, qkv_proj,
-// out_proj, fc_in weight and bias, fc_out weight and bias, then the four products' scales or nulls);
-// key/value: the cache, (n_layer, 1, H, capacity, D); sin/cos: D values for this position. bf16 != 0:
-// every tensor but sin, cos, scratch, logits and the quantized layers' holds bf16. Returns 0, or 1
-// for dims it does not take (a head_dim over MAX_HEAD_DIM, quantized weights with bf16 activations).
-extern "C" int codegen_decode_step(int bf16, const int64_t* dims, float eps, const void* const* layers, const void* wte,
-                                   const void* lnf_w, const void* lnf_b, const void* head_w, const float* head_s,
-                                   const void* head_b, void* key, void* value, const float* sin, const float* cos,
-                                   float* scratch, float* logits) {
-    if (dims[HEAD_DIM] > MAX_HEAD_DIM || dims[SHARDS] < 1 || dims[EMBD] % dims[SHARDS] || dims[HEADS] % dims[SHARDS] || dims[START] < 0 ||
-        dims[START] > dims[LENGTH])
+// "name:offset,..." for every field of DecodeArgs, then "sizeof:N" (fused.py compares its mirror).
+extern "C" const char* codegen_decode_layout() {
+    static char text[1024];
+    if (text[0] == 0) {
+        int n = 0;
+#define CODEGEN_FIELD(f) n += snprintf(text + n, sizeof text - n, "%s:%zu,", #f, offsetof(DecodeArgs, f));
+        CODEGEN_DECODE_FIELDS(CODEGEN_FIELD)
+#undef CODEGEN_FIELD
+        snprintf(text + n, sizeof text - n, "sizeof:%zu", sizeof(DecodeArgs));
+    }
+    return text;
+}
+
+// Returns 0; 1 for arguments it does not take (a head_dim over MAX_HEAD_DIM, shards that do not divide
+// the heads, quantized weights with bf16 activations, a start past the length); 2 for a caller built
+// against another DecodeArgs (abi or size differ).
+extern "C" int codegen_decode_step(const DecodeArgs* a) {
+    if (a->abi != DECODE_ABI || a->size != (int64_t)sizeof(DecodeArgs)) return 2;
+    if (a->head_dim > MAX_HEAD_DIM || a->shards < 1 || a->embd % a->shards || a->heads % a->shards || a->start < 0 ||
+        a->start > a->length)
         return 1;
-    if (dims[QFORMAT] != 0 && (bf16 || (dims[QFORMAT] != 8 && dims[QFORMAT] != 4) ||
-                               (dims[QFORMAT] == 4 && (dims[GROUP] < 32 || dims[GROUP] % 32))))
+    if (a->qformat != 0 && (a->bf16 || (a->qformat != 8 && a->qformat != 4) ||
+                            (a->qformat == 4 && (a->group < 32 || a->group % 32))))
         return 1;
-    if (bf16)
-        decode_step<uint16_t>(dims, eps, layers, (const uint16_t*)wte, (const uint16_t*)lnf_w, (const uint16_t*)lnf_b,
-                              head_w, head_s, (const uint16_t*)head_b, (uint16_t*)key, (uint16_t*)value, sin, cos,
-                              scratch, logits);
-    else
-        decode_step<float>(dims, eps, layers, (const float*)wte, (const float*)lnf_w, (const float*)lnf_b,
-                           head_w, head_s, (const float*)head_b, (float*)key, (float*)value, sin, cos, scratch, logits);
+    if (a->bf16) decode_step<uint16_t>(*a);
+    else decode_step<float>(*a);
     return 0;
 }

@@ -14,6 +14,7 @@ summation order.
 from __future__ import annotations
 
 import ctypes
+import logging
 
 import torch
 
@@ -22,10 +23,34 @@ from torch import nn
 from ..ops import GELU_TANH, rotary_tables
 from . import kernels
 
+logger = logging.getLogger(__name__)
+
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
-# Indices into the dims array of decode.cpp.
-N_LAYER, EMBD, HEADS, HEAD_DIM, INNER, VOCAB, CAPACITY, LENGTH, TOKEN, THREADS, START, SHARDS, QFORMAT, GROUP = range(14)
-N_DIMS = GROUP + 1
+DECODE_ABI = 2
+
+
+class DecodeArgs(ctypes.Structure):
+    """decode.cpp's DecodeArgs, field for field (checked against the library's own layout on first use)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in (
+        "abi", "size", "n_layer", "embd", "heads", "head_dim", "inner", "vocab", "shards", "qformat", "group", "bf16",
+        "capacity", "length", "start", "threads")] + [("eps", ctypes.c_float), ("reserved", ctypes.c_int32)] + [
+        (name, ctypes.c_void_p) for name in ("layers", "embed", "lnf_w", "lnf_b", "head_w", "head_s", "head_b", "key",
+                                            "value", "sin", "cos", "scratch", "logits")]
+
+
+def layout() -> str:
+    """This mirror's "name:offset,...,sizeof:N", the string codegen_decode_layout() returns."""
+    fields = ",".join(f"{name}:{getattr(DecodeArgs, name).offset}" for name, _ in DecodeArgs._fields_)
+    return f"{fields},sizeof:{ctypes.sizeof(DecodeArgs)}"
+
+
+def _matches_library() -> bool:
+    if kernels.decode_layout != layout():
+        logger.warning("native decode step disabled: the library's DecodeArgs (%s) differ from fused.py's (%s)",
+                       kernels.decode_layout, layout())
+        return False
+    return True
 
 
 def _spec(linear):
@@ -48,8 +73,10 @@ class FusedDecoder:
     def __init__(self, model) -> None:
         cfg, t = model.config, model.transformer
         self.model = model  # keeps the weights alive while their addresses are in use
-        self.dtype = t.wte.weight.dtype  # the activations' (and the KV cache's)
+        self.dtype = t.ln_f.weight.dtype  # the activations' (and the KV cache's)
         self.bf16 = self.dtype == torch.bfloat16
+        self.wte = t.wte  # nn.Embedding (its rows are passed in place) or QuantEmbedding (rows made in fp32)
+        self.dense_embedding = isinstance(self.wte, nn.Embedding)
         spec = _spec(model.lm_head)
         ptrs = []
         for block in t.h:
@@ -59,21 +86,22 @@ class FusedDecoder:
                      *(_scale(m) for m in (attn.qkv_proj, attn.out_proj, mlp.fc_in, mlp.fc_out))]
         self.layers = (ctypes.c_void_p * len(ptrs))(*[None if p is None else p.data_ptr() for p in ptrs])
         head_b, head_s = model.lm_head.bias, _scale(model.lm_head)
-        self.fixed = (t.wte.weight.data_ptr(), t.ln_f.weight.data_ptr(), t.ln_f.bias.data_ptr(),
-                      model.lm_head.weight.data_ptr(), None if head_s is None else head_s.data_ptr(),
-                      None if head_b is None else head_b.data_ptr())
-        self.eps = float(t.ln_f.eps)
         sin, cos = rotary_tables(torch.arange(cfg.n_positions)[None], cfg.rotary_dim, cfg.head_dim)
         self.sin = sin.reshape(cfg.n_positions, cfg.head_dim).contiguous()
         self.cos = cos.reshape(cfg.n_positions, cfg.head_dim).contiguous()
-        self.dims = (ctypes.c_int64 * N_DIMS)()
-        for i, v in ((N_LAYER, cfg.n_layer), (EMBD, cfg.n_embd), (HEADS, cfg.n_head), (HEAD_DIM, cfg.head_dim),
-                     (INNER, cfg.inner_dim), (VOCAB, model.lm_head.out_features), (SHARDS, cfg.qkv_shards),
-                     (QFORMAT, 0 if spec is None else spec.bits), (GROUP, 0 if spec is None else spec.group_size or 0)):
-            self.dims[i] = v
+        a = self.args = DecodeArgs()
+        a.abi, a.size = DECODE_ABI, ctypes.sizeof(DecodeArgs)
+        a.n_layer, a.embd, a.heads, a.head_dim, a.inner = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.inner_dim
+        a.vocab, a.shards, a.bf16 = model.lm_head.out_features, cfg.qkv_shards, int(self.bf16)
+        a.qformat, a.group = (0, 0) if spec is None else (spec.bits, spec.group_size or 0)
+        a.eps, a.layers = float(t.ln_f.eps), ctypes.cast(self.layers, ctypes.c_void_p)
+        a.lnf_w, a.lnf_b, a.head_w = t.ln_f.weight.data_ptr(), t.ln_f.bias.data_ptr(), model.lm_head.weight.data_ptr()
+        a.head_s = None if head_s is None else head_s.data_ptr()
+        a.head_b = None if head_b is None else head_b.data_ptr()
+        self.head_w = a.head_w
         self.scratch = torch.empty(0)
         self.vocab = model.lm_head.out_features
-        self.n_tokens = t.wte.weight.shape[0]
+        self.n_tokens = self.wte.weight.shape[0]
 
     @classmethod
     def create(cls, model, linear_types: tuple[type, ...] = (nn.Linear,)) -> FusedDecoder | None:
@@ -81,10 +109,16 @@ class FusedDecoder:
         its Linear modules must be exactly of `linear_types` (a subclass may compute otherwise)."""
         if not kernels.load() or kernels.decode_step is None or not hasattr(model, "transformer") or model.training:
             return None
-        cfg, wte = model.config, getattr(model.transformer, "wte", None)
-        if wte is None:  # not a CodeGen network (a test's scripted model)
+        if not _matches_library():
             return None
-        dtype = wte.weight.dtype
+        cfg, wte = model.config, getattr(model.transformer, "wte", None)
+        if wte is None or getattr(model.transformer, "ln_f", None) is None:  # not a CodeGen network (a scripted model)
+            return None
+        from ..quant import QuantEmbedding
+
+        dtype = model.transformer.ln_f.weight.dtype
+        if not (isinstance(wte, QuantEmbedding) and dtype == torch.float32) and wte.weight.dtype != dtype:
+            return None
         if (dtype not in (torch.float32, torch.bfloat16) or cfg.activation_function not in GELU_TANH
                 or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % cfg.qkv_shards or cfg.rotary_dim % 2):
             return None
@@ -112,7 +146,7 @@ class FusedDecoder:
         """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`. Cache
         positions before `start` are padding, not attended to (see `KVCache.suffix_start`)."""
         first_qkv = self.model.transformer.h[0].attn.qkv_proj.weight
-        if self.model.lm_head.weight.data_ptr() != self.fixed[3] or first_qkv.data_ptr() != self.layers[2]:
+        if self.model.lm_head.weight.data_ptr() != self.head_w or first_qkv.data_ptr() != self.layers[2]:
             raise RuntimeError("the model's weights moved (.to() or a new state dict) since this FusedDecoder was created")
         if cache.batch_size != 1 or cache.key.dtype != self.dtype or not cache.key.is_contiguous():
             raise ValueError("the fused decode step takes a contiguous batch-1 KVCache of the model's dtype")
@@ -124,18 +158,21 @@ class FusedDecoder:
             raise ValueError(f"position {position} outside [0, n_positions = {self.sin.shape[0]})")
         if not 0 <= start <= cache.length:
             raise ValueError(f"start {start} outside [0, cache length {cache.length}]")
-        d = self.dims
-        d[CAPACITY], d[LENGTH], d[TOKEN], d[THREADS] = cache.capacity, cache.length, token, torch.get_num_threads()
-        d[START] = start
-        need = kernels.decode_scratch(d)
+        # the token's row: in place for a dense table, dequantized (E fp32 values) for an int8 one
+        row = self.wte.weight[token] if self.dense_embedding else self.wte(torch.tensor(token))
+        a = self.args
+        a.capacity, a.length, a.start, a.threads = cache.capacity, cache.length, start, torch.get_num_threads()
+        need = kernels.decode_scratch(ctypes.byref(a))
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
         logits = torch.empty(1, self.vocab, dtype=torch.float32)
         off = position * self.sin.shape[1] * 4
-        rc = kernels.decode_step(int(self.bf16), d, self.eps, self.layers, *self.fixed, cache.key.data_ptr(),
-                                 cache.value.data_ptr(), self.sin.data_ptr() + off, self.cos.data_ptr() + off,
-                                 self.scratch.data_ptr(), logits.data_ptr())
+        a.embed, a.key, a.value = row.data_ptr(), cache.key.data_ptr(), cache.value.data_ptr()
+        a.sin, a.cos = self.sin.data_ptr() + off, self.cos.data_ptr() + off
+        a.scratch, a.logits = self.scratch.data_ptr(), logits.data_ptr()
+        rc = kernels.decode_step(ctypes.byref(a))
         if rc != 0:
-            raise RuntimeError(f"native decode step refused dims {list(d)}")
+            raise RuntimeError(f"native decode step refused its arguments (code {rc}): "
+                               + ", ".join(f"{n}={getattr(a, n)}" for n, _ in DecodeArgs._fields_[:16]))
         cache.advance(1)
         return logits

@@ -49,6 +49,7 @@ FLAGS = {"generic": [], "avx2": _X86, "avx512": _X86 + ["-mavx512f", "-mavx512bw
 
 _lock = threading.Lock()
 _gemv = _f32_gemv = _smallmm = _gelu = _q8 = _q4 = _dequant = decode_step = decode_scratch = None
+decode_layout = ""  # codegen_decode_layout(): DecodeArgs' fields and offsets (fused.py checks its mirror)
 _tried = False
 _active_tier: str | None = None
 _why = "not loaded yet"
@@ -145,8 +146,9 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_f32_gemv", args + [ctypes.c_int], None),
         ("codegen_bf16_gemv", args + [ctypes.c_int], None),
         ("codegen_gelu_tanh", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int], None),
-        ("codegen_decode_scratch", [ctypes.c_void_p], ctypes.c_int64),
-        ("codegen_decode_step", [ctypes.c_int, ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 13, ctypes.c_int),
+        ("codegen_decode_scratch", [ctypes.c_void_p], ctypes.c_int64),  # DecodeArgs* (fused.py)
+        ("codegen_decode_step", [ctypes.c_void_p], ctypes.c_int),
+        ("codegen_decode_layout", [], ctypes.c_char_p),
         ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_dequantize", [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int], ctypes.c_int),
@@ -193,11 +195,12 @@ def load() -> bool:
 
 
 def _activate(name: str) -> None:
-    global _gemv, _f32_gemv, _smallmm, _gelu, _q8, _q4, _dequant, decode_step, decode_scratch, _active_tier
+    global _gemv, _f32_gemv, _smallmm, _gelu, _q8, _q4, _dequant, decode_step, decode_scratch, decode_layout, _active_tier
     lib = library(name)
     _q8, _q4, _dequant = lib.codegen_q8_mm, lib.codegen_q4_mm, lib.codegen_dequantize
     _smallmm, _f32_gemv, _gemv = lib.codegen_f32_smallmm, lib.codegen_f32_gemv, lib.codegen_bf16_gemv
     _gelu, decode_scratch, decode_step = lib.codegen_gelu_tanh, lib.codegen_decode_scratch, lib.codegen_decode_step
+    decode_layout = lib.codegen_decode_layout().decode()
     _active_tier = name
 
 

@@ -13,8 +13,8 @@ import shutil
 import torch
 from torch import nn
 
-from .formats import QuantSpec
-from .linear import QuantLinear
+from .formats import QuantSpec, quantize_int8
+from .linear import QuantEmbedding, QuantLinear
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,13 @@ def linear_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and not (tied and name == "lm_head")]
 
 
+def embedding_name(model: nn.Module, spec: QuantSpec) -> str | None:
+    """The token embedding that `spec` quantizes: None when it does not, or lm_head shares its weight."""
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Embedding) and name.endswith("wte")]
+    return names[0] if spec.embedding and names and not tied else None
+
+
 def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -43,6 +50,10 @@ def empty_quantized(model: nn.Module, spec: QuantSpec) -> nn.Module:
     for name in linear_names(model):
         m = model.get_submodule(name)
         _swap(model, name, QuantLinear(m.in_features, m.out_features, spec, bias=m.bias is not None, device="meta"))
+    emb = embedding_name(model, spec)
+    if emb is not None:
+        m = model.get_submodule(emb)
+        _swap(model, emb, QuantEmbedding(m.num_embeddings, m.embedding_dim, device="meta"))
     model.config.extra[CONFIG_KEY] = spec.to_config()
     return model
 
@@ -53,12 +64,19 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
         raise ValueError(f"the model is already quantized ({spec_of(model.config).name})")
     for name in linear_names(model):
         _swap(model, name, QuantLinear.from_linear(model.get_submodule(name), spec))
+    emb = embedding_name(model, spec)
+    if emb is not None:
+        _swap(model, emb, QuantEmbedding.from_embedding(model.get_submodule(emb)))
     model.config.extra[CONFIG_KEY] = spec.to_config()
     return model.eval()
 
 
-def quantize_tensor(weight: torch.Tensor, spec: QuantSpec) -> dict[str, torch.Tensor]:
-    """One Linear weight (N, K) -> its checkpoint tensors {"weight", "weight_scale"} (saved layout)."""
+def quantize_tensor(weight: torch.Tensor, spec: QuantSpec | None) -> dict[str, torch.Tensor]:
+    """One Linear weight (N, K) -> its checkpoint tensors {"weight", "weight_scale"} (saved layout);
+    spec None: an embedding table (int8, one scale per token)."""
+    if spec is None:
+        q, scale = quantize_int8(weight)
+        return {"weight": q, "weight_scale": scale}
     probe = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     probe.weight = nn.Parameter(weight, requires_grad=False)
     state = QuantLinear.from_linear(probe, spec).state_dict()
@@ -90,6 +108,7 @@ def quantize_checkpoint(src: str, dst: str, spec: QuantSpec, max_shard_size: int
     with torch.device("meta"), no_init_weights():
         meta = CodeGenForCausalLM(config)
     targets = {name + ".weight": meta.get_submodule(name) for name in linear_names(meta)}
+    emb = embedding_name(meta, spec)
     _, files = weight_files(src)
     os.makedirs(dst, exist_ok=True)
     limit = parse_size(max_shard_size)
@@ -119,6 +138,10 @@ def quantize_checkpoint(src: str, dst: str, spec: QuantSpec, max_shard_size: int
                     raise ValueError(f"{file}: {key} has shape {tuple(tensor.shape)}; the config says "
                                      f"{(linear.out_features, linear.in_features)}")
                 out = quantize_tensor(tensor, spec)
+                stats["quantized"] += 1
+                pieces = {key: out["weight"], key[: -len("weight")] + "weight_scale": out["weight_scale"]}
+            elif emb is not None and key == emb + ".weight":
+                out = quantize_tensor(tensor, None)
                 stats["quantized"] += 1
                 pieces = {key: out["weight"], key[: -len("weight")] + "weight_scale": out["weight_scale"]}
             elif key.endswith(".bias") and key[: -len("bias")] + "weight" in targets:

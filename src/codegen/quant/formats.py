@@ -6,7 +6,10 @@ Saved per quantized Linear (names as the unquantized checkpoint's, plus `weight_
   stored as q + 8 with q in [-8, 7]; `weight_scale` fp32 (N, Kp / G); K padded with zeros to Kp, a
   multiple of the group size G: W[n, k] ~ weight_scale[n, k // G] * q[n, k].
 Symmetric (no zero point): scale = max |W| over the row or group / 127 (int8) or / 7 (int4).
-config.json records {"quantization_config": {"quant_method": "codegen", "bits": 8 | 4, "group_size": G}}.
+The token embedding (unless lm_head shares it) is int8 with one scale per token, saved as
+`transformer.wte.weight` int8 (V, E) and `transformer.wte.weight_scale` fp32 (V,).
+config.json records {"quantization_config": {"quant_method": "codegen", "bits": 8 | 4, "group_size": G,
+"embedding_bits": 8}}; without "embedding_bits" (checkpoints of earlier versions) the embedding is float.
 The kernels' int4 layout (16 bytes per 32 weights: low nibbles 0..15, high nibbles 16..31) is made
 at load by `to_kernel_layout` and undone by `from_kernel_layout` when saving.
 
@@ -32,6 +35,7 @@ class QuantConfigError(ValueError):
 class QuantSpec:
     bits: int  # 8 or 4
     group_size: int | None = None  # int4 only: 32, 64 or 128 (default 32)
+    embedding: bool = True  # the token embedding int8 too (one scale per token)
 
     def __post_init__(self):
         if self.bits not in (8, 4):
@@ -57,7 +61,8 @@ class QuantSpec:
         return f"int{self.bits}" + (f" (group {self.group_size})" if self.bits == 4 else "")
 
     def to_config(self) -> dict:
-        return {"quant_method": QUANT_METHOD, "bits": self.bits, "group_size": self.group_size}
+        out = {"quant_method": QUANT_METHOD, "bits": self.bits, "group_size": self.group_size}
+        return out | ({"embedding_bits": 8} if self.embedding else {})
 
     @classmethod
     def from_config(cls, data, source: str = "config.json") -> QuantSpec:
@@ -66,7 +71,9 @@ class QuantSpec:
             raise QuantConfigError(f"{source}: quantization_config quant_method {method!r} is not supported "
                                    f"(this loader reads {QUANT_METHOD!r}, written by `codegen quantize`)")
         try:
-            return cls(int(data["bits"]), data.get("group_size"))
+            if data.get("embedding_bits", 8) != 8:
+                raise QuantConfigError(f"embedding_bits must be 8, got {data['embedding_bits']!r}")
+            return cls(int(data["bits"]), data.get("group_size"), embedding="embedding_bits" in data)
         except KeyError as e:
             raise QuantConfigError(f"{source}: quantization_config lacks {e}") from None
         except QuantConfigError as e:
@@ -138,16 +145,25 @@ def unpack_pairs(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 15, packed >> 4], dim=2).reshape(packed.shape[0], -1)
 
 
+LAYOUT_ROWS = 4096  # rows relaid at a time: the temporaries stay a few MB whatever the matrix
+
+
 def to_kernel_layout(packed: torch.Tensor) -> torch.Tensor:
     """Saved layout -> the kernels': per 32 weights, byte j = u[j] | u[j + 16] << 4."""
-    n = packed.shape[0]
-    u = unpack_pairs(packed).reshape(n, -1, 2, 16)
-    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n, -1)
+    out = torch.empty_like(packed)
+    for r in range(0, packed.shape[0], LAYOUT_ROWS):
+        block = packed[r:r + LAYOUT_ROWS]
+        u = unpack_pairs(block).reshape(block.shape[0], -1, 2, 16)
+        out[r:r + LAYOUT_ROWS] = (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(block.shape[0], -1)
+    return out
 
 
 def from_kernel_layout(kernel: torch.Tensor) -> torch.Tensor:
     """Inverse of to_kernel_layout."""
-    n = kernel.shape[0]
-    b = kernel.reshape(n, -1, 16)
-    u = torch.stack([b & 15, b >> 4], dim=2).reshape(n, -1)
-    return pack_pairs(u)
+    out = torch.empty_like(kernel)
+    for r in range(0, kernel.shape[0], LAYOUT_ROWS):
+        b = kernel[r:r + LAYOUT_ROWS]
+        n = b.shape[0]
+        b = b.reshape(n, -1, 16)
+        out[r:r + LAYOUT_ROWS] = pack_pairs(torch.stack([b & 15, b >> 4], dim=2).reshape(n, -1))
+    return out

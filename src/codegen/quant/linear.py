@@ -125,3 +125,31 @@ class QuantLinear(nn.Module):
                 y += self.bias[n0:n1].float()
             out[:, n0:n1] = y
         return out
+
+
+class QuantEmbedding(nn.Module):
+    """nn.Embedding with int8 rows, one fp32 scale per token (`weight`, `weight_scale`); looks rows up
+    and returns them in fp32. A quantized model's token embedding: a quarter of the fp32 table's bytes,
+    and only the rows looked up are ever read."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> QuantEmbedding:
+        q = cls(embedding.num_embeddings, embedding.embedding_dim, device="meta")
+        q.weight, q.weight_scale = quantize_int8(embedding.weight.detach())
+        return q
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+    def dequantized(self) -> torch.Tensor:
+        """The table as fp32 (num_embeddings, embedding_dim) (tests)."""
+        return dequantize_int8(self.weight, self.weight_scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].float() * self.weight_scale[ids].unsqueeze(-1)

@@ -1,0 +1,101 @@
+"""Reading safetensors files tensor by tensor with plain reads, without a memory map.
+
+The `safetensors` package (which writes our checkpoints) hands out tensors backed by a memory map of
+the file: right for tensors kept as stored (no copy; pages become resident as they are used), wrong
+for tensors that are converted at load (to another dtype, quantized, relaid): their mapped pages stay
+resident beside the converted copies until the whole file is released, so a one-file checkpoint
+peaks at about twice its size. `iter_safetensors(file, copy=...)` reads the tensors `copy` names
+(`readinto` straight into their own buffer: the page cache holds the file, the process only the
+tensor, freed once converted) and maps the rest.
+
+The format: 8 bytes (little-endian u64) giving the header's length N, N bytes of JSON mapping each
+name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the data after the header;
+"__metadata__" holds strings), then the data. Everything is checked before a byte is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterator
+
+import torch
+from safetensors import safe_open
+
+MAX_HEADER = 100 * 2**20
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"), ("F8_E4M3", "float8_e4m3fn"),
+                     ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        DTYPES[_name] = getattr(torch, _attr)
+
+
+class SafetensorsFormatError(ValueError):
+    """The file is not a well-formed safetensors file; the message says what is wrong (the caller names
+    the file)."""
+
+
+def read_header(fh, file: str) -> tuple[dict, int]:
+    """(the tensors' entries, the data's start offset), validated against the file's size."""
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(8)
+    if len(head) < 8:
+        raise SafetensorsFormatError(f"{size} bytes, shorter than a safetensors header")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER or 8 + n > size:
+        raise SafetensorsFormatError(f"header length {n} does not fit the file ({size} bytes)")
+    try:
+        header = json.loads(fh.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsFormatError(f"the header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsFormatError("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    data = 8 + n
+    for key, entry in header.items():
+        if not isinstance(entry, dict):
+            raise SafetensorsFormatError(f"entry {key!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in DTYPES:
+            raise SafetensorsFormatError(f"tensor {key!r} has dtype {dtype!r}, not one of {', '.join(DTYPES)}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise SafetensorsFormatError(f"tensor {key!r} has shape {shape!r}, not a list of sizes")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] or data + offsets[1] > size):
+            raise SafetensorsFormatError(f"tensor {key!r} has data_offsets {offsets!r} outside the file's "
+                                         f"{size - data} data bytes (truncated?)")
+        want = math.prod(shape) * DTYPES[dtype].itemsize
+        if offsets[1] - offsets[0] != want:
+            raise SafetensorsFormatError(f"tensor {key!r} ({dtype} {shape}) needs {want} bytes, its offsets "
+                                         f"span {offsets[1] - offsets[0]}")
+    return header, data
+
+
+def iter_safetensors(file: str, copy: Callable[[str, torch.dtype], bool] | None = None
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) in file order: tensors for which copy(name, dtype) is true (all without `copy`)
+    read into fresh CPU tensors that own their memory, the others views of safetensors' memory map."""
+    with open(file, "rb", buffering=0) as fh, contextlib.ExitStack() as stack:
+        header, data = read_header(fh, file)
+        mapped = None
+        for key, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if copy is not None and not copy(key, DTYPES[entry["dtype"]]):
+                if mapped is None:
+                    mapped = stack.enter_context(safe_open(file, framework="pt"))
+                yield key, mapped.get_tensor(key)
+                continue
+            tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if tensor.numel() else memoryview(b"")
+            fh.seek(data + entry["data_offsets"][0])
+            done = 0
+            while done < len(view):
+                got = fh.readinto(view[done:])
+                if not got:
+                    raise SafetensorsFormatError(f"tensor {key!r} ends early (truncated?)")
+                done += got
+            yield key, tensor
