@@ -4,12 +4,16 @@ the demo model everywhere, progress off a terminal, and resumed evaluations that
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
+
+import codegen
 
 from codegen.cli import build_parser, main, unescape
 from helpers import TOKENIZER_DIR
@@ -183,3 +187,27 @@ def test_codegen_env_says_which_kernels_run_and_why():
     assert off.returncode == 0 and "CODEGEN_NATIVE=0" in off.stdout and "torch's" in off.stdout
     forced = run("env", env={"CODEGEN_ISA": "generic"})
     assert "tier        generic: generic (forced by CODEGEN_ISA)" in forced.stdout
+
+
+def test_dtype_auto_picks_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, tmp_path):
+    from codegen.loading import fastest_dtype, load_for_inference
+    from codegen.native import kernels
+
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"avx2", "fma", "f16c"})  # an AVX2-only CPU
+    assert fastest_dtype() == "float32"
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                                                        "avx512_vnni", "avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(kernels, "tier", lambda: ("avx512bf16", "test"))
+    assert fastest_dtype() == "bfloat16" and fastest_dtype(quantized=True) == "float32"
+    monkeypatch.setattr(kernels, "tier", lambda: ("avx2", "forced"))  # a lower tier forced: as on a CPU without it
+    assert fastest_dtype() == "float32"
+    monkeypatch.setattr(kernels, "tier", lambda: ("avx512bf16", "test"))
+    if not os.path.isdir(TOKENIZER_DIR):
+        pytest.skip("CodeGen tokenizer files not in ../shared")
+    path = str(tmp_path / "m")
+    codegen.CodeGenForCausalLM(codegen.CodeGenConfig.preset("tiny")).to(torch.bfloat16).save_pretrained(path)
+    for name in os.listdir(TOKENIZER_DIR):
+        shutil.copy(os.path.join(TOKENIZER_DIR, name), path)
+    assert load_for_inference(path, dtype="auto")[0].dtype == torch.bfloat16
+    assert load_for_inference(path, dtype="stored")[0].dtype == torch.bfloat16  # config.json's
+    assert load_for_inference(path, dtype="auto", quantize="int8")[0].transformer.ln_f.weight.dtype == torch.float32

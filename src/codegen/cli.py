@@ -114,14 +114,19 @@ def cmd_env(args: argparse.Namespace) -> int:
             version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             version = None
-    in_use = ({"decode step (one row)": "native: fp32 and bf16, every layer in one call",
+    int8 = ("VPDPBUSD" if active == "avx512bf16" else "VPMADDUBSW" if active in ("avx2", "avx512") else "plain C")
+    in_use = ({"decode step (one row)": "native: fp32, bf16, int8 and int4 weights, every layer in one call",
                "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else ""),
+               "quantized": f"native: int8 / int4 weights x int8 activations, 1-16 rows ({int8}); prefills: "
+                            f"int8 torch._int_mm, int4 {'bf16' if kernels.bf16_gemm_native() else 'fp32'} GEMM",
                "gelu_new": "native, in place over fc_in's output"}
               if active else {"all": f"torch's ({why})"})
+    from .loading import fastest_dtype
+
     info = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "flags": shown,
             "cpu_tier": kernels.cpu_tier() if kernels.supported() else None, "tier": active, "tier_reason": why,
             "compiler": version or compiler, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "kernels": in_use}
+            "kernels": in_use, "dtype_auto": fastest_dtype()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -131,6 +136,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     print(f"torch       {torch.__version__}, {info['threads']} threads")
     for what, how in in_use.items():
         print(f"kernels     {what}: {how}")
+    print(f"dtype auto  {info['dtype_auto']}" + (" (this CPU multiplies bf16 natively)" if info["dtype_auto"] == "bfloat16"
+                                                 else " (bf16 would be widened in software here)"))
     return 0
 
 
@@ -421,8 +428,9 @@ def _add_model_flags(p: argparse.ArgumentParser, what: str = "the model", dtype:
                                      "into the model")
     p.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint directory")
     if dtype:
-        p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="weights dtype (default float32; auto = as stored)")
+        p.add_argument("--dtype", default="float32", choices=["auto", "stored", "float32", "bfloat16", "float16"],
+                       help="weights dtype (default float32; auto = the fastest on this CPU: bfloat16 where it "
+                            "multiplies bf16 natively (AVX512-BF16/AMX), else float32; stored = as config.json says)")
         p.add_argument("--quantize", choices=["int8", "int4"],
                        help="quantize the weights at load (weight-only; a `codegen quantize` checkpoint loads as it is)")
         p.add_argument("--group-size", type=int, help="int4 group size (32, 64 or 128; default 32)")

@@ -62,13 +62,27 @@ def resolve_model(model: str | None, adapter: str | None = None) -> tuple[str, s
     return model, adapter
 
 
+def fastest_dtype(quantized: bool = False) -> str:
+    """The dtype `--dtype auto` picks on this CPU: bfloat16 where the CPU multiplies bf16 natively
+    (AVX512-BF16 / AMX: the native decode step's VDPBF16PS reads half the bytes of fp32 and torch's bf16
+    GEMM prefills several times faster), else float32 (on AVX2 and plain AVX-512 CPUs bf16 is widened
+    to fp32 in software and its prefills are slower than fp32's). Quantized models: float32, the
+    activations the quantized kernels take."""
+    from .native import kernels
+
+    if quantized or not kernels.bf16_gemm_native() or kernels.tier()[0] not in (None, "avx512bf16"):
+        return "float32"  # (a tier forced below avx512bf16 stands for a CPU without native bf16 dot products)
+    return "bfloat16"
+
+
 def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: str | None = "float32",
                        device: str = "cpu", threads: int | None = None, adapter: str | None = None,
                        quantize: str | None = None, group_size: int | None = None):
     """(model, fast tokenizer), with the thread count set first (it matters for decode speed). The
     tokenizer comes from `tokenizer`, else the adapter directory when it has one, else the model's.
     `quantize` ("int8" / "int4", weight-only) quantizes each weight as it is read, or, with an
-    adapter, after merging it."""
+    adapter, after merging it. dtype "auto": `fastest_dtype()` for this CPU; "stored": as the
+    checkpoint's config.json says (transformers' torch_dtype="auto")."""
     import torch
 
     from . import lora
@@ -88,6 +102,14 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
         from .quant import QuantSpec
 
         spec = QuantSpec.parse(quantize, group_size)  # before loading: a bad flag costs nothing
+    if dtype == "auto":
+        from .config import CodeGenConfig
+        from .quant.convert import spec_of
+
+        dtype = fastest_dtype(quantized=spec is not None or spec_of(CodeGenConfig.from_pretrained(model_dir)) is not None)
+        logger.info("--dtype auto: %s on this CPU", dtype)
+    elif dtype == "stored":
+        dtype = "auto"  # from_pretrained's (transformers') name for it
     # Without an adapter to merge first, weights are quantized as they are read (the float model is never whole).
     net = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device,
                                              quantize=spec if adapter_dir is None else None)

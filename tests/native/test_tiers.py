@@ -1,9 +1,13 @@
-"""Every tier of the native kernels (generic, avx2, avx512, avx512bf16) against fp64 references on odd
-shapes, and a model's greedy decode with each tier equal to torch's path. Tiers this CPU lacks are
-compiled (so CI checks their sources) but not run."""
+"""Every tier of the native kernels (generic, avx2, avx512, avx512bf16; on ARM generic, dotprod) against
+fp64 references on odd shapes, and a model's greedy decode with each tier equal to torch's path. Tiers
+this CPU lacks are compiled (so CI checks their sources) but not run; the ARM tiers are cross-compiled
+with Debian's aarch64 g++ and their torch-free checks (kernel_check.cpp) run under qemu-user when
+those are installed (.ci/run installs them)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -24,8 +28,40 @@ RUNNABLE = [t for t in kernels.TIERS if kernels.TIERS.index(t) <= kernels.TIERS.
 def test_every_tier_compiles(tier):
     lib = kernels.library(tier)
     if tier in RUNNABLE:
-        assert lib.codegen_simd_width() == {"generic": 4, "avx2": 8, "avx512": 16, "avx512bf16": 16}[tier]
+        assert lib.codegen_simd_width() == {"generic": 4, "avx2": 8, "avx512": 16, "avx512bf16": 16, "dotprod": 4}[tier]
         assert lib.codegen_native_bf16_dot() == (tier == "avx512bf16")
+
+
+CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_check.cpp")
+
+
+def _check_binary(compiler: str, tier: str, out: str) -> str:
+    flags = ["-O2", "-ffp-contract=fast", "-fopenmp", *kernels.FLAGS[tier]]
+    done = subprocess.run([compiler, *flags, CHECK, *kernels.SOURCES, "-o", out], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+def test_torch_free_kernel_check_on_this_cpu(tier, tmp_path):
+    """The same C++ checks the ARM tiers run under qemu, here natively: every product against doubles."""
+    binary = _check_binary(kernels._compiler(), tier, str(tmp_path / f"check-{tier}"))
+    done = subprocess.run([binary], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("tier", kernels.ARM_TIERS)
+def test_arm_tiers_cross_compiled_and_run_under_qemu(tier, tmp_path):
+    cross, qemu, sysroot = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64"), "/usr/aarch64-linux-gnu"
+    if kernels.is_arm():
+        pytest.skip("an ARM machine runs these tiers natively")
+    if cross is None or qemu is None or not os.path.isdir(sysroot):
+        pytest.skip("no aarch64 cross compiler or qemu-user (apt install g++-aarch64-linux-gnu qemu-user)")
+    binary = _check_binary(cross, tier, str(tmp_path / f"check-{tier}"))
+    cpu = ["-cpu", "max"]  # armv8.2+ with the dot-product extension
+    done = subprocess.run([qemu, *cpu, "-L", sysroot, binary], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
+    assert "simd width 4" in done.stdout
 
 
 def ptr(t):

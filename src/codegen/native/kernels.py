@@ -8,6 +8,7 @@ The sources are compiled for one tier of the CPU, on first use, with the system'
 ~/.cache/codegen), keyed by a hash of the sources, compiler, flags and tier, and loaded with ctypes:
 
     generic     the baseline of x86-64 or aarch64 (4 fp32 lanes: SSE2 / NEON)   every Linux CPU
+    dotprod     aarch64 NEON + the dot-product extension (SDOT int8 products)     Cortex-A55/A76+, Neoverse, Apple M
     avx2        AVX2 + FMA + F16C (8 lanes; int8 products by VPMADDUBSW)          Haswell+, Zen 1+
     avx512      AVX-512 F/BW/VL (16 lanes, masked tails; VPMADDUBSW)              Skylake-SP+, Zen 4
     avx512bf16  avx512 + AVX512-BF16 and VNNI (VDPBF16PS bf16 dot products,     Cooper Lake, Sapphire Rapids+, Zen 4
@@ -39,13 +40,23 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp")]
 HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h")]
 
-TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
+X86_TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
+ARM_TIERS = ("generic", "dotprod")
 _AVX2 = {"avx2", "fma", "f16c"}
 REQUIRES = {"generic": set(), "avx2": _AVX2, "avx512": _AVX2 | {"avx512f", "avx512bw", "avx512vl"},
-            "avx512bf16": _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"}}
+            "avx512bf16": _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"},
+            "dotprod": {"asimddp"}}  # aarch64 hwcaps as /proc/cpuinfo's Features line names them
 _X86 = ["-mavx2", "-mfma", "-mf16c"]
 FLAGS = {"generic": [], "avx2": _X86, "avx512": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl"],
-         "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]}
+         "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"],
+         "dotprod": ["-march=armv8.2-a+dotprod"]}
+
+
+def is_arm() -> bool:
+    return platform.machine() in ("aarch64", "arm64")
+
+
+TIERS = ARM_TIERS if is_arm() else X86_TIERS  # this machine's architecture's, lowest first
 
 _lock = threading.Lock()
 _gemv = _f32_gemv = _smallmm = _gelu = _q8 = _q4 = _dequant = decode_step = decode_scratch = None
@@ -57,13 +68,16 @@ _libs: dict[str, ctypes.CDLL] = {}
 
 
 def cpu_flags() -> set[str]:
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    """The CPU's feature flags (x86: /proc/cpuinfo's "flags"; aarch64: its "Features", the hwcaps)."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"):
         return set()
+    key = "Features" if is_arm() else "flags"
     try:
         with open("/proc/cpuinfo") as fh:
-            return set(next((line for line in fh if line.startswith("flags")), "").split())
+            line = next((line for line in fh if line.startswith(key)), "")
     except OSError:
         return set()
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
 
 
 def supported() -> bool:

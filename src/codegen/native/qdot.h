@@ -8,7 +8,8 @@
 //   int4 weights (one scale per group of G):  y = sx * sum_g sw[n, g] * sum_{k in g} (u[n, k] - 8) xq[k]
 // A vector instruction multiplies VB bytes of weights with VB bytes of activations and adds each 4
 // neighbouring products into an int32 lane: VPDPBUSD where the CPU has AVX512-VNNI (the avx512bf16
-// tier), VPMADDUBSW + VPMADDWD on AVX2 and plain AVX-512, plain C on the generic tier. VPMADDUBSW
+// tier), VPMADDUBSW + VPMADDWD on AVX2 and plain AVX-512, SDOT on ARM with the dot-product extension
+// (the dotprod tier), plain C on the generic tier. VPMADDUBSW
 // multiplies unsigned by signed bytes and saturates pairs at 16 bits, so
 //   int8: |q| (unsigned, <= 128) times xq with q's sign (|xq| <= 127): pairs <= 32512, no saturation
 //         (with VNNI, which does not saturate: xq + 128 (unsigned) times q, less 128 * sum q, summed by
@@ -26,6 +27,9 @@
 #include <math.h>
 
 #include "simd.h"
+#if defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#endif
 
 namespace codegen {
 
@@ -170,6 +174,34 @@ inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t groups) {
     const float a = s[g0], b = G == 32 && g0 + 1 < groups ? s[g0 + 1] : a;
     return (vf)_mm256_setr_m128(_mm_set1_ps(a), _mm_set1_ps(b));
 }
+
+#elif defined(__ARM_FEATURE_DOTPROD)
+// ------------------------------------------------------------------------------- ARM NEON with SDOT
+// SDOT multiplies signed by signed bytes, so weights and activations enter as they are (no sign trick,
+// no unsigned copy); int4 nibbles (0..15) are signed bytes too.
+using bvec = int8x16_t;
+using ivec = int32x4_t;
+inline bvec bload(const void* p) { return vld1q_s8((const int8_t*)p); }
+inline bvec bload(const void* p, int64_t n) {
+    int8_t buf[16] = {};
+    memcpy(buf, p, n < 16 ? n : 16);
+    return vld1q_s8(buf);
+}
+inline ivec izero() { return vdupq_n_s32(0); }
+inline ivec iload(const int32_t* p) { return vld1q_s32(p); }
+inline void nibbles(bvec v, bvec& lo, bvec& hi) {
+    const uint8x16_t u = vreinterpretq_u8_s8(v);
+    lo = vreinterpretq_s8_u8(vandq_u8(u, vdupq_n_u8(15)));
+    hi = vreinterpretq_s8_u8(vshrq_n_u8(u, 4));
+}
+inline bvec babs(bvec w) { return w; }
+inline bvec bsign(bvec x, bvec) { return x; }
+inline bvec ones_u8() { return vdupq_n_s8(1); }
+inline ivec udot(ivec acc, bvec u, bvec s) { return vdotq_s32(acc, u, s); }
+inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) { return vdotq_s32(vdotq_s32(acc, u, s), u2, s2); }
+inline vf itof(ivec v) { return (vf)vcvtq_f32_s32(v); }
+inline int32_t isum(ivec v) { return vaddvq_s32(v); }
+inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t) { return vset(s[k0 / G]); }
 
 #else
 // ------------------------------------------------------------------------------------------ generic

@@ -25,7 +25,8 @@ class ServerSettings:
     max_batch: int = _opt(16, "sequences decoded together at most (continuous batching)", 1, 256)
     max_queue: int = _opt(64, "requests waiting at most; more are answered 429", 1, 100000)
     max_tokens_default: int = _opt(16, "max_tokens of a request that gives none (OpenAI's default is 16)", 1, 2048)
-    dtype: str = _opt("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    dtype: str = _opt("float32", "weights dtype (auto: the fastest on this CPU; stored: as config.json says)",
+                      choices=("float32", "bfloat16", "float16", "auto", "stored"))
     quantize: str | None = _opt(None, "quantize the weights at load (weight-only)", choices=("int8", "int4"))
     device: str = _opt("cpu", "torch device")
     threads: int | None = _opt(None, "CPU threads for torch (default: one per core)", 1, 1024)
