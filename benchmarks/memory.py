@@ -5,6 +5,8 @@ this process), float and quantized (`codegen quantize`), beside the cost of impo
     python benchmarks/memory.py                                  # 350M-mono: bfloat16, int8, int4
     python benchmarks/memory.py --preset 2B-mono --dtype int4    # the int4 2B figure
 
+Each child loads as the commands do (`load_for_inference`, which also fixes glibc's mmap threshold so
+that freed large blocks return to the system; CODEGEN_MALLOC_TUNING=0 to compare without).
 Peak = VmHWM of the child (anonymous memory and mapped files together), in MiB; the checkpoints go to
 --dir (default a temporary directory; 2B-mono needs about 7 GB there).
 """
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,10 +26,10 @@ CHILD = r"""
 import json, sys, torch
 path, dtype, batch, prompt, new, threads = sys.argv[1:7]
 torch.set_num_threads(int(threads))
-import codegen
+from codegen.loading import load_for_inference
 from codegen.native import kernels
 kernels.load()
-m = codegen.CodeGenForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+m = load_for_inference(path, dtype="bfloat16" if dtype == "bfloat16" else "float32")[0]  # as the commands load
 x = torch.randint(0, 50000, (int(batch), int(prompt)))
 with torch.inference_mode():
     m.generate(x, max_new_tokens=int(new), min_new_tokens=int(new), pad_token_id=0, do_sample=False)
@@ -56,6 +59,10 @@ def random_checkpoint(preset: str, path: str) -> None:
         for p in model.parameters():
             p.normal_(0, 0.02)
     model.save_pretrained(path)
+    demo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "codegen", "demo")
+    for name in ("vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(demo, name)):
+            shutil.copy(os.path.join(demo, name), path)  # the commands load a tokenizer beside the weights
 
 
 def peak(code: str, *args: str) -> float:
