@@ -5,8 +5,7 @@ this process), float and quantized (`codegen quantize`), beside the cost of impo
     python benchmarks/memory.py                                  # 350M-mono: bfloat16, int8, int4
     python benchmarks/memory.py --preset 2B-mono --dtype int4    # the int4 2B figure
 
-Each child loads as the commands do (`load_for_inference`, which also fixes glibc's mmap threshold so
-that freed large blocks return to the system; CODEGEN_MALLOC_TUNING=0 to compare without).
+Each child loads as the commands do (`load_for_inference`).
 Peak = VmHWM of the child (anonymous memory and mapped files together), in MiB; the checkpoints go to
 --dir (default a temporary directory; 2B-mono needs about 7 GB there).
 """

@@ -147,6 +147,19 @@ def iter_tensors(file: str, copy: Callable[[str, torch.dtype], bool] | None = No
 
 
 # --------------------------------------------------------------------------- loading
+def release_free_memory() -> None:
+    """Return the allocator's free pages to the system (glibc's malloc_trim). Loading frees many large
+    blocks (tensors read, then converted or relaid) that glibc keeps in its heap; without this a
+    quantized 2B model holds ~0.4 GiB of them for the life of the process. No-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def resolve_dtype(torch_dtype: Any, config: CodeGenConfig) -> torch.dtype | None:
     """The dtype to load in; None for "auto" when config.json names none (then the file's own dtype)."""
     if torch_dtype is None:
@@ -274,6 +287,7 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     if tied:
         model.lm_head.weight = model.transformer.wte.weight
     model.eval()
+    release_free_memory()  # what reading and relaying freed, before the model runs
     if hasattr(model, "tokenizer_size"):  # what generate may produce: ids the tokenizer can decode
         from .tokenizer.files import TokenizerFileError, tokenizer_size
 

@@ -62,31 +62,6 @@ def resolve_model(model: str | None, adapter: str | None = None) -> tuple[str, s
     return model, adapter
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 1 << 20
-
-
-def return_large_blocks_to_the_os() -> bool:
-    """Have glibc serve allocations of 1 MiB and more by mmap, returned to the system when freed.
-
-    glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed, after which blocks
-    of that size come from the heap and stay there when freed: a quantized 2B model's prefill leaves
-    ~0.4 GiB of such freed blocks behind (peak 2.54 GiB instead of 2.11, benchmarks/memory.py). A fixed
-    threshold stops that. Called by the commands (load_for_inference), not by from_pretrained: the
-    allocator is the application's choice. CODEGEN_MALLOC_TUNING=0 leaves it alone; returns whether set."""
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if os.environ.get("CODEGEN_MALLOC_TUNING", "1") == "0" or platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-
-
 def fastest_dtype(quantized: bool = False) -> str:
     """The dtype `--dtype auto` picks on this CPU: bfloat16 where the CPU multiplies bf16 natively
     (AVX512-BF16 / AMX: the native decode step's VDPBF16PS reads half the bytes of fp32 and torch's bf16
@@ -118,7 +93,6 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    return_large_blocks_to_the_os()
     model_dir, adapter_dir = resolve_model(model, adapter)
     if tokenizer is None and adapter_dir is not None and os.path.isfile(os.path.join(adapter_dir, "vocab.json")):
         tokenizer = adapter_dir
