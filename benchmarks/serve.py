@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantized model (fp32 activations)")
+    ap.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantized model (int8 activations)")
     ap.add_argument("--tokenizer", default=TOKENIZER)
     args = ap.parse_args()
 

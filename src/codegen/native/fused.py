@@ -5,7 +5,7 @@ A step of the 350M model in fp32 on a 2-core Xeon spends ~50 ms streaming weight
 ~60 other ops per layer that torch dispatches one by one from Python; the native step runs them all
 in one OpenMP region. It applies to a CPU model in fp32 (or bf16 where the CPU has AVX512-BF16),
 in inference, with the gelu_new activation, and plain `Linear` modules (no LoRA adapters, no hooks) or
-weight-only quantized ones (int8 / int4, `codegen.quant`, with fp32 activations), decoding one
+weight-only quantized ones (int8 / int4, `codegen.quant`: fp32 activations, quantized to int8 per product), decoding one
 sequence (left padding allowed) into a KVCache. `FusedDecoder.create` returns None
 otherwise, and the caller keeps the module path; results are those of the module path up to fp32
 summation order.
