@@ -44,48 +44,43 @@ struct Acts {
     ~Acts() { free(mem); }
 };
 
-template <int M>
-void q8_mm(const int8_t* Q, const float* s, const QRow* x, const float* b, float* Y, int64_t N, int64_t K, int threads) {
-    constexpr int R = q_rows_per_block<M>();
+// Y (M, N) from blocks of R weight rows split across threads: block(n0, rows, row_of, out) fills
+// out[r][m] for rows n0..n0+rows-1 (row_of(r): that row, or a valid one to re-read past N).
+template <int M, int R, typename Block>
+void blocks_mm(const float* b, float* Y, int64_t N, int threads, Block block) {
     const int64_t blocks = (N + R - 1) / R;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t n0 = blk * R;
         const int rows = (int)(N - n0 < R ? N - n0 : R);
-        const int8_t* w[R];
-        float sw[R], out[R][M];
-        for (int r = 0; r < R; ++r) {
-            const int64_t row = n0 + (r < rows ? r : 0);  // past N: re-read a valid row
-            w[r] = Q + row * K;
-            sw[r] = s[row];
-        }
-        q8_block<M, R>(w, sw, K, x, out);
+        float out[R][M];
+        block(n0, [&](int r) { return n0 + (r < rows ? r : 0); }, out);
         for (int r = 0; r < rows; ++r)
             for (int m = 0; m < M; ++m) Y[m * N + n0 + r] = out[r][m] + (b ? b[n0 + r] : 0.0f);
     }
 }
 
 template <int M>
+void q8_mm(const int8_t* Q, const float* s, const QRow* x, const float* b, float* Y, int64_t N, int64_t K, int threads) {
+    constexpr int R = q_rows_per_block<M>();
+    blocks_mm<M, R>(b, Y, N, threads, [&](int64_t, auto row_of, float (*out)[M]) {
+        const int8_t* w[R];
+        float sw[R];
+        for (int r = 0; r < R; ++r) w[r] = Q + row_of(r) * K, sw[r] = s[row_of(r)];
+        q8_block<M, R>(w, sw, K, x, out);
+    });
+}
+
+template <int M>
 void q4_mm(const uint8_t* Q, const float* S, const QRow* x, const float* b, float* Y, int64_t N, int64_t K, int64_t Kp,
            int64_t G, int threads) {
     constexpr int R = q_rows_per_block<M>();
-    const int64_t blocks = (N + R - 1) / R;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t n0 = blk * R;
-        const int rows = (int)(N - n0 < R ? N - n0 : R);
+    blocks_mm<M, R>(b, Y, N, threads, [&](int64_t, auto row_of, float (*out)[M]) {
         const uint8_t* w[R];
         const float* sc[R];
-        float out[R][M];
-        for (int r = 0; r < R; ++r) {
-            const int64_t row = n0 + (r < rows ? r : 0);
-            w[r] = Q + row * (Kp / 2);
-            sc[r] = S + row * (Kp / G);
-        }
+        for (int r = 0; r < R; ++r) w[r] = Q + row_of(r) * (Kp / 2), sc[r] = S + row_of(r) * (Kp / G);
         q4_block<M, R>(w, sc, K, Kp, G, x, out);
-        for (int r = 0; r < rows; ++r)
-            for (int m = 0; m < M; ++m) Y[m * N + n0 + r] = out[r][m] + (b ? b[n0 + r] : 0.0f);
-    }
+    });
 }
 
 template <int M>
