@@ -5,9 +5,10 @@ A checkpoint is a directory with `config.json` and weights as `model.safetensors
 `pytorch_model.bin.index.json`. State-dict keys equal our module names, so no layout conversion is
 needed; only the known non-parameter buffers of older checkpoints are dropped.
 
-Loading builds the model on the meta device and assigns tensors read one at a time (safetensors
-without a memory map, `.bin` from torch.load's), so a checkpoint needs about its own size of RAM
-(no second full copy, no mapped file pages counted beside it). `.bin` files are only ever
+Loading builds the model on the meta device and assigns tensors one at a time: safetensors tensors
+kept as stored are views of a memory map, those converted at load (dtype, quantized, relaid) are read
+into their own memory (safetensors_io), `.bin` tensors come from torch.load's map; so a checkpoint
+needs about its own size of RAM (no second full copy, no mapped pages of converted tensors beside it). `.bin` files are only ever
 read with `torch.load(weights_only=True)`.
 """
 
@@ -201,8 +202,9 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
         model = cls(config)
         # quantized as read: weight key -> the Linear's spec (None: the embedding, int8 per token)
         on_read = {name + ".weight": quantize for name in linear_names(model)} if quantize is not None else {}
-        if quantize is not None and embedding_name(model, quantize) is not None:
-            on_read[embedding_name(model, quantize) + ".weight"] = None
+        table = embedding_name(model, quantize) if quantize is not None else None
+        if table is not None:
+            on_read[table + ".weight"] = None
         if quantize is not None:  # the file holds float weights: check them against the float shapes
             expected = {k: v.shape for k, v in model.state_dict(keep_vars=True).items()}
             empty_quantized(model, quantize)
