@@ -116,6 +116,28 @@ def test_truncated_safetensors(hf, tmp_path):
         describe(tmp_path)
 
 
+@pytest.mark.parametrize("edit, says", [
+    (lambda h: h["transformer.ln_f.bias"].update(data_offsets=[0, 10**12]), r"'transformer.ln_f.bias' has data_offsets .* outside"),
+    (lambda h: h["transformer.ln_f.bias"].update(dtype="Q7"), r"'transformer.ln_f.bias' has dtype 'Q7'"),
+    (lambda h: h["transformer.ln_f.bias"].update(shape=[3, -1]), r"'transformer.ln_f.bias' has shape \[3, -1\]"),
+    (lambda h: h["transformer.ln_f.bias"].update(shape=[7]), r"'transformer.ln_f.bias' \(F32 \[7\]\) needs 28 bytes"),
+])
+def test_malformed_safetensors_headers_name_the_tensor(hf, tmp_path, edit, says):
+    """The reader used for converted tensors checks every header entry before trusting a byte."""
+    import struct
+
+    hf.save_pretrained(tmp_path)
+    file = tmp_path / "model.safetensors"
+    data = file.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a readable safetensors file \(.*" + says):
+        CodeGenForCausalLM.from_pretrained(tmp_path, torch_dtype="bfloat16")  # converted: the reader
+
+
 def test_truncated_bin(hf, tmp_path):
     save_hf_checkpoint(hf, tmp_path, safe_serialization=False)
     file = tmp_path / "pytorch_model.bin"

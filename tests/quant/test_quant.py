@@ -57,6 +57,9 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="quant_method 'gptq' is not supported"):
         QuantSpec.from_config({"quant_method": "gptq", "bits": 4})
     assert QuantSpec.from_config(QuantSpec(4).to_config()) == QuantSpec(4, 32)
+    with pytest.raises(ValueError, match="quantization_config: embedding_bits must be 8, got 4"):
+        QuantSpec.from_config(QuantSpec(8).to_config() | {"embedding_bits": 4})
+    assert not QuantSpec.from_config({"quant_method": "codegen", "bits": 8}).embedding  # earlier checkpoints
 
 
 # ----------------------------------------------------------------------------- kernels and QuantLinear
@@ -217,6 +220,17 @@ def test_cli_quantize_at_load_and_refusals(tmp_path, capsys):
     assert main(["train", "--model", str(tmp_path / "q"), "--data", str(tmp_path), "--out", str(tmp_path / "t"),
                  "--max-steps", "1"]) == 1
     assert "quantized checkpoint" in capsys.readouterr().err
+
+
+def test_a_library_with_other_decode_args_disables_the_native_step(monkeypatch, caplog):
+    from codegen.native import fused
+
+    model = sharp_lm(6)
+    assert fused.FusedDecoder.create(model) is not None and kernels.decode_layout == fused.layout()
+    monkeypatch.setattr(kernels, "decode_layout", kernels.decode_layout.replace("embed:", "embedded:"))
+    with caplog.at_level("WARNING"):
+        assert fused.FusedDecoder.create(model) is None
+    assert "DecodeArgs" in caplog.text and "differ" in caplog.text
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64)], ids=lambda s: s.name)
