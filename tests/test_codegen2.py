@@ -155,6 +155,20 @@ def test_codegen2_tokenizer_and_the_fim_prompt(tmp_path):
 
 
 @needs_tokenizer
+@pytest.mark.parametrize("cls", [codegen.CodeGenTokenizerFast, codegen.CodeGenTokenizer])
+def test_sentinels_in_the_users_code_are_text_in_a_fim_prompt(tmp_path, cls):
+    tok = cls.from_pretrained(codegen2_tokenizer_files(tmp_path))
+    code = "s = '<eom>'  # <mask_1> <sep><|endoftext|>\n        x"
+    assert {50300, 51199, 50299, 50256} <= set(tok.encode(code))  # a plain prompt: as transformers encodes it
+    ids = fim_prompt(tok, code, code)
+    assert ids[-3:] == [50256, 50299, 51199] and ids.count(51199) == 2 and ids.count(50256) == 1
+    assert 50300 not in ids and 50299 not in ids[:-2]
+    plain = tok.encode_literal(code, [t for t in tok.get_added_vocab() if t.strip()] + ["<|endoftext|>"])
+    assert 50280 in plain and tok.decode(plain) == code  # whitespace runs keep their ids; the text is unchanged
+    assert ids == plain + [51199] + plain + [50256, 50299, 51199]
+
+
+@needs_tokenizer
 def test_fill_in_the_middle_through_the_api_and_the_cli(fim_dir, capsys):
     model = CodeGenForCausalLM.from_pretrained(fim_dir)
     tok = codegen.CodeGenTokenizerFast.from_pretrained(fim_dir)

@@ -1,9 +1,11 @@
 """Fill-in-the-middle (CodeGen2): complete at a cursor with the code after it known.
 
 The prompt is CodeGen2's (its model card): `prefix <mask_1> suffix <|endoftext|> <sep> <mask_1>`, the
-sentinels inserted as ids (the prefix and suffix are encoded as the text they are); the model then
-writes the middle and ends it with `<eom>`, which is a stop token, so the completion's text is the
-middle alone. A tokenizer without these tokens (CodeGen-1's) cannot fill in the middle.
+sentinels inserted as ids. The prefix and suffix are encoded as the text they are: sentinels or
+`<|endoftext|>` written in the user's code are plain text there (only the whitespace-run tokens keep
+their ids), so code that mentions `<eom>` cannot end its own prompt early. The model then writes the
+middle and ends it with `<eom>`, which is a stop token, so the completion's text is the middle alone.
+A tokenizer without these tokens (CodeGen-1's) cannot fill in the middle.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def require_fim(tokenizer) -> FimTokens:
 def fim_prompt(tokenizer, prefix: str, suffix: str) -> list[int]:
     """Token ids of the fill-in-the-middle prompt for the code before and after the cursor."""
     t = require_fim(tokenizer)
-    return tokenizer.encode(prefix) + [t.mask] + tokenizer.encode(suffix) + [t.eos, t.sep, t.mask]
+    literal = [tok for tok in [*tokenizer.get_added_vocab(), *tokenizer.all_special_tokens] if tok.strip()]
+    return (tokenizer.encode_literal(prefix, literal) + [t.mask] + tokenizer.encode_literal(suffix, literal)
+            + [t.eos, t.sep, t.mask])
 
 
 def stop_ids(tokenizer) -> tuple[int, ...]:

@@ -205,6 +205,9 @@ class CodeGenTokenizerBase:
     def get_vocab(self) -> dict[str, int]:
         return {**self.encoder, **self.added_tokens_encoder}
 
+    def get_added_vocab(self) -> dict[str, int]:
+        return dict(self.added_tokens_encoder)
+
     def add_tokens(self, tokens: str | Iterable[str], special_tokens: bool = False) -> int:
         tokens = [tokens] if isinstance(tokens, str) else list(tokens)
         before = len(self)
@@ -304,6 +307,22 @@ class CodeGenTokenizerBase:
                     ids.append(p)
             out.append(ids)
         return out
+
+    def encode_literal(self, text: str, literal: Iterable[str]) -> list[int]:
+        """`text`'s ids with the added tokens named in `literal` taken as the plain text they spell
+        (e.g. a fill-in-the-middle prefix that itself contains `<eom>`); other added tokens as usual."""
+        literal = set(literal)
+        pieces: list[str | int] = []
+        for p in self._segments(text):
+            name = (self.added_tokens_decoder.get(p) or self.decoder.get(p)) if isinstance(p, int) else None
+            if name in literal:
+                p = name
+            if isinstance(p, str) and pieces and isinstance(pieces[-1], str):
+                pieces[-1] += p
+            else:
+                pieces.append(p)
+        encoded = iter(self._encode_ordinary_batch([p for p in pieces if isinstance(p, str)]))
+        return [i for p in pieces for i in (next(encoded) if isinstance(p, str) else [p])]
 
     def tokenize(self, text: str, add_prefix_space: bool | None = None) -> list[str]:
         return self.convert_ids_to_tokens(self._encode_many([text], add_prefix_space)[0])
