@@ -182,6 +182,12 @@ def test_sigterm_exits_within_the_shutdown_timeout(tmp_path):
                 pass
             assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
             time.sleep(0.2)
+        async def poison():  # what once left SIGTERM waiting on background tasks, sent before it
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*[_send(client, f"http://127.0.0.1:{port}/v1/completions", b) for b, _ in POISON])
+
+        for (body, ok), r in zip(POISON, asyncio.run(poison())):
+            assert (r[0] if isinstance(r, tuple) else r.status_code) in ok, str(body)[:80]
         streaming = threading.Thread(target=lambda: _drain(port), daemon=True)
         streaming.start()
         deadline = time.time() + 30
