@@ -21,13 +21,14 @@ import collections
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .backend import Backend
 from .cache import KVCache
 from .params import SamplingParams, sample_seed
+from .prefix import PrefixCache
 from .select import NEG_INF, apply_repetition_penalty, sample, token_logprobs
 from .text import RowText
 
@@ -41,12 +42,14 @@ class Request:
     None (else torch's global generator does). Outputs are indexed prompt_index * n + sample."""
 
     def __init__(self, prompts: Sequence[Sequence[int]] | torch.Tensor, params: SamplingParams,
-                 attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
+                 attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 prefix_cache: PrefixCache | None = None) -> None:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         self.id = next(_ids)
         self.params = params
         self.generator = generator
+        self.prefix_cache = prefix_cache  # a session's own pool; else the scheduler's (if any)
         self.cancelled = False
         self.error: str | None = None
         self.finished = 0  # outputs that have had their last token
@@ -66,6 +69,7 @@ class Request:
             self.input_ids = torch.tensor([[0] * (width - len(p)) + p for p in lists], dtype=torch.long).view(len(lists), width)
             self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in lists], dtype=torch.long).view(len(lists), width)
         self.prompt_tokens = self.mask.sum(-1).tolist()
+        self.cached_tokens = [0] * len(self.prompt_tokens)  # per prompt: positions reused from a prefix cache
 
     @property
     def rows(self) -> int:
@@ -122,15 +126,22 @@ class _Row:
     index: int
     generator: torch.Generator | None
     text: RowText | None
-    generated: int = 0
+    prompt: list[int]  # the prompt's ids (no padding)
+    tokens: list[int] = field(default_factory=list)  # generated so far
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens)
 
 
 class Scheduler:
     """Continuous batching over one model. `max_rows` bounds the rows decoded together (None: no
     bound); a tokenizer is needed for text (stop strings, patterns, deltas) and sets the EOS and
-    the vocabulary limit, which otherwise come from the model."""
+    the vocabulary limit, which otherwise come from the model. With a `prefix_cache` (or a
+    request's own), prompts reuse the KV of a stored common prefix and prefill only the rest."""
 
-    def __init__(self, model, tokenizer=None, *, max_rows: int | None = None) -> None:
+    def __init__(self, model, tokenizer=None, *, max_rows: int | None = None,
+                 prefix_cache: PrefixCache | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.backend = Backend.for_model(model)
         self.device = model.lm_head.weight.device
@@ -140,6 +151,7 @@ class Scheduler:
         self.vocab_limit = len(tokenizer) if tokenizer is not None else getattr(model, "tokenizer_size", None)
         self.n_tokens = model.config.vocab_size
         self.max_rows = max_rows
+        self.prefix_cache = prefix_cache  # requests without a pool of their own use this one
         self.waiting: collections.deque[Request] = collections.deque()
         self.rows: list[_Row] = []
         self.cache: KVCache | None = None
@@ -218,7 +230,7 @@ class Scheduler:
         for i, (row, token) in enumerate(zip(self.rows, chosen)):
             if row.request.id in failed or row.request.id in late:
                 continue
-            row.generated += 1
+            row.tokens.append(token)
             p = row.request.params
             offset, fired = None, False
             try:
@@ -241,6 +253,7 @@ class Scheduler:
                 tokens.append(token)
             else:
                 row.request.finished += 1
+                self._store_row(i)
         if late:  # the failed requests' tokens of this step are not reported, their rows leave
             events[:] = [e for e in events if not (isinstance(e, TokenEvent) and e.request.id in late)]
             tokens = [t for i, t in zip(keep, tokens) if self.rows[i].request.id not in late]
@@ -276,30 +289,44 @@ class Scheduler:
         self.cache.keep(idx)
         self.logits, self.positions, self.seen = self.logits[idx], self.positions[idx], self.seen[idx]
 
+    def _pool(self, request: Request) -> PrefixCache | None:
+        return request.prefix_cache if request.prefix_cache is not None else self.prefix_cache
+
     def _admit(self, request: Request, events: list) -> None:
-        """Prefill the request's prompts in one left-padded batch and join its rows to the batch."""
+        """Prefill the request's prompts and join its rows to the batch: in one left-padded batch, or
+        prompt by prompt after the stored prefix each shares with the prefix cache."""
         p = request.params
         ids, mask = request.input_ids.to(self.device), request.mask.to(self.device)
         P, T = ids.shape
-        cache = KVCache.for_model(self.model, P, T + (p.max_new_tokens if not self.rows else 0))
-        attn = cache.attend(mask)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, hidden = self.backend.prefill(ids, cache, attn, positions, all_positions=p.prompt_logprobs)
-        if hidden is not None:
-            for i in range(P):
-                events.append(self._prompt_logprobs(request, i, hidden[i], ids[i], mask[i]))
+        extra = p.max_new_tokens if not self.rows else 0  # the first rows' capacity: the whole run
+        prompts = [ids[i][mask[i].bool()].tolist() for i in range(P)]
+        pool = self._pool(request) if not p.prompt_logprobs else None  # prompt logprobs need every position's hidden state
+        matches = [pool.lookup(x, len(x) - 1) for x in prompts] if pool is not None else []
+        if any(k for _, k in matches):
+            cache, logits = self._prefill_each(request, prompts, matches, extra)
+        else:
+            cache = KVCache.for_model(self.model, P, T + extra)
+            attn = cache.attend(mask)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits, hidden = self.backend.prefill(ids, cache, attn, positions, all_positions=p.prompt_logprobs)
+            if hidden is not None:
+                for i in range(P):
+                    events.append(self._prompt_logprobs(request, i, hidden[i], ids[i], mask[i]))
+            if pool is not None:
+                for i, x in enumerate(prompts):
+                    pool.insert(x, cache.key[:, i, :, T - len(x):T], cache.value[:, i, :, T - len(x):T])
         seen = torch.zeros(P, logits.shape[1], dtype=torch.int32, device=self.device).scatter_add_(1, ids, mask.int()) > 0
         n = p.n
         cache.replicate(n)
         logits, seen = logits.repeat_interleave(n, 0), seen.repeat_interleave(n, 0)
-        positions = (positions[:, -1] + 1).repeat_interleave(n, 0)
+        positions = torch.tensor(request.prompt_tokens, device=self.device).repeat_interleave(n, 0)
         rows = []
         for i in range(P * n):
             gen = None
             if not p.greedy:
                 gen = torch.Generator().manual_seed(sample_seed(request.seed, i))
             text = RowText(self.tokenizer, p.stop, p.truncate_before_pattern) if self.tokenizer is not None else None
-            rows.append(_Row(request, i, gen, text))
+            rows.append(_Row(request, i, gen, text, prompts[i // n]))
         if not self.rows:
             self.cache, self.logits, self.positions, self.seen, self.rows = cache, logits, positions, seen, rows
             return
@@ -308,6 +335,45 @@ class Scheduler:
         self.positions = torch.cat([self.positions, positions])
         self.seen = torch.cat([self.seen, seen])
         self.rows += rows
+
+    def _prefill_each(self, request: Request, prompts: list[list[int]], matches: list, extra: int) -> tuple[KVCache, torch.Tensor]:
+        """Prefill each prompt after its stored prefix (k positions copied from the pool); the
+        prompts' caches right-aligned in one (P rows) and their last logits (P, V)."""
+        pool = self._pool(request)
+        whole: KVCache | None = None
+        logits = []
+        for i, (x, (entry, k)) in enumerate(zip(prompts, matches)):
+            cache = KVCache.for_model(self.model, 1, len(x) + extra)
+            if k:
+                cache.key[:, 0, :, :k] = entry.key[:, :, :k]
+                cache.value[:, 0, :, :k] = entry.value[:, :, :k]
+                cache.mask[:, :k] = True
+                cache.length = k
+            attn = cache.attend(len(x) - k)
+            positions = torch.arange(k, len(x), device=self.device)[None]
+            out, _ = self.backend.prefill(torch.tensor([x[k:]], device=self.device), cache, attn, positions)
+            request.cached_tokens[i] = k
+            pool.insert(x, cache.key[:, 0, :, :len(x)], cache.value[:, 0, :, :len(x)])
+            logits.append(out)
+            if whole is None:
+                whole = cache
+            else:
+                whole.extend(cache)
+        return whole, torch.cat(logits)
+
+    def _store_row(self, i: int) -> None:
+        """Keep finished row i's KV (its prompt and every generated token but the last, whose KV was
+        never computed) in its request's prefix cache, if any."""
+        row = self.rows[i]
+        pool = self._pool(row.request)
+        if pool is None:
+            return
+        start = self.cache.suffix_start(i)
+        ids = row.prompt + row.tokens[:-1]
+        if start is None or self.cache.length - start != len(ids):
+            return  # a mask with holes: nothing that one prefix can describe
+        end = self.cache.length
+        pool.insert(ids, self.cache.key[:, i, :, start:end], self.cache.value[:, i, :, start:end])
 
     def _prompt_logprobs(self, request: Request, i: int, hidden: torch.Tensor, ids: torch.Tensor,
                          mask: torch.Tensor) -> PromptLogprobs:
