@@ -17,6 +17,7 @@ import torch
 
 from . import fim
 from .engine.params import CompletionOptions, SamplingParams
+from .engine.prefix import PrefixCache
 from .engine.scheduler import ErrorEvent, Request, Scheduler, TokenEvent
 
 CompletionDelta = TokenEvent  # what stream_complete yields
@@ -45,7 +46,7 @@ def _prompts(prompt: str | Sequence[str]) -> list[str]:
 
 
 def _run(model, tokenizer, prompt, options: SamplingParams | None, generator,
-         suffix: str | None = None) -> tuple[Request, Iterator[list]]:
+         suffix: str | None = None, prefix_cache: PrefixCache | None = None) -> tuple[Request, Iterator[list]]:
     options = options if options is not None else CompletionOptions()
     if not isinstance(options, SamplingParams):
         raise TypeError(f"options must be CompletionOptions / SamplingParams, got {type(options).__name__}")
@@ -59,7 +60,7 @@ def _run(model, tokenizer, prompt, options: SamplingParams | None, generator,
     else:
         ids = [tokenizer.encode(p) for p in _prompts(prompt)]
     scheduler = Scheduler(model, tokenizer)
-    request = scheduler.add(Request(ids, options, generator=generator))
+    request = scheduler.add(Request(ids, options, generator=generator, prefix_cache=prefix_cache))
     return request, scheduler.run()
 
 
@@ -81,10 +82,13 @@ class _Output:
 
 
 def complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingParams | None = None,
-             generator: torch.Generator | None = None, suffix: str | None = None) -> list[Completion]:
+             generator: torch.Generator | None = None, suffix: str | None = None,
+             prefix_cache: PrefixCache | None = None) -> list[Completion]:
     """Complete each prompt `options.n` times; results ordered by (prompt, sample). With `suffix`
-    (CodeGen2 models), fill in the middle between each prompt and the suffix: the text is the middle."""
-    request, steps = _run(model, tokenizer, prompt, options, generator, suffix)
+    (CodeGen2 models), fill in the middle between each prompt and the suffix: the text is the middle.
+    With a `prefix_cache`, each prompt prefills only what follows its longest common prefix with a
+    sequence stored there, and the prompts and outputs are stored (a conversation keeps one)."""
+    request, steps = _run(model, tokenizer, prompt, options, generator, suffix, prefix_cache)
     n = request.params.n
     outs = [_Output() for _ in range(request.rows)]
     done: dict[int, Completion] = {}
@@ -107,9 +111,10 @@ def complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingPar
 
 
 def stream_complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingParams | None = None,
-                    generator: torch.Generator | None = None, suffix: str | None = None) -> Iterator[TokenEvent]:
+                    generator: torch.Generator | None = None, suffix: str | None = None,
+                    prefix_cache: PrefixCache | None = None) -> Iterator[TokenEvent]:
     """Token events as they arrive; an output's `text`s join to its `complete()` text. Text that could
     still turn out to be the start of a stop string (or, with truncate_before_pattern, the current
-    and previous line) is held back until it cannot."""
-    _, steps = _run(model, tokenizer, prompt, options, generator, suffix)
+    and previous line) is held back until it cannot. `prefix_cache`: as for `complete`."""
+    _, steps = _run(model, tokenizer, prompt, options, generator, suffix, prefix_cache)
     yield from _events(steps)

@@ -38,6 +38,12 @@ class Prefix:
         return self.key.numel() * self.key.element_size() * 2
 
 
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one position takes in `model`'s cache (all layers)."""
+    cfg = model.config
+    return 2 * cfg.n_layer * cfg.n_head * cfg.head_dim * next(model.parameters()).element_size()
+
+
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two id sequences."""
     n = min(len(a), len(b))

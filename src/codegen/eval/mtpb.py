@@ -1,11 +1,12 @@
 """MTPB, the paper's Multi-Turn Programming Benchmark: sampling turn by turn, checking in the sandbox.
 
 Protocol (Salesforce's mtpb_sample.py / mtpb_exec.py, described in shared/data/mtpb/PROVENANCE.md):
-the history starts with PREFIX; each turn appends "# <prompt filled from the test case>\\n", a
-completion of at most max_gen_length tokens (default 256) cut with CodeGen's truncation rule, and
-"\\n\\n". The program's last top-level expression is printed if it is not a print already; the first
-argument of the last print call is compared with the expected output (`check_equivalence`). The
-single-turn variant puts all turns in one prompt and samples one completion.
+the conversation format of `codegen.paradigm` (the history starts with its HEADER; each turn
+appends "# <prompt filled from the test case>\\n", a completion of at most max_gen_length tokens
+(default 256) cut with CodeGen's truncation rule, and "\\n\\n"). The program's last top-level
+expression is printed if it is not a print already; the first argument of the last print call is
+compared with the expected output (`check_equivalence`). The single-turn variant puts all turns in
+one prompt and samples one completion. Each turn prefills only its own tokens (a prefix cache).
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ from __future__ import annotations
 import ast
 import inspect
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-
+from ..paradigm import HEADER, TRUNCATE, TURN_TOKENS, Conversation
 from ..progress import Progress
 from .humaneval import read_jsonl
 from .passk import mean_pass_at_k
 from .sandbox import Limits, run_many
 
-PREFIX = "# Import libraries.\n\nimport numpy as np\n\n"
-DEFAULT_GEN_LENGTH = 256
-TRUNCATE = ["^#", re.escape("<|endoftext|>"), "^'''", '^"""', "\n\n\n"]
+PREFIX = HEADER
+DEFAULT_GEN_LENGTH = TURN_TOKENS
 
 
 def load(path: str) -> list[dict]:
@@ -137,34 +136,37 @@ def check_program(code: str, expected) -> str | None:
 
 # ----------------------------------------------------------------------------- sampling
 def sample(model, tokenizer, problems: list[dict], n: int, *, single_turn: bool = False, temperature: float = 0.2,
-           top_p: float = 0.95, top_k: int = 0, seed: int = 16, progress: bool | None = None) -> list[dict]:
-    """n samples for every (problem, test case): records with id, case, index, turns, completions, program."""
+           top_p: float = 0.95, top_k: int = 0, seed: int = 16, progress: bool | None = None,
+           prefix_cache: bool = True) -> list[dict]:
+    """n samples for every (problem, test case): records with id, case, index, turns, completions, program.
+    With `prefix_cache`, each turn prefills only its own tokens: the n histories' KV is kept from one
+    turn to the next (the ids are those of re-prefilling every history, which is what False does)."""
     from ..completion import CompletionOptions, complete
+    from ..engine.prefix import PrefixCache, kv_bytes_per_token
 
     records = []
     total = sum(cases(p) for p in problems)
+    window = kv_bytes_per_token(model) * model.config.n_positions
     with Progress(total, "sampling", "case", enabled=progress) as bar:
         for p in problems:
             gen_len = p.get("max_gen_length", DEFAULT_GEN_LENGTH)
             for case in range(cases(p)):
                 prompts = turns(p, case)
-                histories = [PREFIX] * n
-                completions: list[list[str]] = [[] for _ in range(n)]
+                talks = [Conversation() for _ in range(n)]
+                pool = PrefixCache(n * window) if prefix_cache and not single_turn else None
                 steps = [prompts] if single_turn else [[t] for t in prompts]
                 for step, group in enumerate(steps):
-                    histories = [h + "".join(f"# {t}\n" for t in group) for h in histories]
                     opts = CompletionOptions(
                         max_new_tokens=gen_len * (len(prompts) if single_turn else 1), temperature=temperature, top_p=top_p,
-                        top_k=top_k, n=1, truncate_before_pattern=TRUNCATE[1:] if single_turn else TRUNCATE,
+                        top_k=top_k, n=1, truncate_before_pattern=list(TRUNCATE[1:] if single_turn else TRUNCATE),
                         seed=seed + 7919 * int(p["id"]) + 104729 * case + step, truncate_prompt=True,
                     )
-                    results = complete(model, tokenizer, histories, opts)
-                    for i, c in enumerate(results):
-                        completions[i].append(c.text)
-                        histories[i] += c.text + "\n\n"
+                    results = complete(model, tokenizer, [t.prompt(group) for t in talks], opts, prefix_cache=pool)
+                    for talk, c in zip(talks, results):
+                        talk.add("\n".join(group), c.text)
                 for i in range(n):
                     records.append({"id": p["id"], "case": case, "index": i, "turns": prompts,
-                                    "completions": completions[i], "program": histories[i]})
+                                    "completions": [t.code for t in talks[i].turns], "program": talks[i].program()})
                 bar.update(1)
     return records
 
