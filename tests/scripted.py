@@ -86,3 +86,29 @@ def counter(vocab: int = 64, eos: int | None = None, eos_after: int | None = Non
 def uniform(vocab: int = 64):
     """Every id equally likely: sampling tests see the random streams directly."""
     return lambda history: torch.zeros(vocab)
+
+
+def coder(tokenizer, answers: dict[str, str], default: str = "pass"):
+    """A script that writes, after the conversation's last turn comment "# <words>", the code
+    answers[words] (default: `default`) and then three newlines (where the paradigm's truncation
+    cuts), token by token, greedily: a deterministic 'model' for conversation tests."""
+    import re
+
+    def script(history):
+        text = tokenizer.decode(history)
+        turns = list(re.finditer(r"^# (.*)\n", text, re.M))
+        if not turns:
+            return one_hot(tokenizer.eos_token_id, len(tokenizer))
+        last = turns[-1]
+        written = text[last.end():]
+        target = tokenizer.encode(answers.get(last.group(1), default) + "\n\n\n")
+        for k in range(len(target) + 1):
+            if tokenizer.decode(target[:k]) == written:
+                return one_hot(target[k] if k < len(target) else tokenizer.eos_token_id, len(tokenizer))
+        return one_hot(tokenizer.eos_token_id, len(tokenizer))
+    return script
+
+
+def coder_lm(tokenizer, answers: dict[str, str], default: str = "pass") -> ScriptedLM:
+    return ScriptedLM(coder(tokenizer, answers, default), vocab_size=len(tokenizer), n_positions=2048,
+                      eos=tokenizer.eos_token_id)

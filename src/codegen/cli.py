@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import __version__
@@ -265,6 +266,38 @@ def cmd_complete(args: argparse.Namespace) -> int:
         if args.n > 1:
             out.write(f"--- completion {c.index + 1} of {args.n} ({c.finish_reason}) ---\n")
         out.write((prompt if args.echo else "") + c.text + (suffix if args.echo and suffix is not None else "") + "\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat.session import ChatSession, default_params
+    from .chat.terminal import HELP, Terminal, interact, script
+    from .loading import resolve_model
+
+    params = default_params().replace(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                      max_new_tokens=args.max_new_tokens)
+    if args.timeout <= 0:
+        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.cache_mb is not None and args.cache_mb < 0:
+        raise ValueError(f"--cache-mb must be >= 0, got {args.cache_mb}")
+    if args.script is None and not sys.stdin.isatty():
+        raise ValueError("codegen chat reads turns from a terminal; without one, give them with --script FILE")
+    model, tokenizer = _load(args)
+    name = os.path.basename(os.path.abspath(resolve_model(args.model, args.adapter)[0]))
+    session = ChatSession(model, tokenizer, params, seed=args.seed,
+                          cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20))
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    term = Terminal(session, sys.stdout, run_code=args.run, timeout=args.timeout, allow_unsafe=args.unsafe_no_isolation,
+                    interactive=args.script is None, color=color)
+    try:
+        if args.script is not None:
+            script(term, args.script)
+        else:
+            interact(term, f"codegen chat with {name}: say what the program should do. /help lists the commands."
+                     if not args.verbose else HELP)
+    finally:
+        term.close()
+        term.write(args.out, args.transcript, name)
     return 0
 
 
@@ -531,6 +564,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="print only the completion, not the prompt")
     p.set_defaults(func=cmd_complete)
+
+    p = command("chat", help="write a program in conversation with a model (the paper's conversational paradigm)",
+                description="Say what the program should do, turn by turn; the model writes each turn's code, and the "
+                            "program so far runs in the evaluation sandbox. Sampling defaults: temperature 0.2, top_p "
+                            "0.95, top_k 50, 256 tokens per turn.")
+    _add_model_flags(p)
+    p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (default 50)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per turn at most (default 256)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed and turns give the same conversation")
+    p.add_argument("--script", help="read the turns from this file (one turn or /command per paragraph) instead of "
+                                    "the terminal")
+    p.add_argument("--out", help="write the program to this file at the end")
+    p.add_argument("--transcript", help="write a JSON transcript (per turn: text, code, the run's stdout and error)")
+    p.add_argument("--no-run", dest="run", action="store_false", help="do not run the program after each turn")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds a run may take (default 10)")
+    p.add_argument("--cache-mb", type=float, help="bound on the KV kept between turns (default: two context windows)")
+    p.add_argument("--unsafe-no-isolation", action="store_true",
+                   help="run the program even where no isolation can be set up (never on a machine you care about)")
+    p.set_defaults(func=cmd_chat)
 
     p = command("serve", help="serve completions over HTTP (OpenAI- and Copilot-compatible)")
     ServerSettings.add_arguments(p)

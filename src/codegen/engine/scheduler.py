@@ -159,6 +159,9 @@ class Scheduler:
         self.positions: torch.Tensor | None = None  # (B,) position of each row's next token
         self.seen: torch.Tensor | None = None  # (B, V) bool, ids in each row so far (repetition penalty)
         self.steps = 0
+        # Prompts' KV to store in a prefix cache, copied at the next step so that the copy does not
+        # delay the first token. Views stay valid: a cache never rewrites a column once written.
+        self._to_store: list[tuple[PrefixCache, list[int], torch.Tensor, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ requests
     def add(self, request: Request) -> Request:
@@ -199,6 +202,7 @@ class Scheduler:
         """Step until every request is done, yielding each step's events."""
         while self.has_work:
             yield self.step()
+        self._store_prompts()
 
     def _limit(self, request: Request) -> int:
         limit = request.params.vocab_limit or self.vocab_limit
@@ -212,6 +216,7 @@ class Scheduler:
     @torch.inference_mode()
     def step(self) -> list:
         events: list = []
+        self._store_prompts()
         self._keep([i for i, r in enumerate(self.rows) if not r.request.cancelled])
         while self.waiting and (self.max_rows is None or not self.rows
                                 or len(self.rows) + self.waiting[0].rows <= self.max_rows):
@@ -314,7 +319,7 @@ class Scheduler:
                     events.append(self._prompt_logprobs(request, i, hidden[i], ids[i], mask[i]))
             if pool is not None:
                 for i, x in enumerate(prompts):
-                    pool.insert(x, cache.key[:, i, :, T - len(x):T], cache.value[:, i, :, T - len(x):T])
+                    self._to_store.append((pool, x, cache.key[:, i, :, T - len(x):T], cache.value[:, i, :, T - len(x):T]))
         seen = torch.zeros(P, logits.shape[1], dtype=torch.int32, device=self.device).scatter_add_(1, ids, mask.int()) > 0
         n = p.n
         cache.replicate(n)
@@ -353,13 +358,18 @@ class Scheduler:
             positions = torch.arange(k, len(x), device=self.device)[None]
             out, _ = self.backend.prefill(torch.tensor([x[k:]], device=self.device), cache, attn, positions)
             request.cached_tokens[i] = k
-            pool.insert(x, cache.key[:, 0, :, :len(x)], cache.value[:, 0, :, :len(x)])
+            self._to_store.append((pool, x, cache.key[:, 0, :, :len(x)], cache.value[:, 0, :, :len(x)]))
             logits.append(out)
             if whole is None:
                 whole = cache
             else:
                 whole.extend(cache)
         return whole, torch.cat(logits)
+
+    def _store_prompts(self) -> None:
+        for pool, ids, key, value in self._to_store:
+            pool.insert(ids, key, value)
+        self._to_store.clear()
 
     def _store_row(self, i: int) -> None:
         """Keep finished row i's KV (its prompt and every generated token but the last, whose KV was

@@ -59,9 +59,13 @@ class RowText:
             return out
         text = self.decoder.text
         safe = len(text) - self.hold
-        if self.patterns:  # a pattern may still match from the start of the previous line
+        if self.patterns:  # a pattern may still match from the start of the previous line, or from
+            # the newlines just before it ("\n\n\n" after "x = 3\n\n" begins at the first newline)
             last = text.rfind("\n")
-            safe = min(safe, text.rfind("\n", 0, last) + 1 if last > 0 else 0)
+            line = text.rfind("\n", 0, last) + 1 if last > 0 else 0
+            while line > 0 and text[line - 1] == "\n":
+                line -= 1
+            safe = min(safe, line)
         safe = max(safe, self.sent)
         out, self.sent = text[self.sent:safe], safe
         return out

@@ -185,7 +185,8 @@ class Sandbox:
             # the zygote died or hung (e.g. killed from outside): this verdict is an error, a new one takes its place
             z.close()
             with self._lock:
-                self._all.remove(z)
+                if z in self._all:  # not after kill()
+                    self._all.remove(z)
             return Verdict("error", f"the sandbox process failed: {type(e).__name__}: {e}")
         self._idle.put(z)
         return verdict
@@ -207,6 +208,18 @@ class Sandbox:
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(one, programs))
+
+    def kill(self) -> None:
+        """Stop every running program now (e.g. on Ctrl-C): their zygotes are killed, and with them
+        the programs (a parent-death signal); runs in flight get an error verdict, later runs start
+        new zygotes."""
+        with self._lock:
+            zygotes, self._all = self._all, []
+            while not self._idle.empty():
+                self._idle.get_nowait()
+        for z in zygotes:
+            z.proc.kill()
+            z.close()
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,152 @@
+"""A conversation with a model, front-end agnostic: what `codegen chat` drives (and tests script).
+
+A `ChatSession` holds the `Conversation` (the paradigm's format), the sampling parameters, and a
+prefix cache of its own, so that a new turn prefills only its own tokens: the history's KV is kept
+from turn to turn (the cache is keyed by token ids, so an undone turn, a retried one or a candidate
+not taken costs nothing to leave behind; when the window fills, the oldest turns leave the prompt
+and the next turn prefills once). Turns are generated as candidates (`generate`, streamed), then
+one is taken (`accept`); the program runs in the evaluation sandbox (`run`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..completion import stream_complete
+from ..engine.params import CompletionOptions, SamplingParams, sample_seed
+from ..engine.prefix import PrefixCache, kv_bytes_per_token
+from ..engine.scheduler import TokenEvent
+from ..paradigm import TRUNCATE, TURN_TOKENS, Conversation, Turn
+
+SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int, "repetition_penalty": float,
+            "seed": int}
+
+
+def default_params() -> SamplingParams:
+    """The paper's sampling (Salesforce's defaults: temperature 0.2, top_p 0.95) and MTPB's turn rule."""
+    return CompletionOptions(max_new_tokens=TURN_TOKENS, truncate_before_pattern=TRUNCATE)
+
+
+@dataclass
+class Pending:
+    """Candidates for a turn not yet taken: its words and each candidate's code so far."""
+
+    text: str
+    codes: list[str] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)
+
+
+class ChatSession:
+    """One person's conversation with one model. `cache_bytes` bounds the KV kept between turns
+    (default: two full context windows); `seed` makes a session reproducible (default: random)."""
+
+    def __init__(self, model, tokenizer, params: SamplingParams | None = None, *, seed: int | None = None,
+                 cache_bytes: int | None = None, conversation: Conversation | None = None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.params = params if params is not None else default_params()
+        self.params.validate()
+        self.conversation = conversation if conversation is not None else Conversation()
+        window = kv_bytes_per_token(model) * model.config.n_positions
+        self.cache = PrefixCache(2 * window if cache_bytes is None else cache_bytes)
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.generations = 0  # every generation draws its own seed from (seed, this count)
+        self.pending: Pending | None = None
+
+    @property
+    def turns(self) -> list[Turn]:
+        return self.conversation.turns
+
+    def program(self) -> str:
+        return self.conversation.program()
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, text: str, n: int = 1) -> Iterator[TokenEvent]:
+        """Stream n candidates for the turn `text` (events carry the candidate's index); afterwards
+        `pending` holds them, to `accept` one. A generation abandoned midway keeps what it made."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a turn needs some words")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        params = self.params
+        prompt = self.conversation.fit(self.tokenizer, text, self.model.config.n_positions, params.max_new_tokens)
+        seed = params.seed if params.seed is not None else self.seed
+        params = params.replace(n=n, seed=sample_seed(seed, self.generations))
+        self.generations += 1
+        self.pending = pending = Pending(text, [""] * n, [False] * n)
+        for event in stream_complete(self.model, self.tokenizer, prompt, params, prefix_cache=self.cache):
+            pending.codes[event.index] += event.text
+            if event.finish_reason is not None:
+                pending.finished[event.index] = True
+            yield event
+
+    def accept(self, index: int = 0) -> Turn:
+        """Take candidate `index` of the pending turn into the conversation."""
+        if self.pending is None:
+            raise ValueError("there is no pending turn: generate one first")
+        if not 0 <= index < len(self.pending.codes):
+            raise ValueError(f"candidate must be in [1, {len(self.pending.codes)}], got {index + 1}")
+        turn = self.conversation.add(self.pending.text, self.pending.codes[index])
+        self.pending = None
+        return turn
+
+    def say(self, text: str) -> Turn:
+        """Generate one candidate for `text` and take it."""
+        for _ in self.generate(text):
+            pass
+        return self.accept(0)
+
+    def undo(self) -> Turn:
+        self.pending = None
+        return self.conversation.undo()
+
+    def retry(self, n: int = 1) -> Iterator[TokenEvent]:
+        """Take back the last turn and generate it again (new samples: a new seed)."""
+        turn = self.undo()
+        return self.generate(turn.text, n)
+
+    # ------------------------------------------------------------------ settings, files, running
+    def set(self, name: str, value: str) -> SamplingParams:
+        """Set one sampling parameter from its text; ValueError naming it and its range."""
+        kind = SETTABLE.get(name)
+        if kind is None:
+            raise ValueError(f"unknown setting {name!r}; settable: {', '.join(SETTABLE)}")
+        try:
+            parsed = kind(value) if not (name == "seed" and value in ("none", "None")) else None
+        except ValueError:
+            raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        self.params = self.params.replace(**{name: parsed})
+        return self.params
+
+    def settings(self) -> dict:
+        return {name: getattr(self.params, name) for name in SETTABLE}
+
+    def save(self, path: str) -> None:
+        data = {"format": "codegen-chat/1", **self.conversation.to_dict(), "settings": self.settings()}
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+
+    def load(self, path: str) -> None:
+        """Replace the conversation with the one saved in `path` (nothing changes if it is bad)."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read a saved conversation: {e}") from None
+        conversation = Conversation.from_dict(data, path)
+        params = self.params
+        for name, value in (data.get("settings") or {}).items():
+            if name in SETTABLE:
+                try:
+                    params = params.replace(**{name: value})
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{path}: settings.{name}: {e}") from None
+        self.conversation, self.params, self.pending = conversation, params, None
+
+    def run(self, limits=None, allow_unsafe: bool = False):
+        """Run the program so far in the sandbox: its Verdict (status, stdout, stderr, detail)."""
+        from ..eval.sandbox import Limits, run_program
+
+        return run_program(self.program(), limits or Limits(timeout=10.0), allow_unsafe=allow_unsafe)
