@@ -155,3 +155,23 @@ def test_cli_chat_script(tmp_path, capsys):
     assert "missing.txt" in capsys.readouterr().err
     assert main(["chat", "--model", str(model), "--script", str(turns), "--timeout", "0"]) == 1
     assert "--timeout must be > 0" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_a_generation_not_the_session(tok):
+    term, out = make_terminal(tok)
+    term.handle("Assign 3 to x.")
+    real = term.session.generate
+
+    def interrupted(text, n=1):
+        events = real(text, n)
+        yield next(events)
+        raise KeyboardInterrupt
+
+    term.session.generate = interrupted
+    term.handle("Add one to x.")
+    assert "(generation stopped; the turn was not added)" in out.getvalue()
+    assert len(term.session.turns) == 1 and term.session.pending is None
+    term.session.generate = real
+    term.handle("Add one to x.")
+    assert term.session.turns[-1].code == "x = x + 1"
+    term.close()
