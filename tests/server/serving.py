@@ -9,6 +9,7 @@ import time
 import uvicorn
 
 from codegen.engine.batcher import ContinuousBatcher
+from codegen.engine.prefix import PrefixCache
 from codegen.server.app import create_app
 
 
@@ -20,7 +21,9 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, model, tok, **kwargs) -> None:
-        self.batcher = ContinuousBatcher(model, tok, max_batch=kwargs.pop("max_batch", 16), max_queue=kwargs.pop("max_queue", 64))
+        cache_mb = kwargs.pop("prefix_cache_mb", 256)  # on, as `codegen serve` has it by default
+        self.batcher = ContinuousBatcher(model, tok, max_batch=kwargs.pop("max_batch", 16), max_queue=kwargs.pop("max_queue", 64),
+                                         prefix_cache=PrefixCache(cache_mb << 20) if cache_mb else None)
         app = create_app(self.batcher, "codegen-test", **kwargs)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

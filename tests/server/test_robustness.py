@@ -122,7 +122,7 @@ def test_health_answers_fast_while_a_huge_body_is_rejected(server):
             if not t.is_alive():
                 break
     t.join()
-    assert done == [413] and slowest < 0.1, slowest
+    assert done == [413] and slowest < 0.5, slowest  # blocked by the body it would take seconds
 
 
 ROUTES = [("GET", "/v1/models"), ("GET", "/copilot_internal/v2/token"), ("POST", "/v1/completions"),

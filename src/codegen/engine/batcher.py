@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from .prefix import PrefixCache
 from .scheduler import ErrorEvent, PromptLogprobs, Request, Scheduler, TokenEvent
 
 logger = logging.getLogger(__name__)
@@ -25,10 +26,12 @@ class QueueFull(RuntimeError):
 
 
 class ContinuousBatcher:
-    def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64,
+                 prefix_cache: PrefixCache | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.scheduler = Scheduler(model, tokenizer, max_rows=max_batch)
+        self.prefix_cache = prefix_cache  # used from the batcher's thread only; its stats may be read anywhere
+        self.scheduler = Scheduler(model, tokenizer, max_rows=max_batch, prefix_cache=prefix_cache)
         self._callbacks: dict[int, Callable[[Event | Exception], None]] = {}
         self._cond = threading.Condition()
         self._running = False

@@ -1,4 +1,5 @@
-"""The HTTP app: OpenAI legacy Completions, Copilot/fauxpilot routes, health and models.
+"""The HTTP app: OpenAI legacy Completions, Copilot/fauxpilot routes, health and models; the chat
+API (`chat`) and the web page (`web`) are added to it.
 
 Generation never runs on the event loop: a request's parameters become one `SamplingParams`
 (`sampling_params`), its prompts one engine `Request`, which the `ContinuousBatcher` thread decodes
@@ -21,11 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engine.batcher import ContinuousBatcher, QueueFull
+from ..engine.batcher import ContinuousBatcher
 from ..fim import FimTokens, fim_prompt, fim_tokens
 from ..engine.params import SamplingParams
-from ..engine.scheduler import ErrorEvent, PromptLogprobs, Request as EngineRequest, TokenEvent
+from ..engine.scheduler import ErrorEvent, PromptLogprobs, TokenEvent
+from .chat import add_chat_routes
+from .flow import next_event, submit, usage
 from .guard import Guard
+from .web import add_web_routes
 from .schemas import APIError, CompletionRequest
 
 logger = logging.getLogger(__name__)
@@ -109,10 +113,12 @@ class _Choice:
 
 
 def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None = None,
-               max_tokens_default: int = 16, max_body_bytes: int = 2 * 1024 * 1024, docs: bool = True) -> FastAPI:
-    """The app over a running batcher. With `api_key`, every route but /health needs it (checked before
-    the body is read; /docs and /openapi.json too); /health then names the model only to an
-    authenticated caller. Bodies over `max_body_bytes` are answered 413 unread."""
+               max_tokens_default: int = 16, max_body_bytes: int = 2 * 1024 * 1024, docs: bool = True,
+               allow_run: bool = False, run_timeout: float = 10.0) -> FastAPI:
+    """The app over a running batcher. With `api_key`, every route but /health and the web page's
+    static files needs it (checked before the body is read; /docs and /openapi.json too); /health
+    then names the model only to an authenticated caller. Bodies over `max_body_bytes` are answered
+    413 unread. `allow_run`: the page may run its program in the sandbox (POST /v1/run)."""
     app = FastAPI(title="codegen", description="CodeGen completions, OpenAI- and Copilot-compatible",
                   docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None, redoc_url=None)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -141,7 +147,9 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
     async def health(request: Request) -> dict[str, Any]:
         if not request.scope.get("state", {}).get("authorized"):
             return {"status": "ok"}
-        return {"status": "ok", "model": model_name, "active_sequences": batcher.active, "queued_requests": batcher.queued}
+        cache = batcher.prefix_cache
+        return {"status": "ok", "model": model_name, "active_sequences": batcher.active, "queued_requests": batcher.queued,
+                "prefix_cache": cache.stats() if cache is not None else None}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -180,18 +188,6 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
             raise APIError(400, "prompt must be a non-empty string, list of strings, or list of token ids", "prompt")
         return prompts  # empty prompts and ids the tokenizer cannot decode: refused by the engine (400)
 
-    def _submit(prompts: list[list[int]], params: SamplingParams) -> tuple[EngineRequest, asyncio.Queue]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        request = EngineRequest(prompts, params)
-        try:
-            batcher.submit(request, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
-        except QueueFull as e:
-            raise APIError(429, f"server busy: {e}", kind="rate_limit_error", code="queue_full") from None
-        except ValueError as e:  # the context window, an empty prompt, ids outside the vocabulary
-            raise APIError(400, str(e), "max_tokens" if "max_new_tokens" in str(e) else "prompt") from None
-        return request, queue
-
     def _logprobs_obj(entries, k: int | None, offset0: int) -> dict[str, Any]:
         """OpenAI's logprobs object for (token, logprob, top, offset) entries."""
         return {
@@ -213,15 +209,10 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
         decoder.flush()
         return decoder.text, entries
 
-    def _usage(prompts: list[list[int]], completion_tokens: int) -> dict[str, int]:
-        prompt_tokens = sum(len(ids) for ids in prompts)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
-
     async def _complete(body: CompletionRequest, request: Request):
         params, best_of = sampling_params(body, max_tokens_default, batcher.max_batch, fim_ids)
         prompts = await asyncio.to_thread(_prompts, body)
-        engine_request, queue = _submit(prompts, params)
+        engine_request, queue = submit(batcher, prompts, params)
         rid = f"cmpl-{secrets.token_hex(12)}"
         model = body.model or model_name
         if body.stream:
@@ -232,26 +223,12 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
         finally:
             engine_request.cancel()
 
-    async def _next(queue: asyncio.Queue, request: Request):
-        """The next engine event; None once the client has gone away (checked every 0.25 s, also while
-        events keep coming)."""
-        state = request.scope.setdefault("codegen", {"checked": time.monotonic()})
-        while True:
-            if time.monotonic() - state["checked"] >= 0.25:
-                state["checked"] = time.monotonic()
-                if await request.is_disconnected():
-                    return None
-            try:
-                return queue.get_nowait() if not queue.empty() else await asyncio.wait_for(queue.get(), timeout=0.25)
-            except asyncio.TimeoutError:
-                continue
-
     async def _collect(body, prompts, engine_request, queue, best_of, rid, model, request: Request) -> dict[str, Any]:
         choices = [[_Choice() for _ in range(best_of)] for _ in prompts]
         shown = [[[] for _ in range(best_of)] for _ in prompts]
         scores: list[PromptLogprobs | None] = [None] * len(prompts)
         while not all(c.finish_reason for cs in choices for c in cs):
-            item = await _next(queue, request)
+            item = await next_event(queue, request)
             if item is None:
                 raise APIError(499, "client closed the request")
             if isinstance(item, Exception):
@@ -278,7 +255,7 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                             "finish_reason": c.finish_reason})
         completion_tokens = sum(c.tokens for cs in choices for c in cs)
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": out,
-                "usage": _usage(prompts, completion_tokens)}
+                "usage": usage(engine_request, completion_tokens)}
 
     async def _stream(body, prompts, engine_request, queue, rid, model, request: Request) -> AsyncIterator[str]:
         def chunk(choices: list[dict[str, Any]], usage: dict | None = None) -> str:
@@ -299,7 +276,7 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                         offsets[i * n + j] = len(text)
                         yield chunk([{"text": text, "index": i * n + j, "logprobs": None, "finish_reason": None}])
             while not all(c.finish_reason for c in choices):
-                item = await _next(queue, request)
+                item = await next_event(queue, request)
                 if item is None:
                     return
                 if isinstance(item, (Exception, ErrorEvent)):
@@ -317,11 +294,13 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
                 lp = _logprobs_obj(released, body.logprobs, offsets[item.index]) if body.logprobs is not None else None
                 yield chunk([{"text": item.text, "index": item.index, "logprobs": lp, "finish_reason": item.finish_reason}])
             if body.stream_options and body.stream_options.get("include_usage"):
-                yield chunk([], _usage(prompts, completion_tokens))
+                yield chunk([], usage(engine_request, completion_tokens))
             yield "data: [DONE]\n\n"
         finally:  # normal end, or the client went away (the response task is cancelled)
             engine_request.cancel()
 
+    add_chat_routes(app, batcher, model_name)
+    add_web_routes(app, model_name, allow_run, run_timeout, api_key is not None)
     app.state.batcher = batcher
     return app
 
@@ -332,15 +311,18 @@ def run(settings) -> None:
 
     import uvicorn
 
+    from ..engine.prefix import PrefixCache
     from ..loading import load_for_inference, resolve_model
 
     model, tokenizer = load_for_inference(settings.model, settings.tokenizer, settings.dtype, settings.device,
                                           settings.threads, adapter=settings.adapter, quantize=settings.quantize)
-    batcher = ContinuousBatcher(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue)
+    pool = PrefixCache(settings.prefix_cache_mb << 20) if settings.prefix_cache_mb else None
+    batcher = ContinuousBatcher(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                                prefix_cache=pool)
     model_dir, adapter_dir = resolve_model(settings.model, settings.adapter)
     name = settings.served_model_name or os.path.basename(os.path.abspath(adapter_dir or model_dir))
     app = create_app(batcher, name, settings.api_key, settings.max_tokens_default, settings.max_body_bytes,
-                     docs=settings.docs == "on")
+                     docs=settings.docs == "on", allow_run=settings.allow_run, run_timeout=settings.run_timeout)
     batcher.start()
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: reachable from other machines%s", settings.host,

@@ -36,11 +36,18 @@ async def _answer(send, error: APIError) -> None:
 
 
 class Guard:
-    def __init__(self, app, api_key: str | None, max_body_bytes: int, open_paths: Iterable[str] = ("/health",)) -> None:
+    """`open_paths` need no key: exact paths, or prefixes where they end in "/" (static files)."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int,
+                 open_paths: Iterable[str] = ("/health", "/", "/static/", "/v1/web/config")) -> None:
         self.app = app
         self.key = api_key.encode("utf-8") if api_key else None
         self.max_body = max_body_bytes
-        self.open_paths = frozenset(open_paths)
+        self.open_paths = frozenset(p for p in open_paths if not p.endswith("/") or p == "/")
+        self.open_prefixes = tuple(p for p in open_paths if p.endswith("/") and p != "/")
+
+    def is_open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def is_authorized(self, scope) -> bool:
         if self.key is None:
@@ -51,7 +58,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         authorized = self.is_authorized(scope)
-        if scope["path"] not in self.open_paths and not authorized:
+        if not authorized and not self.is_open(scope["path"]):
             return await _answer(send, UNAUTHORIZED)
         scope.setdefault("state", {})["authorized"] = authorized
         too_large = APIError(413, f"the request body exceeds the server's bound of {self.max_body} bytes "

@@ -30,6 +30,11 @@ class ServerSettings:
     quantize: str | None = _opt(None, "quantize the weights at load (weight-only)", choices=("int8", "int4"))
     device: str = _opt("cpu", "torch device")
     threads: int | None = _opt(None, "CPU threads for torch (default: one per core)", 1, 1024)
+    prefix_cache_mb: int = _opt(1024, "memory for the KV of recent prompts (MiB): a request that begins like one of them "
+                                      "prefills only the rest; 0 = off", 0, 1 << 20)
+    allow_run: bool = _opt(False, "let the web page run the conversation's program (in the evaluation sandbox only, "
+                                  "behind the API key when one is set)")
+    run_timeout: int = _opt(10, "seconds a program run from the web page may take", 1, 600)
     max_body_bytes: int = _opt(2 * 1024 * 1024, "request bodies larger than this are answered 413 unread", 1024, 2**31)
     shutdown_timeout: int = _opt(10, "seconds running requests get to finish after SIGTERM before they are cancelled", 0, 3600)
     docs: str = _opt("on", "serve /docs and /openapi.json (behind the API key when one is set)", choices=("on", "off"))
@@ -38,7 +43,7 @@ class ServerSettings:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value, meta = getattr(self, f.name), f.metadata
-            if value is None:
+            if value is None or isinstance(value, bool):
                 continue
             flag = "--" + f.name.replace("_", "-")
             if meta["min"] is not None and value < meta["min"] or meta["max"] is not None and value > meta["max"]:
@@ -50,6 +55,9 @@ class ServerSettings:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             meta = f.metadata
+            if f.type == "bool":
+                parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", help=meta["help"])
+                continue
             kind = int if f.type in ("int", "int | None") else str
             help = meta["help"] + (f" (default {f.default})" if f.default is not None else "")
             kwargs: dict[str, Any] = dict(type=kind, default=f.default, help=help)
