@@ -30,13 +30,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model, tok, max_batch: int):
+def start(model, tok, max_batch: int, prefix_cache_mb: int = 0):
+    """The app over uvicorn on a loopback port, in this process: (server, thread, batcher, url)."""
     import uvicorn
 
     from codegen.engine.batcher import ContinuousBatcher
+    from codegen.engine.prefix import PrefixCache
     from codegen.server.app import create_app
 
-    batcher = ContinuousBatcher(model, tok, max_batch=max_batch, max_queue=1024)
+    batcher = ContinuousBatcher(model, tok, max_batch=max_batch, max_queue=1024,
+                                prefix_cache=PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb else None)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(batcher, "bench"), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -38,19 +38,32 @@ def test_round_trip_and_bad_files():
         Conversation.from_dict([], "x.json")
 
 
+def test_pieces_extend_the_previous_prompt_exactly(tok):
+    c = Conversation()
+    first = c.fit(tok, "load the data", 2048, 16)
+    assert tok.decode(first) == c.prompt("load the data") and first == tok.encode(c.prompt("load the data"))
+    c.add("load the data", "x = 1", ids=[87, 220, 28, 352])  # the model's own (non-canonical) tokens are kept
+    second = c.fit(tok, "sum it", 2048, 16)
+    assert second[:len(first)] == first and second[len(first):len(first) + 4] == [87, 220, 28, 352]
+    assert tok.decode(second) == "".join(tok.decode(p) for p in c.pieces(tok, "sum it"))
+    c.turns[-1].ids = None
+    assert tok.decode(c.fit(tok, "sum it", 2048, 16)) == c.prompt("sum it")
+
+
 def test_window_drops_the_oldest_turns_once(tok):
     c = Conversation()
     for i in range(12):
         c.add(f"step {i}", f"value_{i} = {i} * {i} + sum(range({i}))")
     per_turn = len(tok.encode(c.turns[0].render()))
     room = 128 - 16
-    text = c.fit(tok, "next", 128, 16)
-    assert c.start > 0 and len(tok.encode(text)) <= room // 2 + per_turn
+    ids = c.fit(tok, "next", 128, 16)
+    text = tok.decode(ids)
+    assert c.start > 0 and len(ids) <= room // 2 + per_turn
     assert text.startswith(HEADER) and text.endswith("# next\n") and f"value_{c.start} =" in text
     start = c.start
     c.add("next", "z = 1")
-    assert c.fit(tok, "again", 128, 16).startswith(HEADER + c.turns[start].render())  # same start: KV reused
-    assert c.start == start
+    again = c.fit(tok, "again", 128, 16)
+    assert again[:len(ids)] == ids and c.start == start  # the same beginning: its KV is reused
     assert c.program().count("# step") == 12  # the program keeps every turn
     with pytest.raises(ValueError, match="positions"):
         c.fit(tok, "word " * 200, 128, 16)

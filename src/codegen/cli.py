@@ -278,14 +278,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
                                       max_new_tokens=args.max_new_tokens)
     if args.timeout <= 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    if args.cache_mb is not None and args.cache_mb < 0:
-        raise ValueError(f"--cache-mb must be >= 0, got {args.cache_mb}")
     if args.script is None and not sys.stdin.isatty():
         raise ValueError("codegen chat reads turns from a terminal; without one, give them with --script FILE")
     model, tokenizer = _load(args)
     name = os.path.basename(os.path.abspath(resolve_model(args.model, args.adapter)[0]))
-    session = ChatSession(model, tokenizer, params, seed=args.seed,
-                          cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 2**20))
+    session = ChatSession(model, tokenizer, params, seed=args.seed)
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     term = Terminal(session, sys.stdout, run_code=args.run, timeout=args.timeout, allow_unsafe=args.unsafe_no_isolation,
                     interactive=args.script is None, color=color)
@@ -581,7 +578,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcript", help="write a JSON transcript (per turn: text, code, the run's stdout and error)")
     p.add_argument("--no-run", dest="run", action="store_false", help="do not run the program after each turn")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds a run may take (default 10)")
-    p.add_argument("--cache-mb", type=float, help="bound on the KV kept between turns (default: two context windows)")
     p.add_argument("--unsafe-no-isolation", action="store_true",
                    help="run the program even where no isolation can be set up (never on a machine you care about)")
     p.set_defaults(func=cmd_chat)

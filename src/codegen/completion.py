@@ -57,6 +57,8 @@ def _run(model, tokenizer, prompt, options: SamplingParams | None, generator,
         ids = [fim.fim_prompt(tokenizer, p, suffix) for p in _prompts(prompt)]
         if options.stop_token_ids is None:
             options = options.replace(stop_token_ids=fim.stop_ids(tokenizer))
+    elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
+        ids = [list(prompt)]  # one prompt, as token ids
     else:
         ids = [tokenizer.encode(p) for p in _prompts(prompt)]
     scheduler = Scheduler(model, tokenizer)
@@ -81,10 +83,11 @@ class _Output:
     top: list = field(default_factory=list)
 
 
-def complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingParams | None = None,
+def complete(model, tokenizer, prompt: str | Sequence[str] | Sequence[int], options: SamplingParams | None = None,
              generator: torch.Generator | None = None, suffix: str | None = None,
              prefix_cache: PrefixCache | None = None) -> list[Completion]:
-    """Complete each prompt `options.n` times; results ordered by (prompt, sample). With `suffix`
+    """Complete each prompt (a string, a list of strings, or one prompt's token ids) `options.n`
+    times; results ordered by (prompt, sample). With `suffix`
     (CodeGen2 models), fill in the middle between each prompt and the suffix: the text is the middle.
     With a `prefix_cache`, each prompt prefills only what follows its longest common prefix with a
     sequence stored there, and the prompts and outputs are stored (a conversation keeps one)."""
@@ -110,7 +113,7 @@ def complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingPar
     return [done[i] for i in sorted(done)]
 
 
-def stream_complete(model, tokenizer, prompt: str | Sequence[str], options: SamplingParams | None = None,
+def stream_complete(model, tokenizer, prompt: str | Sequence[str] | Sequence[int], options: SamplingParams | None = None,
                     generator: torch.Generator | None = None, suffix: str | None = None,
                     prefix_cache: PrefixCache | None = None) -> Iterator[TokenEvent]:
     """Token events as they arrive; an output's `text`s join to its `complete()` text. Text that could

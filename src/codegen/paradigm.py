@@ -14,6 +14,9 @@ The model's code for a turn ends where CodeGen's truncation rule cuts it (`TRUNC
 line, a docstring opener, three newlines, EOS) or after `max_new_tokens` (MTPB: 256). The rendered
 conversation is itself the program: the turns are comments.
 
+Token ids: a conversation encodes its prompt in pieces (`Conversation.pieces`), so that each turn
+extends the previous prompt's ids exactly and its KV is reused whole; MTPB encodes the text whole.
+
 Context window: when the prompt and the new turn's tokens would not fit in the model's positions,
 the oldest turns leave the *prompt* (the header stays, the program keeps every turn), enough of
 them to bring the prompt to at most half of what remains of the window, so that the next turns
@@ -44,6 +47,7 @@ def comment(text: str) -> str:
 class Turn:
     text: str  # the person's words
     code: str  # the model's code for them (as truncated), or the person's own edit
+    ids: list[int] | None = field(default=None, compare=False)  # the code's token ids, where the model's own are known
 
     def render(self) -> str:
         return comment(self.text) + self.code + "\n\n"
@@ -62,37 +66,54 @@ class Conversation:
         return self.header + "".join(t.render() for t in self.turns)
 
     def prompt(self, new: str | Sequence[str]) -> str:
-        """The prompt for a new turn (or several at once: MTPB's single-turn variant)."""
+        """The prompt for a new turn (or several at once: MTPB's single-turn variant), as text: MTPB
+        encodes it whole, as Salesforce's harness does; conversations use `fit` (ids, in pieces)."""
         group = [new] if isinstance(new, str) else list(new)
         return self.header + "".join(t.render() for t in self.turns[self.start:]) + "".join(comment(t) for t in group)
 
-    def fit(self, tokenizer, new: str | Sequence[str], n_positions: int, max_new_tokens: int) -> str:
-        """`prompt(new)`, after moving `start` past the oldest turns where the prompt and
-        max_new_tokens would not fit in n_positions (see the module's docstring). ValueError where
-        the header and the new turn alone do not fit."""
+    def pieces(self, tokenizer, new: str | Sequence[str]) -> list[list[int]]:
+        """The prompt for a new turn as token ids, in pieces encoded one by one: the header with the
+        first turn's comment, each turn's code (its `ids` where the model's own tokens are known),
+        then "\\n\\n" with the next comment. A turn's pieces never change once written, so the
+        next prompt always begins with the last one's ids (its KV is reused whole), whereas
+        re-encoding the whole text may tokenize a seam, or the model's own tokens, differently."""
+        group = [new] if isinstance(new, str) else list(new)
+        out, lead = [], self.header
+        for t in self.turns[self.start:]:
+            out.append(tokenizer.encode(lead + comment(t.text)))
+            out.append(list(t.ids) if t.ids is not None else tokenizer.encode(t.code))
+            lead = "\n\n"
+        out.append(tokenizer.encode(lead + "".join(comment(x) for x in group)))
+        return out
+
+    def fit(self, tokenizer, new: str | Sequence[str], n_positions: int, max_new_tokens: int) -> list[int]:
+        """The prompt ids for a new turn (`pieces`, joined), after moving `start` past the oldest
+        turns where they and max_new_tokens would not fit in n_positions (see the module's
+        docstring). ValueError where the header and the new turn alone do not fit."""
         self.start = min(self.start, len(self.turns))
         room = n_positions - max_new_tokens
-        text = self.prompt(new)
-        if len(tokenizer.encode(text)) <= room:
-            return text
-        sizes = [len(tokenizer.encode(t.render())) for t in self.turns[self.start:]]
-        fixed = len(tokenizer.encode(self.header + "".join(comment(t) for t in ([new] if isinstance(new, str) else new))))
+        pieces = self.pieces(tokenizer, new)
+        total = sum(map(len, pieces))
+        if total <= room:
+            return [t for p in pieces for t in p]
+        group = [new] if isinstance(new, str) else list(new)
+        fixed = len(tokenizer.encode(self.header + "".join(comment(x) for x in group)))
         if fixed > room:
             raise ValueError(f"the new turn and the header take {fixed} tokens; with max_new_tokens {max_new_tokens} "
                              f"the model's {n_positions} positions leave room for {room}")
-        total = fixed + sum(sizes)
+        sizes = [len(pieces[2 * i]) + len(pieces[2 * i + 1]) for i in range(len(pieces) // 2)]
         target = max(fixed, room // 2)
         while sizes and total > target:
             total -= sizes.pop(0)
             self.start += 1
-        text = self.prompt(new)
-        while len(tokenizer.encode(text)) > room and self.start < len(self.turns):  # retokenization at the seams
+        while True:  # exact: the first kept turn's comment now follows the header
+            ids = [t for p in self.pieces(tokenizer, new) for t in p]
+            if len(ids) <= room or self.start >= len(self.turns):
+                return ids
             self.start += 1
-            text = self.prompt(new)
-        return text
 
-    def add(self, text: str, code: str) -> Turn:
-        turn = Turn(text, code)
+    def add(self, text: str, code: str, ids: list[int] | None = None) -> Turn:
+        turn = Turn(text, code, ids)
         self.turns.append(turn)
         return turn
 

@@ -1,10 +1,11 @@
 """A conversation with a model, front-end agnostic: what `codegen chat` drives (and tests script).
 
-A `ChatSession` holds the `Conversation` (the paradigm's format), the sampling parameters, and a
-prefix cache of its own, so that a new turn prefills only its own tokens: the history's KV is kept
-from turn to turn (the cache is keyed by token ids, so an undone turn, a retried one or a candidate
-not taken costs nothing to leave behind; when the window fills, the oldest turns leave the prompt
-and the next turn prefills once). Turns are generated as candidates (`generate`, streamed), then
+A `ChatSession` holds the `Conversation` (the paradigm's format), the sampling parameters, and the
+KV cache of the conversation so far, kept from turn to turn and continued in place: a new turn
+prefills only what follows the longest common prefix of its prompt ids and the cached ones (the
+prompt is built in pieces, so that is everything but the new turn's comment; an undone or retried
+turn cuts the cache back to where it differs; when the window fills, the oldest turns leave the
+prompt and the next turn prefills once). Turns are generated as candidates (`generate`, streamed), then
 one is taken (`accept`); the program runs in the evaluation sandbox (`run`).
 """
 
@@ -15,10 +16,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..completion import stream_complete
+from ..engine.cache import KVCache
 from ..engine.params import CompletionOptions, SamplingParams, sample_seed
-from ..engine.prefix import PrefixCache, kv_bytes_per_token
-from ..engine.scheduler import TokenEvent
+from ..engine.prefix import common_length
+from ..engine.scheduler import ErrorEvent, Request, Scheduler, TokenEvent
 from ..paradigm import TRUNCATE, TURN_TOKENS, Conversation, Turn
 
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int, "repetition_penalty": float,
@@ -36,21 +37,24 @@ class Pending:
 
     text: str
     codes: list[str] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)  # each candidate's generated ids
     finished: list[bool] = field(default_factory=list)
 
 
 class ChatSession:
-    """One person's conversation with one model. `cache_bytes` bounds the KV kept between turns
-    (default: two full context windows); `seed` makes a session reproducible (default: random)."""
+    """One person's conversation with one model. `keep_kv` False re-prefills every turn (for
+    comparison); `seed` makes a session reproducible (default: random)."""
 
     def __init__(self, model, tokenizer, params: SamplingParams | None = None, *, seed: int | None = None,
-                 cache_bytes: int | None = None, conversation: Conversation | None = None) -> None:
+                 keep_kv: bool = True, conversation: Conversation | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.params = params if params is not None else default_params()
         self.params.validate()
         self.conversation = conversation if conversation is not None else Conversation()
-        window = kv_bytes_per_token(model) * model.config.n_positions
-        self.cache = PrefixCache(2 * window if cache_bytes is None else cache_bytes)
+        self.keep_kv = keep_kv
+        self.kv: KVCache | None = None  # one row: the KV of kv_ids, continued in place turn after turn
+        self.kv_ids: list[int] = []
+        self.reused: list[int] = []  # per generation: prompt positions that came from the kept KV
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.generations = 0  # every generation draws its own seed from (seed, this count)
         self.pending: Pending | None = None
@@ -75,12 +79,54 @@ class ChatSession:
         seed = params.seed if params.seed is not None else self.seed
         params = params.replace(n=n, seed=sample_seed(seed, self.generations))
         self.generations += 1
-        self.pending = pending = Pending(text, [""] * n, [False] * n)
-        for event in stream_complete(self.model, self.tokenizer, prompt, params, prefix_cache=self.cache):
-            pending.codes[event.index] += event.text
-            if event.finish_reason is not None:
-                pending.finished[event.index] = True
-            yield event
+        kv = self._continue(prompt)
+        request = Request([prompt], params, kv=kv)
+        scheduler = Scheduler(self.model, self.tokenizer)
+        scheduler.add(request)
+        self.reused.append(kv.length if kv is not None else 0)
+        self.pending = pending = Pending(text, [""] * n, [[] for _ in range(n)], [False] * n)
+        try:
+            for events in scheduler.run():
+                for event in events:
+                    if isinstance(event, ErrorEvent):
+                        raise ValueError(f"generation failed: {event.message}")
+                    if isinstance(event, TokenEvent):
+                        pending.codes[event.index] += event.text
+                        pending.tokens[event.index].append(event.token)
+                        if event.finish_reason is not None:
+                            pending.finished[event.index] = True
+                        yield event
+        finally:
+            self._keep(request, prompt, kv)
+
+    def _continue(self, prompt: list[int]) -> KVCache | None:
+        """The kept KV, cut to what it shares with `prompt` (which keeps at least one token to run),
+        or a new empty one to keep."""
+        if not self.keep_kv:
+            return None
+        if self.kv is not None:
+            k = min(common_length(self.kv_ids, prompt), len(prompt) - 1, self.kv.length)
+            if k > 0:
+                self.kv.truncate(k)
+                self.kv_ids = self.kv_ids[:k]
+                return self.kv
+        self.kv, self.kv_ids = None, []
+        # The whole window, never grown (a copy each time): not zeroed, its pages become memory only
+        # as turns write their columns.
+        return KVCache.for_model(self.model, 1, self.model.config.n_positions, empty=True)
+
+    def _keep(self, request: Request, prompt: list[int], kv: KVCache | None) -> None:
+        """After a generation: keep its output's KV (one output, finished), else what is known."""
+        if not self.keep_kv:
+            return
+        if request.kv is not None and request.kv_ids is not None:
+            self.kv, self.kv_ids = request.kv, request.kv_ids
+            return
+        if kv is None:
+            return
+        # Interrupted, or rows copied for n candidates: its first positions are the prompt's.
+        kv.truncate(min(kv.length, len(prompt)))
+        self.kv, self.kv_ids = kv, prompt[:kv.length]
 
     def accept(self, index: int = 0) -> Turn:
         """Take candidate `index` of the pending turn into the conversation."""
@@ -88,9 +134,21 @@ class ChatSession:
             raise ValueError("there is no pending turn: generate one first")
         if not 0 <= index < len(self.pending.codes):
             raise ValueError(f"candidate must be in [1, {len(self.pending.codes)}], got {index + 1}")
-        turn = self.conversation.add(self.pending.text, self.pending.codes[index])
+        code = self.pending.codes[index]
+        turn = self.conversation.add(self.pending.text, code, self.code_ids(self.pending.tokens[index], code))
         self.pending = None
         return turn
+
+    def code_ids(self, tokens: list[int], code: str) -> list[int]:
+        """Ids for `code`: the model's own tokens as far as they spell it (the truncation rule may cut
+        inside a token), then the rest encoded; the next prompt then extends this one's KV exactly."""
+        keep = 0
+        for j in range(1, len(tokens) + 1):
+            if not code.startswith(self.tokenizer.decode(tokens[:j])):
+                break
+            keep = j
+        rest = code[len(self.tokenizer.decode(tokens[:keep])):]
+        return tokens[:keep] + (self.tokenizer.encode(rest) if rest else [])
 
     def say(self, text: str) -> Turn:
         """Generate one candidate for `text` and take it."""

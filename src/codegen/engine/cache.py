@@ -25,22 +25,27 @@ class KVCache:
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        empty: bool = False,
     ) -> None:
+        # empty: not zeroed, for a cache whose every column is written before attention reads it (a
+        # prefill writes all its columns, left padding included); attention reads masked columns
+        # too, so they must hold finite values, never uninitialised memory.
         shape = (n_layer, batch_size, n_head, capacity, head_dim)
-        self.key = torch.zeros(shape, dtype=dtype, device=device)
-        self.value = torch.zeros(shape, dtype=dtype, device=device)
+        make = torch.empty if empty else torch.zeros
+        self.key = make(shape, dtype=dtype, device=device)
+        self.value = make(shape, dtype=dtype, device=device)
         self.mask = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)  # columns each row attends to
         self.length = 0  # columns written (the same for every row)
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, batch_size: int, capacity: int) -> KVCache:
+    def for_model(cls, model: torch.nn.Module, batch_size: int, capacity: int, empty: bool = False) -> KVCache:
         cfg = model.config
         p = next(model.parameters())
-        return cls(cfg.n_layer, batch_size, cfg.n_head, capacity, cfg.head_dim, dtype=p.dtype, device=p.device)
+        return cls(cfg.n_layer, batch_size, cfg.n_head, capacity, cfg.head_dim, dtype=p.dtype, device=p.device, empty=empty)
 
-    def _empty_like(self, batch_size: int, capacity: int) -> KVCache:
+    def _empty_like(self, batch_size: int, capacity: int, empty: bool = False) -> KVCache:
         L, _, H, _, D = self.key.shape
-        return KVCache(L, batch_size, H, capacity, D, dtype=self.key.dtype, device=self.key.device)
+        return KVCache(L, batch_size, H, capacity, D, dtype=self.key.dtype, device=self.key.device, empty=empty)
 
     @property
     def capacity(self) -> int:
@@ -120,12 +125,28 @@ class KVCache:
         self.key, self.value, self.mask, self.length = grown.key, grown.value, grown.mask, length
 
     def _move(self, drop: int, capacity: int) -> None:
-        moved = self._empty_like(self.batch_size, capacity)
+        moved = self._empty_like(self.batch_size, capacity, empty=True)  # columns past n are written before read
         n = self.length - drop
         moved.key[:, :, :, :n] = self.key[:, :, :, drop:self.length]
         moved.value[:, :, :, :n] = self.value[:, :, :, drop:self.length]
         moved.mask[:, :n] = self.mask[:, drop:self.length]
         self.key, self.value, self.mask, self.length = moved.key, moved.value, moved.mask, n
+
+    def alias(self) -> KVCache:
+        """Another cache object over the same tensors: its keep, replicate and extend replace its own
+        tensors and leave this object as it is."""
+        other = KVCache.__new__(KVCache)
+        other.key, other.value, other.mask, other.length = self.key, self.value, self.mask, self.length
+        return other
+
+    def truncate(self, length: int) -> None:
+        """Forget every column from `length` on (a session continuing after a common prefix): the
+        next forward pass writes there."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"truncate: length must be in [0, {self.length}], got {length}")
+        with torch.inference_mode():  # the engine makes its caches in inference mode
+            self.mask[:, length:] = False
+        self.length = length
 
     def unused_prefix(self) -> int:
         """Leading columns that no row attends to."""

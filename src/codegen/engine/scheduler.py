@@ -1,10 +1,11 @@
 """The scheduler: the engine's only decode loop.
 
-Requests (one or more prompts, one `SamplingParams`) are added; each `step()` admits waiting
-requests while the row budget allows (a request is prefilled once, its prompts left-padded into one
-batch, and its cache replicated for the n samples of each prompt, which then join the running
-batch), selects the next token of every running row, reports it, drops the rows that finished, and
-runs the next forward pass for the rest. `model.generate`, `complete`, `stream_complete` and the
+Requests (one or more prompts, one `SamplingParams`) are added; each `step()` runs the forward pass
+of the tokens the previous step chose (so that step's events reached their callers first), admits
+waiting requests while the row budget allows (a request is prefilled once, its prompts left-padded
+into one batch, or prompt by prompt after a prefix from the prefix cache, and its cache replicated
+for the n samples of each prompt, which then join the running batch), selects the next token of
+every running row, reports it, and drops the rows that finished. `model.generate`, `complete`, `stream_complete` and the
 evaluation add their requests at once and step until done; the server's batcher adds requests
 while it steps, so rows join and leave at every step.
 
@@ -43,13 +44,17 @@ class Request:
 
     def __init__(self, prompts: Sequence[Sequence[int]] | torch.Tensor, params: SamplingParams,
                  attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 prefix_cache: PrefixCache | None = None) -> None:
+                 prefix_cache: PrefixCache | None = None, kv: KVCache | None = None) -> None:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         self.id = next(_ids)
         self.params = params
         self.generator = generator
-        self.prefix_cache = prefix_cache  # a session's own pool; else the scheduler's (if any)
+        self.prefix_cache = prefix_cache  # a pool of its own; else the scheduler's (if any)
+        # A session's own one-row cache, whose first kv.length columns hold the prompt's first
+        # positions: the prompt is prefilled after them, in place; when the request's one output
+        # ends alone in the batch, `kv` is that row's cache and `kv_ids` its tokens.
+        self.kv, self.kv_ids = kv, None
         self.cancelled = False
         self.error: str | None = None
         self.finished = 0  # outputs that have had their last token
@@ -69,6 +74,8 @@ class Request:
             self.input_ids = torch.tensor([[0] * (width - len(p)) + p for p in lists], dtype=torch.long).view(len(lists), width)
             self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in lists], dtype=torch.long).view(len(lists), width)
         self.prompt_tokens = self.mask.sum(-1).tolist()
+        if kv is not None and (len(self.prompt_tokens) != 1 or kv.batch_size != 1 or kv.length >= self.prompt_tokens[0]):
+            raise ValueError("kv continues one prompt from a one-row cache holding fewer positions than the prompt")
         self.cached_tokens = [0] * len(self.prompt_tokens)  # per prompt: positions reused from a prefix cache
 
     @property
@@ -158,6 +165,7 @@ class Scheduler:
         self.logits: torch.Tensor | None = None  # (B, V) fp32, each row's next-token logits
         self.positions: torch.Tensor | None = None  # (B,) position of each row's next token
         self.seen: torch.Tensor | None = None  # (B, V) bool, ids in each row so far (repetition penalty)
+        self._stale = False  # each row's last token is chosen but not yet run (step() runs it first)
         self.steps = 0
         # Prompts' KV to store in a prefix cache, copied at the next step so that the copy does not
         # delay the first token. Views stay valid: a cache never rewrites a column once written.
@@ -218,6 +226,12 @@ class Scheduler:
         events: list = []
         self._store_prompts()
         self._keep([i for i, r in enumerate(self.rows) if not r.request.cancelled])
+        if self.rows and self._stale:  # run the tokens chosen last step (each row's last), now rather than then:
+            # the previous step's events went out before this forward pass, which cancelled rows skip
+            self.cache.reserve(1)
+            self.logits = self.backend.decode([r.tokens[-1] for r in self.rows], self.positions, self.cache)
+            self.positions = self.positions + 1
+        self._stale = False
         while self.waiting and (self.max_rows is None or not self.rows
                                 or len(self.rows) + self.waiting[0].rows <= self.max_rows):
             request = self.waiting.popleft()
@@ -230,7 +244,7 @@ class Scheduler:
             return events
         chosen, scores, failed = self._select(events)
         self.steps += 1
-        keep, tokens = [], []
+        keep: list[int] = []
         late: set[int] = set()  # requests whose text handling raised in this step
         for i, (row, token) in enumerate(zip(self.rows, chosen)):
             if row.request.id in failed or row.request.id in late:
@@ -255,19 +269,14 @@ class Scheduler:
             events.append(TokenEvent(row.request, row.index, token, text, offset, lp, top, reason))
             if reason is None:
                 keep.append(i)
-                tokens.append(token)
             else:
                 row.request.finished += 1
                 self._store_row(i)
         if late:  # the failed requests' tokens of this step are not reported, their rows leave
             events[:] = [e for e in events if not (isinstance(e, TokenEvent) and e.request.id in late)]
-            tokens = [t for i, t in zip(keep, tokens) if self.rows[i].request.id not in late]
             keep = [i for i in keep if self.rows[i].request.id not in late]
         self._keep(keep)
-        if self.rows:
-            self.cache.reserve(1)
-            self.logits = self.backend.decode(tokens, self.positions, self.cache)
-            self.positions = self.positions + 1
+        self._stale = bool(self.rows)  # self.logits are those before `tokens`: the next step runs them
         return events
 
     def _fail(self, request: Request, error: Exception, events: list, status: int = 500) -> None:
@@ -288,6 +297,7 @@ class Scheduler:
             return
         if not keep:
             self.rows, self.cache, self.logits, self.positions, self.seen = [], None, None, None, None
+            self._stale = False
             return
         idx = torch.tensor(keep, device=self.device)
         self.rows = [self.rows[i] for i in keep]
@@ -306,11 +316,13 @@ class Scheduler:
         extra = p.max_new_tokens if not self.rows else 0  # the first rows' capacity: the whole run
         prompts = [ids[i][mask[i].bool()].tolist() for i in range(P)]
         pool = self._pool(request) if not p.prompt_logprobs else None  # prompt logprobs need every position's hidden state
-        matches = [pool.lookup(x, len(x) - 1) for x in prompts] if pool is not None else []
-        if any(k for _, k in matches):
+        matches = [pool.lookup(x, len(x) - 1) for x in prompts] if pool is not None and request.kv is None else []
+        if request.kv is not None:
+            cache, logits = self._prefill_kv(request, prompts[0], extra)
+        elif any(k for _, k in matches):
             cache, logits = self._prefill_each(request, prompts, matches, extra)
         else:
-            cache = KVCache.for_model(self.model, P, T + extra)
+            cache = KVCache.for_model(self.model, P, T + extra, empty=True)  # the prefill writes all T columns
             attn = cache.attend(mask)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits, hidden = self.backend.prefill(ids, cache, attn, positions, all_positions=p.prompt_logprobs)
@@ -348,7 +360,7 @@ class Scheduler:
         whole: KVCache | None = None
         logits = []
         for i, (x, (entry, k)) in enumerate(zip(prompts, matches)):
-            cache = KVCache.for_model(self.model, 1, len(x) + extra)
+            cache = KVCache.for_model(self.model, 1, len(x) + extra, empty=True)  # the copy and the prefill fill it
             if k:
                 cache.key[:, 0, :, :k] = entry.key[:, :, :k]
                 cache.value[:, 0, :, :k] = entry.value[:, :, :k]
@@ -366,6 +378,23 @@ class Scheduler:
                 whole.extend(cache)
         return whole, torch.cat(logits)
 
+    def _prefill_kv(self, request: Request, x: list[int], extra: int) -> tuple[KVCache, torch.Tensor]:
+        """Prefill the prompt after the positions its own cache holds, in that cache (grown by half
+        when it has no room); with n > 1 samples the rows are a copy, so the cache keeps the prompt."""
+        cache, k = request.kv, request.kv.length
+        cache.reserve(len(x) - k + extra)
+        attn = cache.attend(len(x) - k)
+        positions = torch.arange(k, len(x), device=self.device)[None]
+        logits, _ = self.backend.prefill(torch.tensor([x[k:]], device=self.device), cache, attn, positions)
+        request.cached_tokens[0] = k
+        pool = self._pool(request)
+        if pool is not None:
+            self._to_store.append((pool, x, cache.key[:, 0, :, :len(x)], cache.value[:, 0, :, :len(x)]))
+        if request.params.n > 1:
+            request.kv = None  # the copies are the batch's; the session keeps its cache as it is now
+            return cache.alias(), logits
+        return cache, logits
+
     def _store_prompts(self) -> None:
         for pool, ids, key, value in self._to_store:
             pool.insert(ids, key, value)
@@ -373,8 +402,14 @@ class Scheduler:
 
     def _store_row(self, i: int) -> None:
         """Keep finished row i's KV (its prompt and every generated token but the last, whose KV was
-        never computed) in its request's prefix cache, if any."""
+        never computed) in its request's prefix cache, if any; hand a request with its own cache
+        the batch's cache when this row is alone in it."""
         row = self.rows[i]
+        if row.request.kv is not None:
+            if len(self.rows) == 1 and self.cache.suffix_start(0) == 0:
+                row.request.kv, row.request.kv_ids = self.cache, row.prompt + row.tokens[:-1]
+            else:  # it shared the batch (a server): the request's cache is not this row's alone
+                row.request.kv = None
         pool = self._pool(row.request)
         if pool is None:
             return

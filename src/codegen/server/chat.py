@@ -145,10 +145,9 @@ def add_chat_routes(app: FastAPI, batcher: ContinuousBatcher, model_name: str) -
     def prompt(body: ChatRequest, max_tokens: int) -> list[int]:
         talk, words = conversation(body.messages)
         try:
-            text = talk.fit(tokenizer, words, n_positions, max_tokens)
+            return talk.fit(tokenizer, words, n_positions, max_tokens)
         except ValueError as e:
             raise APIError(400, str(e), "messages") from None
-        return tokenizer.encode(text)
 
     @app.post("/v1/chat/program")
     async def chat_program(body: ProgramRequest) -> dict[str, str]:
