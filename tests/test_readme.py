@@ -28,6 +28,7 @@ SMALLER = [
     (r"codegen eval mtpb", lambda c: c.replace("--limit 3", "--limit 1")),
     (r"codegen train", lambda c: re.sub(r"--max-steps \d+", "", c) + " --max-steps 2 --seq-len 32 --batch-size 2 --eval-fraction 0"),
     (r"codegen complete", lambda c: c + " --max-new-tokens 16"),
+    (r"codegen chat", lambda c: c + " --max-new-tokens 8"),
 ]
 
 
@@ -60,6 +61,7 @@ def workdir(tmp_path_factory):
 
     assert main(["init", str(root / "model"), "--tokenizer", TOKENIZER_DIR]) == 0
     (root / "prompt.py").write_text("def fibonacci(n):\n")
+    (root / "turns.txt").write_text("Assign 3 to x.\n\nPrint x.\n")
     (root / "before.py").write_text("def add(a, b):\n    ")
     (root / "after.py").write_text("\n    return result\n")
     from test_codegen2 import codegen2_tokenizer_files

@@ -48,7 +48,7 @@ def test_a_conversation_in_the_page(browser, site, tmp_path):
     say.press("Enter")
     page.wait_for_function("document.querySelectorAll('.turn pre.code').length == 1 && "
                            "document.querySelector('.turn pre.code').innerText == 'x = 3'")
-    page.wait_for_function("document.getElementById('output').innerText.includes('passed')")
+    page.wait_for_function("document.getElementById('output').innerText.includes('(ran in ')")
     say.fill("Print x.")
     page.click("#send")
     page.wait_for_function("document.getElementById('output').innerText.startsWith('3\\n')")

@@ -207,7 +207,7 @@ async function run() {
     if (v.stdout) add(v.stdout.endsWith("\n") ? v.stdout : v.stdout + "\n");
     if (v.stderr) add(v.stderr.endsWith("\n") ? v.stderr : v.stderr + "\n", "stderr");
     if (v.error) add("error: " + v.error + "\n", "err");
-    add(`(${v.status}, ${v.seconds.toFixed(2)} s)`, "muted");
+    add(v.status === "passed" ? `(ran in ${v.seconds.toFixed(2)} s)` : `(${v.status}, ${v.seconds.toFixed(2)} s)`, "muted");
   } catch (e) {
     out.textContent = "";
     showError(e);
