@@ -179,3 +179,23 @@ def test_ctrl_c_stops_a_generation_not_the_session(tok):
     term.handle("Add one to x.")
     assert term.session.turns[-1].code == "x = x + 1"
     term.close()
+
+
+def test_kept_kv_after_an_interrupted_turn_and_candidates(tok):
+    """A generation stopped midway, or one with several candidates, leaves the kept KV usable: the
+    next turns give the ids of a session that re-prefills everything."""
+    model = sharp_lm(5)
+    kept, plain = ChatSession(model, tok, greedy()), ChatSession(model, tok, greedy(), keep_kv=False)
+    for s in (kept, plain):
+        s.say("Assign 3 to x.")
+        events = s.generate("Add one to x.")
+        next(events), next(events)
+        events.close()  # Ctrl-C
+        s.pending = None
+        for _ in s.generate("Add one to x.", n=2):
+            pass
+        s.accept(1)
+    assert kept.program() == plain.program()
+    a = [e.token for e in kept.generate("Print x.")]
+    b = [e.token for e in plain.generate("Print x.")]
+    assert a == b and kept.reused[-1] > 0

@@ -86,3 +86,31 @@ def test_attend_returns_none_when_every_column_is_attended():
     assert cache.attend(3) is None
     cache.advance(3)
     assert cache.attend(torch.tensor([[0, 1], [1, 1]])).tolist() == [[1, 1, 1, 0, 1], [1, 1, 1, 1, 1]]
+
+
+def test_truncate_and_alias():
+    from codegen.engine import KVCache
+
+    c = KVCache(1, 1, 1, 8, 2)
+    c.mark(5)
+    c.update(0, torch.ones(1, 1, 5, 2), torch.ones(1, 1, 5, 2))
+    c.advance(5)
+    a = c.alias()
+    a.replicate(3)
+    assert a.batch_size == 3 and c.batch_size == 1  # the alias's copies leave the original as it was
+    c.truncate(2)
+    assert c.length == 2 and c.lengths().tolist() == [2] and not c.mask[0, 2:].any()
+    with pytest.raises(ValueError, match=r"length must be in \[0, 2\]"):
+        c.truncate(3)
+
+
+def test_request_kv_must_be_one_row_shorter_than_the_prompt():
+    from codegen.engine import KVCache, Request, SamplingParams
+
+    c = KVCache(1, 1, 1, 8, 2)
+    c.length = 3
+    with pytest.raises(ValueError, match="one-row cache"):
+        Request([[1, 2, 3]], SamplingParams(), kv=c)
+    with pytest.raises(ValueError, match="one-row cache"):
+        Request([[1, 2, 3, 4], [5, 6, 7, 8]], SamplingParams(), kv=c)
+    assert Request([[1, 2, 3, 4]], SamplingParams(), kv=c).kv is c
