@@ -72,16 +72,16 @@ def save_hf_checkpoint(model, path, safe_serialization: bool = True, max_shard_s
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
 
 
-def sharp_lm(seed: int = 0):
+def sharp_lm(seed: int = 0, vocab_size: int = 51200, scale: float = 6.0):
     """Our CodeGenForCausalLM at CodeGen's vocabulary size (51200) with tiny layers, its matrices scaled
     so that greedy paths vary: for text-level tests with the real tokenizer."""
     import codegen
 
     torch.manual_seed(seed)
-    config = codegen.CodeGenConfig(vocab_size=51200, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256)
+    config = codegen.CodeGenConfig(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256)
     model = codegen.CodeGenForCausalLM(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
-                p.mul_(6.0)
+                p.mul_(scale)
     return model

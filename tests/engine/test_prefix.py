@@ -6,23 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import codegen
 from codegen.engine import PrefixCache, Request, SamplingParams, Scheduler, TokenEvent
 from codegen.engine.prefix import common_length
+from helpers import sharp_lm
 
 GREEDY = dict(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
 def lm():
-    torch.manual_seed(3)
-    cfg = codegen.CodeGenConfig(vocab_size=200, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=256)
-    model = codegen.CodeGenForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
-    return model
+    return sharp_lm(3, vocab_size=200, scale=5.0)
 
 
 def run(scheduler: Scheduler, *requests: Request) -> dict[tuple[int, int], list[int]]:

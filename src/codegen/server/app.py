@@ -27,7 +27,7 @@ from ..fim import FimTokens, fim_prompt, fim_tokens
 from ..engine.params import SamplingParams
 from ..engine.scheduler import ErrorEvent, PromptLogprobs, TokenEvent
 from .chat import add_chat_routes
-from .flow import next_event, submit, usage
+from .flow import failure, next_event, submit, usage
 from .guard import Guard
 from .web import add_web_routes
 from .schemas import APIError, CompletionRequest
@@ -231,11 +231,9 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
             item = await next_event(queue, request)
             if item is None:
                 raise APIError(499, "client closed the request")
-            if isinstance(item, Exception):
-                raise APIError(500, f"generation failed: {item}", kind="server_error")
-            if isinstance(item, ErrorEvent):
-                raise APIError(item.status, f"generation failed: {item.message}",
-                               kind="invalid_request_error" if item.status < 500 else "server_error")
+            error = failure(item)
+            if error is not None:
+                raise error
             if isinstance(item, PromptLogprobs):
                 scores[item.prompt_index] = item
                 continue

@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine.batcher import ContinuousBatcher
 from ..engine.params import SamplingParams
-from ..engine.scheduler import ErrorEvent, PromptLogprobs
+from ..engine.scheduler import PromptLogprobs
 from ..paradigm import HEADER, TRUNCATE, TURN_TOKENS, Conversation, Turn, comment
-from .flow import next_event, submit, usage
+from .flow import failure, next_event, submit, usage
 from .schemas import APIError
 
 
@@ -174,11 +174,9 @@ def add_chat_routes(app: FastAPI, batcher: ContinuousBatcher, model_name: str) -
                 item = await next_event(queue, request)
                 if item is None:
                     return
-                if isinstance(item, Exception):
-                    raise APIError(500, f"generation failed: {item}", kind="server_error")
-                if isinstance(item, ErrorEvent):
-                    raise APIError(item.status, f"generation failed: {item.message}",
-                                   kind="invalid_request_error" if item.status < 500 else "server_error")
+                error = failure(item)
+                if error is not None:
+                    raise error
                 if isinstance(item, PromptLogprobs):
                     continue
                 finished += item.finish_reason is not None

@@ -50,3 +50,16 @@ def usage(request: EngineRequest, completion_tokens: int) -> dict[str, Any]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": sum(request.cached_tokens)}}
+
+
+def failure(item) -> APIError | None:
+    """The APIError for an engine event that reports a failure (the batcher's exception, a request's
+    ErrorEvent), or None."""
+    from ..engine.scheduler import ErrorEvent
+
+    if isinstance(item, Exception):
+        return APIError(500, f"generation failed: {item}", kind="server_error")
+    if isinstance(item, ErrorEvent):
+        return APIError(item.status, f"generation failed: {item.message}",
+                        kind="invalid_request_error" if item.status < 500 else "server_error")
+    return None
