@@ -14,6 +14,7 @@ from codegen.native import kernels
 from codegen.quant import QuantEmbedding, QuantLinear, QuantSpec
 from codegen.quant import formats
 from codegen.quant.convert import quantize_checkpoint, quantize_model
+from codegen.quant.linear import DECODE_ROWS, INT4_PASS_ROWS
 from helpers import TOKENIZER_DIR, sharp_lm
 
 SPECS = [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64), QuantSpec(4, 128)]
@@ -123,10 +124,11 @@ def test_both_routes_and_dtypes(spec):
     ref_w = q.dequantized()
     # Stated tolerances: fp32 summation order; int4 prefills in bf16 where the CPU multiplies it natively.
     gemm_tol = 2e-2 if spec.bits == 4 and kernels.bf16_gemm_native() else 1e-5
-    for rows in (1, 5, 40):  # 40 rows: the prefill route
+    passes = INT4_PASS_ROWS if spec.bits == 4 else DECODE_ROWS  # int4 prefills up to 128 rows: the kernels, 16 a pass
+    for rows in (1, 5, 40, 100):  # 2 x 40 rows: the prefill route for int8, passes for int4; 2 x 100: both prefill
         x = torch.randn(2, rows, 100)
         ref = formats.quantized_linear(x, ref_w, q.bias)
-        tol = gemm_tol if rows * 2 > 16 else 1e-5
+        tol = gemm_tol if rows * 2 > passes else 1e-5
         assert torch.allclose(q(x), ref, rtol=tol, atol=tol * ref.abs().max()), rows
         xb = x.bfloat16()
         out = q(xb)
