@@ -1,6 +1,7 @@
 """The generation engine: one sampling-parameter record (`params`), the batch's KV cache (`cache`),
-token selection (`select`), the prefix cache (`prefix`), conversation sessions (`session`), stop rules on text (`text`), the kernel backend (`backend`), the only
-decode loop (`scheduler`), its server thread (`batcher`) and transformers' `generate` (`generate`).
+the prefix cache (`prefix`), token selection (`select`), stop rules on text (`text`), the kernel
+backend (`backend`), the only decode loop (`scheduler`), its server thread (`batcher`) and
+transformers' `generate` (`generate`).
 It never imports the model: it drives whatever `CodeGenForCausalLM`-shaped network it is given."""
 
 from .cache import KVCache
@@ -8,5 +9,5 @@ from .params import CompletionOptions, SamplingParams
 from .prefix import Prefix, PrefixCache
 from .scheduler import ErrorEvent, PromptLogprobs, Request, Scheduler, TokenEvent
 
-__all__ = ["CompletionOptions", "ErrorEvent", "KVCache", "Prefix", "PrefixCache", "PromptLogprobs", "Request", "SamplingParams", "Scheduler",
-           "TokenEvent"]
+__all__ = ["CompletionOptions", "ErrorEvent", "KVCache", "Prefix", "PrefixCache", "PromptLogprobs", "Request",
+           "SamplingParams", "Scheduler", "TokenEvent"]

@@ -16,13 +16,10 @@ Single-threaded by design: the scheduler's thread is the only user; `stats()` ma
 from __future__ import annotations
 
 import collections
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,7 +32,12 @@ class Prefix:
 
     @property
     def nbytes(self) -> int:
-        return self.key.numel() * self.key.element_size() * 2
+        return kv_nbytes(self.key)
+
+
+def kv_nbytes(key: torch.Tensor) -> int:
+    """Bytes of a key tensor and its value tensor of the same shape."""
+    return key.numel() * key.element_size() * 2
 
 
 def kv_bytes_per_token(model) -> int:
@@ -107,7 +109,7 @@ class PrefixCache:
         ids = tuple(ids)
         if key.shape[2] != len(ids) or value.shape != key.shape:
             raise ValueError(f"key/value {tuple(key.shape)}/{tuple(value.shape)} do not hold {len(ids)} positions")
-        size = key.numel() * key.element_size() * 2
+        size = kv_nbytes(key)
         if len(ids) < self.min_tokens or size > self.max_bytes:
             return False
         for k in list(self._entries):

@@ -165,7 +165,6 @@ class Scheduler:
         self.logits: torch.Tensor | None = None  # (B, V) fp32, each row's next-token logits
         self.positions: torch.Tensor | None = None  # (B,) position of each row's next token
         self.seen: torch.Tensor | None = None  # (B, V) bool, ids in each row so far (repetition penalty)
-        self._stale = False  # each row's last token is chosen but not yet run (step() runs it first)
         self.steps = 0
         # Prompts' KV to store in a prefix cache, copied at the next step so that the copy does not
         # delay the first token. Views stay valid: a cache never rewrites a column once written.
@@ -226,12 +225,11 @@ class Scheduler:
         events: list = []
         self._store_prompts()
         self._keep([i for i, r in enumerate(self.rows) if not r.request.cancelled])
-        if self.rows and self._stale:  # run the tokens chosen last step (each row's last), now rather than then:
+        if self.rows:  # every running row's last token was chosen last step and is run now, not then:
             # the previous step's events went out before this forward pass, which cancelled rows skip
             self.cache.reserve(1)
             self.logits = self.backend.decode([r.tokens[-1] for r in self.rows], self.positions, self.cache)
             self.positions = self.positions + 1
-        self._stale = False
         while self.waiting and (self.max_rows is None or not self.rows
                                 or len(self.rows) + self.waiting[0].rows <= self.max_rows):
             request = self.waiting.popleft()
@@ -275,8 +273,7 @@ class Scheduler:
         if late:  # the failed requests' tokens of this step are not reported, their rows leave
             events[:] = [e for e in events if not (isinstance(e, TokenEvent) and e.request.id in late)]
             keep = [i for i in keep if self.rows[i].request.id not in late]
-        self._keep(keep)
-        self._stale = bool(self.rows)  # self.logits are those before `tokens`: the next step runs them
+        self._keep(keep)  # self.logits are now those before each row's last token: the next step runs it
         return events
 
     def _fail(self, request: Request, error: Exception, events: list, status: int = 500) -> None:
@@ -297,7 +294,6 @@ class Scheduler:
             return
         if not keep:
             self.rows, self.cache, self.logits, self.positions, self.seen = [], None, None, None, None
-            self._stale = False
             return
         idx = torch.tensor(keep, device=self.device)
         self.rows = [self.rows[i] for i in keep]
@@ -356,7 +352,6 @@ class Scheduler:
     def _prefill_each(self, request: Request, prompts: list[list[int]], matches: list, extra: int) -> tuple[KVCache, torch.Tensor]:
         """Prefill each prompt after its stored prefix (k positions copied from the pool); the
         prompts' caches right-aligned in one (P rows) and their last logits (P, V)."""
-        pool = self._pool(request)
         whole: KVCache | None = None
         logits = []
         for i, (x, (entry, k)) in enumerate(zip(prompts, matches)):
@@ -366,12 +361,7 @@ class Scheduler:
                 cache.value[:, 0, :, :k] = entry.value[:, :, :k]
                 cache.mask[:, :k] = True
                 cache.length = k
-            attn = cache.attend(len(x) - k)
-            positions = torch.arange(k, len(x), device=self.device)[None]
-            out, _ = self.backend.prefill(torch.tensor([x[k:]], device=self.device), cache, attn, positions)
-            request.cached_tokens[i] = k
-            self._to_store.append((pool, x, cache.key[:, 0, :, :len(x)], cache.value[:, 0, :, :len(x)]))
-            logits.append(out)
+            logits.append(self._prefill_after(request, i, x, cache))
             if whole is None:
                 whole = cache
             else:
@@ -381,19 +371,26 @@ class Scheduler:
     def _prefill_kv(self, request: Request, x: list[int], extra: int) -> tuple[KVCache, torch.Tensor]:
         """Prefill the prompt after the positions its own cache holds, in that cache (grown by half
         when it has no room); with n > 1 samples the rows are a copy, so the cache keeps the prompt."""
-        cache, k = request.kv, request.kv.length
-        cache.reserve(len(x) - k + extra)
-        attn = cache.attend(len(x) - k)
-        positions = torch.arange(k, len(x), device=self.device)[None]
-        logits, _ = self.backend.prefill(torch.tensor([x[k:]], device=self.device), cache, attn, positions)
-        request.cached_tokens[0] = k
-        pool = self._pool(request)
-        if pool is not None:
-            self._to_store.append((pool, x, cache.key[:, 0, :, :len(x)], cache.value[:, 0, :, :len(x)]))
+        cache = request.kv
+        cache.reserve(len(x) - cache.length + extra)
+        logits = self._prefill_after(request, 0, x, cache)
         if request.params.n > 1:
             request.kv = None  # the copies are the batch's; the session keeps its cache as it is now
             return cache.alias(), logits
         return cache, logits
+
+    def _prefill_after(self, request: Request, i: int, x: list[int], cache: KVCache) -> torch.Tensor:
+        """Run prompt i (ids `x`) after the cache.length positions its one-row `cache` holds; its
+        last logits (1, V). The prompt's KV is stored in the request's pool (at the next step)."""
+        k = cache.length
+        attn = cache.attend(len(x) - k)
+        positions = torch.arange(k, len(x), device=self.device)[None]
+        logits, _ = self.backend.prefill(torch.tensor([x[k:]], device=self.device), cache, attn, positions)
+        request.cached_tokens[i] = k
+        pool = self._pool(request)
+        if pool is not None:
+            self._to_store.append((pool, x, cache.key[:, 0, :, :len(x)], cache.value[:, 0, :, :len(x)]))
+        return logits
 
     def _store_prompts(self) -> None:
         for pool, ids, key, value in self._to_store:
@@ -405,16 +402,16 @@ class Scheduler:
         never computed) in its request's prefix cache, if any; hand a request with its own cache
         the batch's cache when this row is alone in it."""
         row = self.rows[i]
+        ids = row.prompt + row.tokens[:-1]
         if row.request.kv is not None:
             if len(self.rows) == 1 and self.cache.suffix_start(0) == 0:
-                row.request.kv, row.request.kv_ids = self.cache, row.prompt + row.tokens[:-1]
+                row.request.kv, row.request.kv_ids = self.cache, ids
             else:  # it shared the batch (a server): the request's cache is not this row's alone
                 row.request.kv = None
         pool = self._pool(row.request)
         if pool is None:
             return
         start = self.cache.suffix_start(i)
-        ids = row.prompt + row.tokens[:-1]
         if start is None or self.cache.length - start != len(ids):
             return  # a mask with holes: nothing that one prefix can describe
         end = self.cache.length
