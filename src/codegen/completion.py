@@ -66,7 +66,8 @@ def _run(model, tokenizer, prompt, options: SamplingParams | None, generator,
     return request, scheduler.run()
 
 
-def _events(steps: Iterator[list]) -> Iterator[TokenEvent]:
+def token_events(steps: Iterator[list]) -> Iterator[TokenEvent]:
+    """The token events of a scheduler's steps; ValueError for a request that failed."""
     for events in steps:
         for e in events:
             if isinstance(e, ErrorEvent):
@@ -95,7 +96,7 @@ def complete(model, tokenizer, prompt: str | Sequence[str] | Sequence[int], opti
     n = request.params.n
     outs = [_Output() for _ in range(request.rows)]
     done: dict[int, Completion] = {}
-    for e in _events(steps):
+    for e in token_events(steps):
         o = outs[e.index]
         o.text.append(e.text)
         o.ids.append(e.token)
@@ -120,4 +121,4 @@ def stream_complete(model, tokenizer, prompt: str | Sequence[str] | Sequence[int
     still turn out to be the start of a stop string (or, with truncate_before_pattern, the current
     and previous line) is held back until it cannot. `prefix_cache`: as for `complete`."""
     _, steps = _run(model, tokenizer, prompt, options, generator, suffix, prefix_cache)
-    yield from _events(steps)
+    yield from token_events(steps)

@@ -78,6 +78,23 @@ def test_chat_with_the_openai_client(chat_server):
         client.chat.completions.create(model="codegen-test", messages=history[1:2], max_tokens=100000)
 
 
+def test_bad_chat_requests_name_the_problem(chat_server):
+    url = chat_server.url + "/v1/chat/completions"
+    user = [{"role": "user", "content": "Assign 3 to x."}]
+    for body, param, words in (({"messages": []}, "messages", "at least 1"),
+                               ({"messages": [{"role": "robot", "content": "x"}]}, "messages", "messages[0].role: Input should be"),
+                               ({"messages": user, "stop": ["a"] * 5}, "stop", "at most 4 stop sequences"),
+                               ({"messages": user, "stop": [""]}, "stop", "non-empty"),
+                               ({"messages": user, "temperature": 3}, "temperature", "less than or equal to 2"),
+                               ({"messages": user, "n": 99}, "n", "--max-batch"),
+                               ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages",
+                                "only text parts")):
+        r = httpx.post(url, json=body, timeout=60)
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == param and words in err["message"], (body, err)
+    assert httpx.post(url, json={"messages": user, "temperature": 0}, timeout=60).json()["choices"][0]["message"]["content"] == "x = 3"
+
+
 def test_program_and_run_routes(chat_server, server):
     messages = [{"role": "user", "content": "Assign 3 to x."}, {"role": "assistant", "content": "x = 3"},
                 {"role": "user", "content": "Print x."}, {"role": "assistant", "content": "print(x)"}]

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from ..engine.cache import KVCache
 from ..engine.params import CompletionOptions, SamplingParams, sample_seed
 from ..engine.prefix import common_length
-from ..engine.scheduler import ErrorEvent, Request, Scheduler, TokenEvent
+from ..completion import token_events
+from ..engine.scheduler import Request, Scheduler, TokenEvent
 from ..paradigm import TRUNCATE, TURN_TOKENS, Conversation, Turn
 
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int, "repetition_penalty": float,
@@ -86,16 +87,12 @@ class ChatSession:
         self.reused.append(kv.length if kv is not None else 0)
         self.pending = pending = Pending(text, [""] * n, [[] for _ in range(n)], [False] * n)
         try:
-            for events in scheduler.run():
-                for event in events:
-                    if isinstance(event, ErrorEvent):
-                        raise ValueError(f"generation failed: {event.message}")
-                    if isinstance(event, TokenEvent):
-                        pending.codes[event.index] += event.text
-                        pending.tokens[event.index].append(event.token)
-                        if event.finish_reason is not None:
-                            pending.finished[event.index] = True
-                        yield event
+            for event in token_events(scheduler.run()):
+                pending.codes[event.index] += event.text
+                pending.tokens[event.index].append(event.token)
+                if event.finish_reason is not None:
+                    pending.finished[event.index] = True
+                yield event
         finally:
             self._keep(request, prompt, kv)
 

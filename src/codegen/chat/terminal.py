@@ -84,18 +84,12 @@ class Terminal:
             elif name == "help":
                 self.say(HELP)
             elif name == "undo":
-                turn = self.session.undo()
-                if self.transcript:
-                    self.transcript.pop()
+                turn = self.take_back()
                 self.say(self.dim(f"(took back: {turn.text.splitlines()[0] if turn.text else ''})"))
             elif name == "retry":
                 if not self.session.turns:
                     raise ValueError("there is no turn to retry")
-                last = self.session.turns[-1].text
-                self.session.undo()
-                if self.transcript:
-                    self.transcript.pop()
-                self.turn(last)
+                self.turn(self.take_back().text)
             elif name == "n":
                 k, _, words = rest.partition(" ")
                 if not k.isdigit() or int(k) < 1:
@@ -103,10 +97,7 @@ class Terminal:
                 if not words.strip():
                     if not self.session.turns:
                         raise ValueError("/n K without words retries the last turn, and there is none")
-                    words = self.session.turns[-1].text
-                    self.session.undo()
-                    if self.transcript:
-                        self.transcript.pop()
+                    words = self.take_back().text
                 self.turn(words, int(k))
             elif name == "run":
                 self.run(record=self.transcript[-1] if self.transcript else None)
@@ -134,6 +125,13 @@ class Terminal:
         except (ValueError, IndexError, OSError) as e:
             self.say(f"error: {e}")
         return True
+
+    def take_back(self):
+        """Undo the last turn, in the session and the transcript; the turn taken back."""
+        turn = self.session.undo()
+        if self.transcript:
+            self.transcript.pop()
+        return turn
 
     # ------------------------------------------------------------------ a turn
     def turn(self, text: str, n: int = 1) -> None:

@@ -138,9 +138,10 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        param = loc[0] if loc else None
-        message = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
+        loc = [p for p in err.get("loc", ()) if p != "body"]
+        param = str(loc[0]) if loc else None
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")  # messages[0].role
+        message = f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
         return JSONResponse(APIError(400, message, param).body(), status_code=400)
 
     @app.get("/health")

@@ -27,7 +27,7 @@ from ..engine.params import SamplingParams
 from ..engine.scheduler import PromptLogprobs
 from ..paradigm import HEADER, TRUNCATE, TURN_TOKENS, Conversation, Turn, comment
 from .flow import failure, next_event, submit, usage
-from .schemas import APIError
+from .schemas import APIError, stop_list
 
 
 class ChatMessage(BaseModel):
@@ -73,10 +73,7 @@ class ChatRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("at most 4 non-empty stop sequences")
-        return stops
+        return stop_list(v)
 
 
 class ProgramRequest(BaseModel):

@@ -7,6 +7,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def stop_list(v: str | list[str] | None) -> list[str]:
+    """OpenAI's `stop`: one string or up to 4, none empty (the Completions and chat requests')."""
+    stops = [v] if isinstance(v, str) else list(v or [])
+    if len(stops) > 4:
+        raise ValueError("at most 4 stop sequences")
+    if any(not s for s in stops):
+        raise ValueError("stop sequences must be non-empty")
+    return stops
+
+
 class CompletionRequest(BaseModel):
     # Copilot-style clients send fields of their own (extra, nwo, ...): accepted and ignored.
     model_config = ConfigDict(extra="allow")
@@ -37,12 +47,7 @@ class CompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must be non-empty")
-        return stops
+        return stop_list(v)
 
 
 class APIError(Exception):
