@@ -87,6 +87,7 @@ def test_bad_chat_requests_name_the_problem(chat_server):
                                ({"messages": user, "stop": [""]}, "stop", "non-empty"),
                                ({"messages": user, "temperature": 3}, "temperature", "less than or equal to 2"),
                                ({"messages": user, "n": 99}, "n", "--max-batch"),
+                               ({"messages": user, "presence_penalty": 1}, "presence_penalty", "not supported"),
                                ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages",
                                 "only text parts")):
         r = httpx.post(url, json=body, timeout=60)

@@ -55,9 +55,7 @@ def sampling_params(body: CompletionRequest, max_tokens_default: int, max_batch:
         raise APIError(400, "suffix is not supported: CodeGen-1 models cannot fill in the middle", "suffix")
     if body.suffix and body.echo:
         raise APIError(400, "echo cannot be combined with suffix", "echo")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise APIError(400, f"{name} is not supported by this server; leave it at 0", name)
+    body.refuse_penalties()
     if body.logit_bias:
         raise APIError(400, "logit_bias is not supported by this server", "logit_bias")
     best_of = body.best_of or body.n

@@ -20,14 +20,14 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.batcher import ContinuousBatcher
 from ..engine.params import SamplingParams
 from ..engine.scheduler import PromptLogprobs
 from ..paradigm import HEADER, TRUNCATE, TURN_TOKENS, Conversation, Turn, comment
 from .flow import failure, next_event, submit, usage
-from .schemas import APIError, stop_list
+from .schemas import APIError, SamplingRequest
 
 
 class ChatMessage(BaseModel):
@@ -49,31 +49,10 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
+class ChatRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=128)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logprobs: bool = False
-    user: str | None = None
-    top_k: int = Field(default=0, ge=0, le=51200)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: str | list[str] | None) -> list[str]:
-        return stop_list(v)
 
 
 class ProgramRequest(BaseModel):
@@ -119,9 +98,7 @@ def add_chat_routes(app: FastAPI, batcher: ContinuousBatcher, model_name: str) -
     n_positions = batcher.model.config.n_positions
 
     def params(body: ChatRequest) -> SamplingParams:
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(body, name):
-                raise APIError(400, f"{name} is not supported by this server; leave it at 0", name)
+        body.refuse_penalties()
         if body.logprobs:
             raise APIError(400, "logprobs are not supported on chat completions; /v1/completions has them", "logprobs")
         if body.n > batcher.max_batch:

@@ -1,4 +1,5 @@
-"""Request schema of OpenAI's legacy Completions API, with its bounds, and its error shape."""
+"""Request schemas of OpenAI's legacy Completions API (and the fields its chat API shares), with their
+bounds, and its error shape."""
 
 from __future__ import annotations
 
@@ -17,37 +18,48 @@ def stop_list(v: str | list[str] | None) -> list[str]:
     return stops
 
 
-class CompletionRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """The fields OpenAI's Completions and chat requests share, with their bounds."""
+
     # Copilot-style clients send fields of their own (extra, nwo, ...): accepted and ignored.
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]] = ""
-    suffix: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=5)
-    echo: bool = False
     stop: str | list[str] | None = None
     seed: int | None = None
-    best_of: int | None = Field(default=None, ge=1, le=128)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
     user: str | None = None
     # Extensions (vLLM's names): the engine's other sampling parameters.
     top_k: int = Field(default=0, ge=0, le=51200, description="sample among the k most likely tokens; 0 = off")
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0, description="CTRL's penalty on seen tokens; 1 = off")
-    min_tokens: int = Field(default=0, ge=0, description="tokens generated before EOS or a stop string may end")
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str]:
         return stop_list(v)
+
+    def refuse_penalties(self) -> None:
+        """APIError 400 for a non-zero presence or frequency penalty (the engine has neither)."""
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise APIError(400, f"{name} is not supported by this server; leave it at 0", name)
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    best_of: int | None = Field(default=None, ge=1, le=128)
+    logit_bias: dict[str, float] | None = None
+    min_tokens: int = Field(default=0, ge=0, description="tokens generated before EOS or a stop string may end")
 
 
 class APIError(Exception):
