@@ -5,8 +5,8 @@ KV cache of the conversation so far, kept from turn to turn and continued in pla
 prefills only what follows the longest common prefix of its prompt ids and the cached ones (the
 prompt is built in pieces, so that is everything but the new turn's comment; an undone or retried
 turn cuts the cache back to where it differs; when the window fills, the oldest turns leave the
-prompt and the next turn prefills once). Turns are generated as candidates (`generate`, streamed), then
-one is taken (`accept`); the program runs in the evaluation sandbox (`run`).
+prompt and the next turn prefills once). Turns are generated as candidates (`generate`, streamed),
+then one is taken (`accept`); `program()` is what the front ends run in the evaluation sandbox.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class Pending:
     text: str
     codes: list[str] = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)  # each candidate's generated ids
-    finished: list[bool] = field(default_factory=list)
 
 
 class ChatSession:
@@ -85,13 +84,11 @@ class ChatSession:
         scheduler = Scheduler(self.model, self.tokenizer)
         scheduler.add(request)
         self.reused.append(kv.length if kv is not None else 0)
-        self.pending = pending = Pending(text, [""] * n, [[] for _ in range(n)], [False] * n)
+        self.pending = pending = Pending(text, [""] * n, [[] for _ in range(n)])
         try:
             for event in token_events(scheduler.run()):
                 pending.codes[event.index] += event.text
                 pending.tokens[event.index].append(event.token)
-                if event.finish_reason is not None:
-                    pending.finished[event.index] = True
                 yield event
         finally:
             self._keep(request, prompt, kv)
@@ -199,9 +196,3 @@ class ChatSession:
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"{path}: settings.{name}: {e}") from None
         self.conversation, self.params, self.pending = conversation, params, None
-
-    def run(self, limits=None, allow_unsafe: bool = False):
-        """Run the program so far in the sandbox: its Verdict (status, stdout, stderr, detail)."""
-        from ..eval.sandbox import Limits, run_program
-
-        return run_program(self.program(), limits or Limits(timeout=10.0), allow_unsafe=allow_unsafe)

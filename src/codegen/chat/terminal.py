@@ -205,7 +205,7 @@ class Terminal:
             self.say(v.stdout.rstrip("\n"))
         if v.stderr:
             self.say(v.stderr.rstrip("\n"))
-        error = None if v.passed else (v.detail or v.status if v.status != "timed out" else f"timed out after {self.timeout:g} s")
+        error = v.failure(self.timeout)
         self.say(self.dim(f"(ran in {v.seconds:.2f} s)") if error is None else f"error: {error}")
         if record is not None:
             record.stdout, record.stderr, record.error = v.stdout, v.stderr, error

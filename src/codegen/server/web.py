@@ -70,8 +70,6 @@ def add_web_routes(app: FastAPI, model_name: str, allow_run: bool, run_timeout: 
             verdict = await asyncio.to_thread(state["sandbox"].run, code, Limits(timeout=run_timeout))
         except SandboxUnavailable as e:
             raise APIError(503, f"cannot run code on this server: {e}", kind="server_error", code="no_sandbox") from None
-        error = None
-        if not verdict.passed:
-            error = f"timed out after {run_timeout:g} s" if verdict.status == "timed out" else (verdict.detail or verdict.status)
-        return {"status": verdict.status, "stdout": verdict.stdout, "stderr": verdict.stderr, "error": error,
+        return {"status": verdict.status, "stdout": verdict.stdout, "stderr": verdict.stderr,
+                "error": verdict.failure(run_timeout),
                 "seconds": verdict.seconds}

@@ -69,6 +69,12 @@ class Verdict:
     def passed(self) -> bool:
         return self.status == "passed"
 
+    def failure(self, timeout: float) -> str | None:
+        """What went wrong, for a person reading a run's output: None when the program ran through."""
+        if self.passed:
+            return None
+        return f"timed out after {timeout:g} s" if self.status == "timed out" else (self.detail or self.status)
+
 
 class SandboxUnavailable(RuntimeError):
     """No isolation can be set up here; generated code is not run."""
