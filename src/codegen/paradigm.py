@@ -43,6 +43,11 @@ def comment(text: str) -> str:
     return "".join(f"# {line}\n" for line in lines)
 
 
+def comments(new: str | Sequence[str]) -> str:
+    """A new turn's comment lines (or several turns': MTPB's single-turn variant)."""
+    return "".join(comment(t) for t in ([new] if isinstance(new, str) else new))
+
+
 @dataclass
 class Turn:
     text: str  # the person's words
@@ -68,8 +73,7 @@ class Conversation:
     def prompt(self, new: str | Sequence[str]) -> str:
         """The prompt for a new turn (or several at once: MTPB's single-turn variant), as text: MTPB
         encodes it whole, as Salesforce's harness does; conversations use `fit` (ids, in pieces)."""
-        group = [new] if isinstance(new, str) else list(new)
-        return self.header + "".join(t.render() for t in self.turns[self.start:]) + "".join(comment(t) for t in group)
+        return self.header + "".join(t.render() for t in self.turns[self.start:]) + comments(new)
 
     def pieces(self, tokenizer, new: str | Sequence[str]) -> list[list[int]]:
         """The prompt for a new turn as token ids, in pieces encoded one by one: the header with the
@@ -77,13 +81,12 @@ class Conversation:
         then "\\n\\n" with the next comment. A turn's pieces never change once written, so the
         next prompt always begins with the last one's ids (its KV is reused whole), whereas
         re-encoding the whole text may tokenize a seam, or the model's own tokens, differently."""
-        group = [new] if isinstance(new, str) else list(new)
         out, lead = [], self.header
         for t in self.turns[self.start:]:
             out.append(tokenizer.encode(lead + comment(t.text)))
             out.append(list(t.ids) if t.ids is not None else tokenizer.encode(t.code))
             lead = "\n\n"
-        out.append(tokenizer.encode(lead + "".join(comment(x) for x in group)))
+        out.append(tokenizer.encode(lead + comments(new)))
         return out
 
     def fit(self, tokenizer, new: str | Sequence[str], n_positions: int, max_new_tokens: int) -> list[int]:
@@ -96,8 +99,7 @@ class Conversation:
         total = sum(map(len, pieces))
         if total <= room:
             return [t for p in pieces for t in p]
-        group = [new] if isinstance(new, str) else list(new)
-        fixed = len(tokenizer.encode(self.header + "".join(comment(x) for x in group)))
+        fixed = len(tokenizer.encode(self.header + comments(new)))
         if fixed > room:
             raise ValueError(f"the new turn and the header take {fixed} tokens; with max_new_tokens {max_new_tokens} "
                              f"the model's {n_positions} positions leave room for {room}")

@@ -10,7 +10,7 @@ from fastapi import Request
 
 from ..engine.batcher import ContinuousBatcher, QueueFull
 from ..engine.params import SamplingParams
-from ..engine.scheduler import Request as EngineRequest
+from ..engine.scheduler import ErrorEvent, Request as EngineRequest
 from .schemas import APIError
 
 
@@ -55,8 +55,6 @@ def usage(request: EngineRequest, completion_tokens: int) -> dict[str, Any]:
 def failure(item) -> APIError | None:
     """The APIError for an engine event that reports a failure (the batcher's exception, a request's
     ErrorEvent), or None."""
-    from ..engine.scheduler import ErrorEvent
-
     if isinstance(item, Exception):
         return APIError(500, f"generation failed: {item}", kind="server_error")
     if isinstance(item, ErrorEvent):
