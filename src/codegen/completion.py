@@ -61,7 +61,7 @@ def _run(model, tokenizer, prompt, options: SamplingParams | None, generator,
         ids = [list(prompt)]  # one prompt, as token ids
     else:
         ids = [tokenizer.encode(p) for p in _prompts(prompt)]
-    scheduler = Scheduler(model, tokenizer)
+    scheduler = Scheduler.create(model, tokenizer)
     request = scheduler.add(Request(ids, options, generator=generator, prefix_cache=prefix_cache))
     return request, scheduler.run()
 

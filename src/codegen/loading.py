@@ -77,12 +77,13 @@ def fastest_dtype(quantized: bool = False) -> str:
 
 def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: str | None = "float32",
                        device: str = "cpu", threads: int | None = None, adapter: str | None = None,
-                       quantize: str | None = None, group_size: int | None = None):
+                       quantize: str | None = None, group_size: int | None = None, layout=None):
     """(model, fast tokenizer), with the thread count set first (it matters for decode speed). The
     tokenizer comes from `tokenizer`, else the adapter directory when it has one, else the model's.
     `quantize` ("int8" / "int4", weight-only) quantizes each weight as it is read, or, with an
     adapter, after merging it. dtype "auto": `fastest_dtype()` for this CPU; "stored": as the
-    checkpoint's config.json says (transformers' torch_dtype="auto")."""
+    checkpoint's config.json says (transformers' torch_dtype="auto"). `layout` (codegen.parallel's,
+    with tp > 1): this rank's slice of the model (codegen.parallel.load), on the layout's device."""
     import torch
 
     from . import lora
@@ -93,6 +94,10 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    elif layout is not None and layout.world > 1:
+        from .parallel.run import local_threads
+
+        torch.set_num_threads(local_threads())  # the machine's cores shared by its ranks
     model_dir, adapter_dir = resolve_model(model, adapter)
     if tokenizer is None and adapter_dir is not None and os.path.isfile(os.path.join(adapter_dir, "vocab.json")):
         tokenizer = adapter_dir
@@ -110,6 +115,13 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
         logger.info("--dtype auto: %s on this CPU", dtype)
     elif dtype == "stored":
         dtype = "auto"  # from_pretrained's (transformers') name for it
+    if layout is not None and layout.tp > 1:
+        if adapter_dir is not None:
+            raise ValueError("LoRA adapters are not merged under --tp: merge them into a checkpoint first "
+                             "(load with --adapter in one process and save_pretrained) and load that")
+        from .parallel.load import load_rank
+
+        return load_rank(model_dir, layout, torch_dtype=dtype, quantize=spec), tok
     # Without an adapter to merge first, weights are quantized as they are read (the float model is never whole).
     net = CodeGenForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, device=device,
                                              quantize=spec if adapter_dir is None else None)

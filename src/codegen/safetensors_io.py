@@ -99,3 +99,81 @@ def iter_safetensors(file: str, copy: Callable[[str, torch.dtype], bool] | None 
                     raise SafetensorsFormatError(f"tensor {key!r} ends early (truncated?)")
                 done += got
             yield key, tensor
+
+
+def _runs(index, size: int) -> list[tuple[int, int]]:
+    """A slice or an index tensor along a dimension of `size` -> contiguous [begin, end) runs in order."""
+    if isinstance(index, slice):
+        begin, end, step = index.indices(size)
+        if step != 1:
+            raise ValueError("only unit-step slices are read")
+        return [(begin, end)]
+    runs: list[tuple[int, int]] = []
+    for i in index.tolist():
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _fill(fh, offset: int, out: torch.Tensor, key: str) -> None:
+    view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+    fh.seek(offset)
+    done = 0
+    while done < len(view):
+        got = fh.readinto(view[done:])
+        if not got:
+            raise SafetensorsFormatError(f"tensor {key!r} ends early (truncated?)")
+        done += got
+
+
+READ_BLOCK = 8 * 2**20  # bytes of whole rows read at a time to take a column range out of them
+
+
+def iter_safetensors_parts(file: str, select: Callable[[str, tuple[int, ...]], tuple[int, object] | None]
+                           ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, part) in file order, read with plain reads into tensors of their own: select(name, shape)
+    gives (dim, index), the part to read along dim 0 or 1 (a slice, or an index tensor of positions),
+    or None to skip the tensor. Only the part's bytes are resident afterwards (a column range is
+    taken from blocks of whole rows, READ_BLOCK bytes at a time): a tensor-parallel rank reads its
+    slices and never holds the rest."""
+    with open(file, "rb", buffering=0) as fh:
+        header, data = read_header(fh, file)
+        for key, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            shape, dtype = tuple(entry["shape"]), DTYPES[entry["dtype"]]
+            choice = select(key, shape)
+            if choice is None:
+                continue
+            dim, index = choice
+            base = data + entry["data_offsets"][0]
+            if not shape:
+                out = torch.empty((), dtype=dtype)
+                _fill(fh, base, out, key)
+                yield key, out
+                continue
+            runs = _runs(index, shape[dim])
+            width = sum(e - b for b, e in runs)
+            if dim == 0:
+                row = math.prod(shape[1:]) * dtype.itemsize
+                out = torch.empty((width, *shape[1:]), dtype=dtype)
+                at = 0
+                for b, e in runs:
+                    _fill(fh, base + b * row, out[at:at + e - b], key)
+                    at += e - b
+                yield key, out
+                continue
+            if len(shape) != 2 or dim != 1:
+                raise ValueError(f"tensor {key!r}: only the columns of a matrix are read by range")
+            rows, cols = shape
+            out = torch.empty((rows, width), dtype=dtype)
+            chunk = max(1, READ_BLOCK // max(1, cols * dtype.itemsize))
+            buf = torch.empty((min(chunk, rows), cols), dtype=dtype)
+            for r in range(0, rows, chunk):
+                n = min(chunk, rows - r)
+                _fill(fh, base + r * cols * dtype.itemsize, buf[:n], key)
+                at = 0
+                for b, e in runs:
+                    out[r:r + n, at:at + e - b] = buf[:n, b:e]
+                    at += e - b
+            yield key, out

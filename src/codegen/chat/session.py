@@ -81,7 +81,7 @@ class ChatSession:
         self.generations += 1
         kv = self._continue(prompt)
         request = Request([prompt], params, kv=kv)
-        scheduler = Scheduler(self.model, self.tokenizer)
+        scheduler = Scheduler.create(self.model, self.tokenizer)
         scheduler.add(request)
         self.reused.append(kv.length if kv is not None else 0)
         self.pending = pending = Pending(text, [""] * n, [[] for _ in range(n)])

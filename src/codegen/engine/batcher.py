@@ -31,7 +31,7 @@ class ContinuousBatcher:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.prefix_cache = prefix_cache  # used from the batcher's thread only; its stats may be read anywhere
-        self.scheduler = Scheduler(model, tokenizer, max_rows=max_batch, prefix_cache=prefix_cache)
+        self.scheduler = Scheduler.create(model, tokenizer, max_rows=max_batch, prefix_cache=prefix_cache)
         self._callbacks: dict[int, Callable[[Event | Exception], None]] = {}
         self._cond = threading.Condition()
         self._running = False
@@ -39,7 +39,7 @@ class ContinuousBatcher:
 
     def submit(self, request: Request, callback: Callable[[Event | Exception], None]) -> Request:
         with self._cond:
-            if len(self.scheduler.waiting) >= self.max_queue:
+            if self.scheduler.queued >= self.max_queue:
                 raise QueueFull(f"the queue holds {self.max_queue} waiting requests")
             self._callbacks[request.id] = callback
             try:
@@ -52,7 +52,7 @@ class ContinuousBatcher:
 
     @property
     def queued(self) -> int:
-        return len(self.scheduler.waiting)
+        return self.scheduler.queued
 
     @property
     def active(self) -> int:
@@ -107,7 +107,7 @@ class ContinuousBatcher:
                 if request.done:
                     self._callbacks.pop(request.id, None)
             with self._cond:  # cancelled requests whose rows left the batch: forget their callbacks
-                if len(self._callbacks) > self.scheduler.active + len(self.scheduler.waiting):
-                    live = {r.request.id for r in self.scheduler.rows} | {r.id for r in self.scheduler.waiting}
+                if len(self._callbacks) > self.scheduler.active + self.scheduler.queued:
+                    live = self.scheduler.live_ids()
                     for rid in [rid for rid in self._callbacks if rid not in live]:
                         del self._callbacks[rid]

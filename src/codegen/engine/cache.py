@@ -14,6 +14,13 @@ from __future__ import annotations
 import torch
 
 
+def cached_heads(model) -> int:
+    """The heads whose keys and values this process caches: all of them, or a tensor-parallel
+    rank's share (its attention modules' own head count)."""
+    blocks = getattr(getattr(model, "transformer", None), "h", None)
+    return blocks[0].attn.n_head if blocks else model.config.n_head
+
+
 class KVCache:
     def __init__(
         self,
@@ -41,7 +48,8 @@ class KVCache:
     def for_model(cls, model: torch.nn.Module, batch_size: int, capacity: int, empty: bool = False) -> KVCache:
         cfg = model.config
         p = next(model.parameters())
-        return cls(cfg.n_layer, batch_size, cfg.n_head, capacity, cfg.head_dim, dtype=p.dtype, device=p.device, empty=empty)
+        return cls(cfg.n_layer, batch_size, cached_heads(model), capacity, cfg.head_dim, dtype=p.dtype, device=p.device,
+                   empty=empty)
 
     def _empty_like(self, batch_size: int, capacity: int, empty: bool = False) -> KVCache:
         L, _, H, _, D = self.key.shape

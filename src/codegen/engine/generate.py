@@ -62,7 +62,7 @@ def generate(
         top_p=top_p if do_sample else 1.0, repetition_penalty=repetition_penalty, n=num_return_sequences,
         stop_token_ids=eos, suppress_tokens=tuple(suppress_tokens or ()),
     )
-    scheduler = Scheduler(model)
+    scheduler = Scheduler.create(model)
     request = scheduler.add(Request(input_ids, params, attention_mask, generator))
     rows = request.rows
     new: list[list[int]] = [[] for _ in range(rows)]

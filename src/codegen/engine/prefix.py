@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cache import cached_heads
+
 
 @dataclass
 class Prefix:
@@ -43,7 +45,7 @@ def kv_nbytes(key: torch.Tensor) -> int:
 def kv_bytes_per_token(model) -> int:
     """Bytes of keys and values one position takes in `model`'s cache (all layers)."""
     cfg = model.config
-    return 2 * cfg.n_layer * cfg.n_head * cfg.head_dim * next(model.parameters()).element_size()
+    return 2 * cfg.n_layer * cached_heads(model) * cfg.head_dim * next(model.parameters()).element_size()
 
 
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -170,6 +170,13 @@ class Scheduler:
         # delay the first token. Views stay valid: a cache never rewrites a column once written.
         self._to_store: list[tuple[PrefixCache, list[int], torch.Tensor, torch.Tensor]] = []
 
+    @staticmethod
+    def create(model, tokenizer=None, **kwargs) -> Scheduler:
+        """The scheduler for `model`: this class, or the one a tensor-parallel rank's model names
+        (`model.scheduler_class`, set by codegen.parallel: it keeps the group's ranks on the same
+        steps). Front ends make their schedulers here."""
+        return (getattr(model, "scheduler_class", None) or Scheduler)(model, tokenizer, **kwargs)
+
     # ------------------------------------------------------------------ requests
     def add(self, request: Request) -> Request:
         """Validate and queue `request`; raises ValueError naming the problem (nothing is queued)."""
@@ -194,8 +201,25 @@ class Scheduler:
                 request.seed = p.seed
             else:  # drawn once per request, from the caller's generator or torch's global one
                 request.seed = int(torch.randint(0, 2**63 - 1, (), generator=request.generator))
-        self.waiting.append(request)
+        self._queue(request)
         return request
+
+    def _queue(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for admission."""
+        return len(self.waiting)
+
+    def live_ids(self) -> set[int]:
+        """The ids of the requests running or waiting."""
+        return {r.request.id for r in self.rows} | {r.id for r in self.waiting}
+
+    def _cancelled(self) -> set[int]:
+        """The ids of the cancelled requests a step drops, read once at its start (a request
+        cancelled from another thread during the step leaves at the next)."""
+        return {r.request.id for r in self.rows if r.request.cancelled} | {r.id for r in self.waiting if r.cancelled}
 
     @property
     def has_work(self) -> bool:
@@ -209,6 +233,10 @@ class Scheduler:
         """Step until every request is done, yielding each step's events."""
         while self.has_work:
             yield self.step()
+        self._finish()
+
+    def _finish(self) -> None:
+        """After the last step: store what the last step left to store in prefix caches."""
         self._store_prompts()
 
     def _limit(self, request: Request) -> int:
@@ -224,7 +252,8 @@ class Scheduler:
     def step(self) -> list:
         events: list = []
         self._store_prompts()
-        self._keep([i for i, r in enumerate(self.rows) if not r.request.cancelled])
+        cancelled = self._cancelled()
+        self._keep([i for i, r in enumerate(self.rows) if r.request.id not in cancelled])
         if self.rows:  # every running row's last token was chosen last step and is run now, not then:
             # the previous step's events went out before this forward pass, which cancelled rows skip
             self.cache.reserve(1)
@@ -233,7 +262,7 @@ class Scheduler:
         while self.waiting and (self.max_rows is None or not self.rows
                                 or len(self.rows) + self.waiting[0].rows <= self.max_rows):
             request = self.waiting.popleft()
-            if not request.cancelled:
+            if request.id not in cancelled:
                 try:
                     self._admit(request, events)
                 except Exception as e:  # this request's prefill, not the batch's (which it had not joined)

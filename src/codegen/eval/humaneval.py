@@ -133,38 +133,54 @@ def check_run_settings(directory: str, settings: dict, restart: bool = False, sa
         json.dump(settings, fh, indent=2, sort_keys=True)
 
 
+def sample_units(problems: dict[str, dict], n: int, chunk: int = 32) -> list[tuple[tuple[str, int], int]]:
+    """The run's units in order: ((task_id, first sample index), samples) per chunk of a task's n."""
+    return [((t, start), min(chunk, n - start)) for t in sorted(problems, key=_task_order) for start in range(0, n, chunk)]
+
+
+def sample_ident(chunk: int = 32):
+    """record -> ((task_id, its chunk's first index), index); a record without an index (written
+    before indices were) counts as the next of its task, in file order."""
+    counts: dict[str, int] = defaultdict(int)
+
+    def ident(r: dict) -> tuple[tuple[str, int], int]:
+        index = r.get("index")
+        if index is None:
+            index = r["index"] = counts[r["task_id"]]
+        counts[r["task_id"]] = max(counts[r["task_id"]], index + 1)
+        return (r["task_id"], index - index % chunk), index
+
+    return ident
+
+
 def generate(model, tokenizer, problems: dict[str, dict], out_file: str, n: int, *, temperature: float = 0.2,
              top_p: float = 0.95, top_k: int = 0, max_new_tokens: int = 512, stop: Iterable[str] = STOP,
-             truncate: bool = False, seed: int = 0, chunk: int = 32, progress: bool | None = None) -> list[dict]:
-    """Append n samples per problem to `out_file` as they are produced; an interrupted run resumes
-    where it stopped (samples already in the file are kept, none is written twice)."""
+             truncate: bool = False, seed: int = 0, chunk: int = 32, progress: bool | None = None,
+             shard: tuple[int, int] = (0, 1)) -> list[dict] | None:
+    """n samples per problem, appended to `out_file` a chunk at a time as they are produced; an
+    interrupted run resumes where it stopped (complete chunks are kept, none is written twice).
+    `shard` (rank, ranks): this data-parallel rank's chunks only, into its own part file
+    (codegen.eval.shards); then the caller merges once every rank is done and this returns None.
+    Sample i of a task is drawn with seed (seed, task, its chunk's start), whoever draws it."""
     from ..completion import CompletionOptions, complete
+    from . import shards
 
-    have: dict[str, int] = defaultdict(int)
-    if os.path.exists(out_file):
-        records = read_jsonl(out_file)
-        write_jsonl(out_file, records)  # drops a torn last line before appending
-        for r in records:
-            have[r["task_id"]] += 1
-    todo = [(t, n - have[t]) for t in sorted(problems, key=_task_order) if have[t] < n]
+    rank, ranks = shard
+    units = sample_units(problems, n, chunk)
+    todo = shards.pending(out_file, units, sample_ident(chunk), rank, ranks)
     patterns = [r"\n\n^#", "^'''", "\n\n\n"] if truncate else []
-    with open(out_file, "a", encoding="utf-8") as fh, \
-            Progress(sum(r for _, r in todo), "sampling", "sample", enabled=progress) as bar:
-        for task_id, remaining in todo:
-            prompt = problems[task_id]["prompt"]
-            done = have[task_id]
-            while remaining > 0:
-                size = min(chunk, remaining)
-                # The seed depends on the task and position, so a resumed run draws what the first would have.
-                opts = CompletionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                         n=size, stop=tuple(stop), truncate_before_pattern=patterns,
-                                         seed=seed * 1_000_003 + zlib.crc32(task_id.encode()) + done,
-                                         truncate_prompt=True)
-                for c in complete(model, tokenizer, prompt, opts):
-                    fh.write(json.dumps({"task_id": task_id, "completion": c.text, "finish_reason": c.finish_reason}) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                bar.update(size)
-                done += size
-                remaining -= size
-    return read_jsonl(out_file)
+    with open(shards.part_file(out_file, rank, ranks), "a", encoding="utf-8") as fh, \
+            Progress(sum(size for _, size in todo), "sampling", "sample", enabled=progress) as bar:
+        for (task_id, start), size in todo:
+            opts = CompletionOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                     n=size, stop=tuple(stop), truncate_before_pattern=patterns,
+                                     seed=seed * 1_000_003 + zlib.crc32(task_id.encode()) + start, truncate_prompt=True)
+            for j, c in enumerate(complete(model, tokenizer, problems[task_id]["prompt"], opts)):
+                fh.write(json.dumps({"task_id": task_id, "index": start + j, "completion": c.text,
+                                     "finish_reason": c.finish_reason}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(size)
+    if ranks > 1:
+        return None
+    return shards.merge(out_file, units, sample_ident(chunk))

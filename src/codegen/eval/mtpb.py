@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -135,40 +136,74 @@ def check_program(code: str, expected) -> str | None:
 
 
 # ----------------------------------------------------------------------------- sampling
-def sample(model, tokenizer, problems: list[dict], n: int, *, single_turn: bool = False, temperature: float = 0.2,
-           top_p: float = 0.95, top_k: int = 0, seed: int = 16, progress: bool | None = None,
-           prefix_cache: bool = True) -> list[dict]:
-    """n samples for every (problem, test case): records with id, case, index, turns, completions, program.
-    With `prefix_cache`, each turn prefills only its own tokens: the n histories' KV is kept from one
-    turn to the next (the ids are those of re-prefilling every history, which is what False does)."""
+def sample_case(model, tokenizer, problem: dict, case: int, n: int, *, single_turn: bool = False, temperature: float = 0.2,
+                top_p: float = 0.95, top_k: int = 0, seed: int = 16, prefix_cache: bool = True) -> list[dict]:
+    """n samples of one (problem, test case): records with id, case, index, turns, completions, program.
+    Seeds depend on (seed, problem, case, turn) only. With `prefix_cache`, each turn prefills only
+    its own tokens: the n histories' KV is kept from one turn to the next (the ids are those of
+    re-prefilling every history, which is what False does)."""
     from ..completion import CompletionOptions, complete
     from ..engine.prefix import PrefixCache, kv_bytes_per_token
 
-    records = []
-    total = sum(cases(p) for p in problems)
+    p = problem
+    gen_len = p.get("max_gen_length", DEFAULT_GEN_LENGTH)
+    prompts = turns(p, case)
+    talks = [Conversation() for _ in range(n)]
     window = kv_bytes_per_token(model) * model.config.n_positions
-    with Progress(total, "sampling", "case", enabled=progress) as bar:
+    pool = PrefixCache(n * window) if prefix_cache and not single_turn else None
+    steps = [prompts] if single_turn else [[t] for t in prompts]
+    for step, group in enumerate(steps):
+        opts = CompletionOptions(
+            max_new_tokens=gen_len * (len(prompts) if single_turn else 1), temperature=temperature, top_p=top_p,
+            top_k=top_k, n=1, truncate_before_pattern=list(TRUNCATE[1:] if single_turn else TRUNCATE),
+            seed=seed + 7919 * int(p["id"]) + 104729 * case + step, truncate_prompt=True,
+        )
+        results = complete(model, tokenizer, [t.prompt(group) for t in talks], opts, prefix_cache=pool)
+        for talk, c in zip(talks, results):
+            talk.add("\n".join(group), c.text)
+    return [{"id": p["id"], "case": case, "index": i, "turns": prompts, "completions": [t.code for t in talks[i].turns],
+             "program": talks[i].program()} for i in range(n)]
+
+
+def sample(model, tokenizer, problems: list[dict], n: int, *, progress: bool | None = None, **kwargs) -> list[dict]:
+    """`sample_case` for every (problem, test case), in order."""
+    records = []
+    with Progress(sum(cases(p) for p in problems), "sampling", "case", enabled=progress) as bar:
         for p in problems:
-            gen_len = p.get("max_gen_length", DEFAULT_GEN_LENGTH)
             for case in range(cases(p)):
-                prompts = turns(p, case)
-                talks = [Conversation() for _ in range(n)]
-                pool = PrefixCache(n * window) if prefix_cache and not single_turn else None
-                steps = [prompts] if single_turn else [[t] for t in prompts]
-                for step, group in enumerate(steps):
-                    opts = CompletionOptions(
-                        max_new_tokens=gen_len * (len(prompts) if single_turn else 1), temperature=temperature, top_p=top_p,
-                        top_k=top_k, n=1, truncate_before_pattern=list(TRUNCATE[1:] if single_turn else TRUNCATE),
-                        seed=seed + 7919 * int(p["id"]) + 104729 * case + step, truncate_prompt=True,
-                    )
-                    results = complete(model, tokenizer, [t.prompt(group) for t in talks], opts, prefix_cache=pool)
-                    for talk, c in zip(talks, results):
-                        talk.add("\n".join(group), c.text)
-                for i in range(n):
-                    records.append({"id": p["id"], "case": case, "index": i, "turns": prompts,
-                                    "completions": [t.code for t in talks[i].turns], "program": talks[i].program()})
+                records += sample_case(model, tokenizer, p, case, n, **kwargs)
                 bar.update(1)
     return records
+
+
+def units(problems: list[dict], n: int) -> list[tuple[tuple[str, int], int]]:
+    return [((str(p["id"]), case), n) for p in problems for case in range(cases(p))]
+
+
+def ident(record: dict) -> tuple[tuple[str, int], int]:
+    return (str(record["id"]), record["case"]), record["index"]
+
+
+def sample_to(model, tokenizer, problems: list[dict], out_file: str, n: int, *, shard: tuple[int, int] = (0, 1),
+              progress: bool | None = None, **kwargs) -> list[dict] | None:
+    """`sample`, appended to `out_file` a test case at a time and resumable (codegen.eval.shards);
+    `shard` (rank, ranks): this data-parallel rank's cases into its own part file, and None (the
+    caller merges once every rank is done); else the whole file's records."""
+    from . import shards
+
+    rank, ranks = shard
+    all_units = units(problems, n)
+    todo = shards.pending(out_file, all_units, ident, rank, ranks)
+    by_id = {str(p["id"]): p for p in problems}
+    with open(shards.part_file(out_file, rank, ranks), "a", encoding="utf-8") as fh, \
+            Progress(len(todo), "sampling", "case", enabled=progress) as bar:
+        for (pid, case), _ in todo:
+            for r in sample_case(model, tokenizer, by_id[pid], case, n, **kwargs):
+                fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(1)
+    return None if ranks > 1 else shards.merge(out_file, all_units, ident)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -123,6 +123,8 @@ class FusedDecoder:
                 or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % cfg.qkv_shards or cfg.rotary_dim % 2):
             return None
         t = model.transformer
+        if getattr(model, "tensor_parallel", None) is not None:  # a rank's slice: its steps need collectives
+            return None
         if not all(_plain(m) for m in model.modules()):
             return None
         linears = [model.lm_head] + [m for b in t.h for m in (b.attn.qkv_proj, b.attn.out_proj, b.mlp.fc_in, b.mlp.fc_out)]

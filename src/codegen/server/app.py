@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -303,16 +304,30 @@ def create_app(batcher: ContinuousBatcher, model_name: str, api_key: str | None 
 
 
 def run(settings) -> None:
-    """Load the model, start the batcher thread and serve until interrupted."""
-    import os
+    """Load the model, start the batcher thread and serve until interrupted; under --tp (torchrun),
+    rank 0 serves and the other ranks follow its steps (codegen.parallel)."""
+    from ..loading import load_for_inference
 
+    def load(layout=None):
+        return load_for_inference(settings.model, settings.tokenizer, settings.dtype, settings.device, settings.threads,
+                                  adapter=settings.adapter, quantize=settings.quantize, layout=layout)
+
+    if settings.tp == 1 and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        serve(settings, *load())
+        return
+    from ..parallel.run import run_ranks
+
+    run_ranks(load, lambda model, tokenizer, layout: serve(settings, model, tokenizer), tp=settings.tp,
+              device=settings.device, one_group=True)
+
+
+def serve(settings, model, tokenizer) -> int:
+    """Serve `model` until interrupted."""
     import uvicorn
 
     from ..engine.prefix import PrefixCache
-    from ..loading import load_for_inference, resolve_model
+    from ..loading import resolve_model
 
-    model, tokenizer = load_for_inference(settings.model, settings.tokenizer, settings.dtype, settings.device,
-                                          settings.threads, adapter=settings.adapter, quantize=settings.quantize)
     pool = PrefixCache(settings.prefix_cache_mb << 20) if settings.prefix_cache_mb else None
     batcher = ContinuousBatcher(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue,
                                 prefix_cache=pool)
@@ -330,3 +345,4 @@ def run(settings) -> None:
                     timeout_graceful_shutdown=settings.shutdown_timeout)
     finally:
         batcher.close()
+    return 0

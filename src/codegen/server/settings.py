@@ -29,6 +29,7 @@ class ServerSettings:
                       choices=("float32", "bfloat16", "float16", "auto", "stored"))
     quantize: str | None = _opt(None, "quantize the weights at load (weight-only)", choices=("int8", "int4"))
     device: str = _opt("cpu", "torch device")
+    tp: int = _opt(1, "tensor-parallel ranks (start them with `torchrun --nproc-per-node N -m codegen serve --tp N`)", 1, 1024)
     threads: int | None = _opt(None, "CPU threads for torch (default: one per core)", 1, 1024)
     prefix_cache_mb: int = _opt(1024, "memory for the KV of recent prompts (MiB): a request that begins like one of them "
                                       "prefills only the rest; 0 = off", 0, 1 << 20)

@@ -1,0 +1,7 @@
+"""`python -m codegen ...` (and `torchrun ... -m codegen ...`): the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
