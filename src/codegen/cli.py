@@ -712,13 +712,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _without_ranks(argv: list[str]) -> list[str]:
+def _rank_argv(argv: list[str]) -> list[str]:
+    """The command line each rank runs: without --ranks, and --n spelt --num-samples (torchrun's own
+    parser takes --n for one of its options)."""
     out, skip = [], False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
         elif a == "--ranks":
             skip = True
+        elif a == "--n" or a.startswith("--n="):
+            out.append(a.replace("--n", "--num-samples", 1))
         elif not a.startswith("--ranks="):
             out.append(a)
     return out
@@ -736,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ranks < 1 or args.ranks % args.tp:
             print(f"codegen: error: --ranks must be a positive multiple of --tp {args.tp}, got {args.ranks}", file=sys.stderr)
             return 1
-        return launch(_without_ranks(argv), args.ranks)
+        return launch(_rank_argv(argv), args.ranks)
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .eval.sandbox import SandboxUnavailable

@@ -56,7 +56,7 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
     """This rank's part of the CodeGenForCausalLM in `path` (a checkpoint directory)."""
     directory = ckpt.resolve(path)
     config = CodeGenConfig.from_pretrained(directory)
-    from ..quant.convert import empty_quantized, linear_names, quantize_tensor, spec_of
+    from ..quant.convert import embedding_name, empty_quantized, linear_names, quantize_tensor, spec_of
 
     if spec_of(config) is not None:
         raise ckpt.CheckpointError(f"{directory} is quantized ({spec_of(config).name}); under --tp load its float "
@@ -68,6 +68,9 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
         whole = {k: v.shape for k, v in CodeGenForCausalLM(config).state_dict().items()}
         model = shard.shard_model(CodeGenForCausalLM(config), rank, tp, layout.tp_group)
         on_read = {name + ".weight": quantize for name in linear_names(model)} if quantize is not None else {}
+        table = embedding_name(model, quantize) if quantize is not None else None
+        if table is not None:
+            on_read[table + ".weight"] = None  # the token table: int8, one scale per token
         if quantize is not None:
             empty_quantized(model, quantize)  # (QuantLinear's load relays int4 weights for the kernels)
     wanted = set(model.state_dict())
@@ -112,6 +115,7 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ckpt.CheckpointError(f"{directory}: the checkpoint ({layout_name}) lacks {len(missing)} tensor(s): {shown}")
     model.load_state_dict(state, strict=True, assign=True)
+    shard.gather_head(model, layout.tp_group, tp)
     model.eval()
     ckpt.release_free_memory()
     from ..tokenizer.files import TokenizerFileError, tokenizer_size

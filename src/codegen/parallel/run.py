@@ -31,6 +31,10 @@ def local_threads() -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local))
 
 
+def _exit_on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_ranks(load: Callable[[Layout], tuple], body: Callable, *, tp: int, device: str = "cpu",
               before: Callable[[], None] | None = None, after: Callable[[], int] | None = None,
               one_group: bool = False) -> int:
@@ -38,6 +42,7 @@ def run_ranks(load: Callable[[Layout], tuple], body: Callable, *, tp: int, devic
     group's driver; `before()` on rank 0 before anything is loaded, `after()` on rank 0 once every
     group is done (its exit code is the command's). one_group: the command is not data-parallel
     (complete, serve): the launch must hold exactly one tensor-parallel group."""
+    owner = layout() is None  # a caller that set up the groups itself keeps them
     lay = init(tp, device)
     try:
         if one_group and lay.dp_size != 1:
@@ -69,6 +74,10 @@ def run_ranks(load: Callable[[Layout], tuple], body: Callable, *, tp: int, devic
                     for s, h in old.items():
                         signal.signal(s, h)
             else:
+                # SIGTERM ends the driver through its finally blocks (the server's graceful shutdown re-raises
+                # it when done), so that its followers are released instead of losing it mid-wait.
+                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                    signal.signal(signal.SIGTERM, _exit_on_term)
                 try:
                     code = body(model, tokenizer, lay)
                 finally:
@@ -82,7 +91,8 @@ def run_ranks(load: Callable[[Layout], tuple], body: Callable, *, tp: int, devic
                 code = after()
         return code or 0
     finally:
-        shutdown()
+        if owner:
+            shutdown()
 
 
 def launch(argv: list[str], ranks: int) -> int:

@@ -143,7 +143,7 @@ def gather_logits(group, tp: int):
 
 def shard_model(model: nn.Module, rank: int, tp: int, group) -> nn.Module:
     """Make a CodeGenForCausalLM built on the meta device into rank `rank`'s part (modules resized,
-    blocks made ParallelBlocks, lm_head's logits gathered); weights are assigned afterwards."""
+    blocks made ParallelBlocks); weights are assigned afterwards, then `gather_head`."""
     config = model.config
     check_split(config, tp)
     E, I, V = config.n_embd, config.inner_dim, config.vocab_size
@@ -158,6 +158,11 @@ def shard_model(model: nn.Module, rank: int, tp: int, group) -> nn.Module:
         block.__class__ = ParallelBlock
         block.tp_group, block.tp_rank, block.tp = group, rank, tp
     model.lm_head = nn.Linear(E, V // tp, bias=model.lm_head.bias is not None, device=device)
-    model.lm_head.register_forward_hook(gather_logits(group, tp))
     model.tensor_parallel = (rank, tp)
     return model
+
+
+def gather_head(model: nn.Module, group, tp: int) -> None:
+    """Gather lm_head's vocabulary slices after every forward: call it once lm_head is final (a
+    quantized load replaces the module, and a hook lives on its module)."""
+    model.lm_head.register_forward_hook(gather_logits(group, tp))
