@@ -131,21 +131,25 @@ def _fill(fh, offset: int, out: torch.Tensor, key: str) -> None:
 READ_BLOCK = 8 * 2**20  # bytes of whole rows read at a time to take a column range out of them
 
 
-def iter_safetensors_parts(file: str, select: Callable[[str, tuple[int, ...]], tuple[int, object] | None]
+def iter_safetensors_parts(file: str, select: Callable[[str, tuple[int, ...], torch.dtype], tuple | None]
                            ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, part) in file order, read with plain reads into tensors of their own: select(name, shape)
-    gives (dim, index), the part to read along dim 0 or 1 (a slice, or an index tensor of positions),
-    or None to skip the tensor. Only the part's bytes are resident afterwards (a column range is
-    taken from blocks of whole rows, READ_BLOCK bytes at a time): a tensor-parallel rank reads its
-    slices and never holds the rest."""
+    """(name, part) in file order. select(name, shape, dtype) gives (dim, index, mapped): the part
+    along dim 0 or 1 (a slice, or an index tensor of positions), or None to skip the tensor. A part
+    that is one run of rows and `mapped` (kept as stored) is a view of a private memory map of the
+    file: only its pages are ever read, and only when used. Other parts are read with plain reads
+    into tensors of their own (a column range taken from blocks of whole rows, READ_BLOCK bytes at a
+    time). Either way a tensor-parallel rank holds its slices and never the rest."""
+    import mmap
+
     with open(file, "rb", buffering=0) as fh:
         header, data = read_header(fh, file)
+        mapping = None
         for key, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             shape, dtype = tuple(entry["shape"]), DTYPES[entry["dtype"]]
-            choice = select(key, shape)
+            choice = select(key, shape, dtype)
             if choice is None:
                 continue
-            dim, index = choice
+            dim, index, mapped = choice
             base = data + entry["data_offsets"][0]
             if not shape:
                 out = torch.empty((), dtype=dtype)
@@ -156,6 +160,13 @@ def iter_safetensors_parts(file: str, select: Callable[[str, tuple[int, ...]], t
             width = sum(e - b for b, e in runs)
             if dim == 0:
                 row = math.prod(shape[1:]) * dtype.itemsize
+                if mapped and len(runs) == 1 and width:
+                    if mapping is None:  # copy-on-write: writable for torch, never written back
+                        mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+                    flat = torch.frombuffer(mapping, dtype=dtype, count=width * row // dtype.itemsize,
+                                            offset=base + runs[0][0] * row)
+                    yield key, flat.view(width, *shape[1:])
+                    continue
                 out = torch.empty((width, *shape[1:]), dtype=dtype)
                 at = 0
                 for b, e in runs:

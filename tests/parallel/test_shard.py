@@ -71,8 +71,8 @@ def test_safetensors_parts_read_only_what_is_asked(tmp_path):
     file = str(tmp_path / "m.safetensors")
     save_file(tensors, file)
     index = torch.tensor([0, 1, 2, 5, 6, 10])
-    asks = {"a": (1, slice(150, 300)), "b": (0, index), "c": (0, slice(3, 6)), "d": None}
-    got = dict(iter_safetensors_parts(file, lambda key, shape: asks[key]))
+    asks = {"a": (1, slice(150, 300), True), "b": (0, index, True), "c": (0, slice(3, 6), True), "d": None}
+    got = dict(iter_safetensors_parts(file, lambda key, shape, dtype: asks[key]))
     assert set(got) == {"a", "b", "c"}
     assert torch.equal(got["a"], tensors["a"][:, 150:300]) and got["a"].is_contiguous()
     assert torch.equal(got["b"], tensors["b"][index]) and got["b"].dtype == torch.bfloat16
@@ -82,7 +82,13 @@ def test_safetensors_parts_read_only_what_is_asked(tmp_path):
     old = safetensors_io.READ_BLOCK
     safetensors_io.READ_BLOCK = 7 * 300 * 4  # blocks of 7 rows: the last block is partial
     try:
-        got = dict(iter_safetensors_parts(file, lambda key, shape: (1, slice(1, 299)) if key == "a" else None))
+        got = dict(iter_safetensors_parts(file, lambda key, shape, dtype: (1, slice(1, 299), False) if key == "a" else None))
     finally:
         safetensors_io.READ_BLOCK = old
     assert torch.equal(got["a"], tensors["a"][:, 1:299])
+    # a mapped run of rows is a view of the file's pages (copy-on-write: writing it leaves the file as it is)
+    got = dict(iter_safetensors_parts(file, lambda key, shape, dtype: (0, slice(4, 9), key == "a") if key in "ab" else None))
+    assert torch.equal(got["a"], tensors["a"][4:9]) and torch.equal(got["b"], tensors["b"][4:9])
+    got["a"].zero_()
+    assert torch.equal(dict(iter_safetensors_parts(file, lambda k, s, d: (0, slice(4, 9), True) if k == "a" else None))["a"],
+                       tensors["a"][4:9])

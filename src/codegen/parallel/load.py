@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -25,18 +26,19 @@ from .group import Layout
 logger = logging.getLogger(__name__)
 
 
-def _parts(file: str, config: CodeGenConfig, expected: dict, rank: int, tp: int):
-    """(key, whole shape, part) of one weights file, parts read as described in the module doc."""
+def _parts(file: str, config: CodeGenConfig, expected: dict, rank: int, tp: int, kept: Callable[[str, torch.dtype], bool]):
+    """(key, whole shape, part) of one weights file, parts read as described in the module doc;
+    kept(key, dtype): the tensor is used as stored (a row slice of it may stay memory-mapped)."""
     if file.endswith(".safetensors"):
         shapes: dict[str, tuple] = {}
 
-        def select(key, shape):
+        def select(key, shape, dtype):
             shapes[key] = shape
             if ckpt.IGNORED_KEY.search(key) or key not in expected or tuple(expected[key]) != shape:
-                return 0, slice(0, 0)  # read nothing: the caller reports the key with its shape
+                return 0, slice(0, 0), False  # read nothing: the caller reports the key with its shape
             d = shard.split_dim(key)
             index = shard.part(key, config, rank, tp, shape[d] if len(shape) > d else 0)
-            return None if index is None else (d, index)
+            return None if index is None else (d, index, kept(key, dtype))
 
         try:
             for key, tensor in iter_safetensors_parts(file, select):
@@ -82,8 +84,12 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
 
     bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True,
                desc=f"loading rank {rank} of {tp}", disable=None if progress is None else not progress)
+    def kept(key: str, stored: torch.dtype) -> bool:  # no conversion: the slice is used as it lies in the file
+        quantized = key in on_read or (key.endswith(".bias") and key[: -len("bias")] + "weight" in on_read)
+        return not quantized and stored.is_floating_point and (dtype is None or stored == dtype) and device.type == "cpu"
+
     for file in files:
-        for key, shape, tensor in _parts(file, config, whole, rank, tp):
+        for key, shape, tensor in _parts(file, config, whole, rank, tp, kept):
             if ckpt.IGNORED_KEY.search(key):
                 continue
             if key not in whole:
