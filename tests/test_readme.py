@@ -28,6 +28,9 @@ SMALLER = [
     (r"codegen eval mtpb", lambda c: c.replace("--limit 3", "--limit 1")),
     (r"codegen train", lambda c: re.sub(r"--max-steps \d+", "", c) + " --max-steps 2 --seq-len 32 --batch-size 2 --eval-fraction 0"),
     (r"codegen complete", lambda c: c + " --max-new-tokens 16"),
+    (r"torchrun --nproc-per-node 2 -m codegen complete", lambda c: c + " --max-new-tokens 16"),
+    (r"torchrun --nproc-per-node 2 -m codegen eval humaneval",
+     lambda c: c.replace("--num-samples 20", "--num-samples 2") + " --limit 2 --max-new-tokens 8"),
     (r"codegen chat", lambda c: c + " --max-new-tokens 8"),
 ]
 
@@ -43,7 +46,7 @@ def commands() -> list[str]:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip() if "  #" in line else line.strip()
             for part in line.split(" && "):
-                if part.startswith(("codegen ", "curl ")):
+                if part.startswith(("codegen ", "curl ", "torchrun ")):
                     out.append(part)
     return out
 
@@ -102,6 +105,8 @@ def test_every_readme_command_runs(workdir):
             argv = shlex.split(cmd.rstrip("&"))
             if argv[0] == "codegen":
                 argv = [sys.executable, "-m", "codegen.cli", *argv[1:]]
+            elif argv[0] == "torchrun":  # torch's launcher, from this interpreter's torch
+                argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
             if argv[1:4] == ["-m", "codegen.cli", "eval"] and "--samples" in argv and not (workdir / "samples.jsonl").exists():
                 os.link(workdir / "runs" / "he" / "samples.jsonl", workdir / "samples.jsonl")  # what the line before wrote
             if background:
