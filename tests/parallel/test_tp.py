@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from conftest import HERE, tiny_lm, torchrun
 
 WORKER = os.path.join(HERE, "tp_worker.py")
