@@ -21,9 +21,9 @@ def torchrun(*args: str, ranks: int = 2, timeout: float = 240, env: dict | None 
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
-def tiny_lm(path: str, seed: int = 0, n_head: int = 4, mp_num: int | None = None, n_embd: int = 64) -> str:
+def tiny_lm(path: str, seed: int = 0, n_head: int = 4, mp_num: int | None = None, n_embd: int = 64, bin: bool = False) -> str:
     """A random CodeGen-1 layout checkpoint at CodeGen's vocabulary (51200) with the real tokenizer,
-    its matrices scaled so that greedy paths vary."""
+    its matrices scaled so that greedy paths vary; `bin`: as pytorch_model.bin (torch.save)."""
     import shutil
 
     torch.manual_seed(seed)
@@ -36,7 +36,7 @@ def tiny_lm(path: str, seed: int = 0, n_head: int = 4, mp_num: int | None = None
                 p.mul_(5.0)
             elif "ln" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(path)
+    model.save_pretrained(path, safe_serialization=not bin)
     for name in os.listdir(TOKENIZER_DIR):
         if name != "PROVENANCE.md":
             shutil.copy(os.path.join(TOKENIZER_DIR, name), path)

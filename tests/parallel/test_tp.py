@@ -17,14 +17,17 @@ def _run(mode: str, out: str, *checkpoints: str):
 
 def test_tp2_equals_tp1_with_4_8_and_1_qkv_shards(tmp_path, lm_dir):
     """4 shards (CodeGen-1), 8 (CodeGen2-1B/3.7B's layout: each rank 4 whole shards) and 1 (the
-    heads split inside a shard: rows gathered): fp32 logits within 1e-5, the engine's ids equal."""
+    heads split inside a shard: rows gathered), and a .bin checkpoint: fp32 logits within 1e-5, the
+    engine's ids equal."""
     eight = tiny_lm(str(tmp_path / "s8"), seed=1, n_head=8, mp_num=8)
     one = tiny_lm(str(tmp_path / "s1"), seed=2, n_head=4, mp_num=1)
+    pickled = tiny_lm(str(tmp_path / "bin"), seed=3, bin=True)
+    assert os.listdir(pickled).count("pytorch_model.bin") == 1
     out = str(tmp_path / "r.json")
-    done = _run("parity", out, lm_dir, eight, one)
+    done = _run("parity", out, lm_dir, eight, one, pickled)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.load(open(out))
-    for ckpt in (lm_dir, eight, one):
+    for ckpt in (lm_dir, eight, one, pickled):
         r = results[ckpt]
         assert r["logits"]["prefill"] < 1e-5 and r["logits"]["decode"] < 1e-5, r
         assert r["logits"]["local_heads"] * 2 == r["logits"]["heads"]

@@ -112,17 +112,21 @@ def check_run_settings(directory: str, settings: dict, restart: bool = False, sa
     """Record what a sampling run in `directory` depends on (model, sampling parameters, stop set);
     a resumed run must ask the same, or its samples would mix with the earlier ones: ValueError
     naming the differences. `restart` deletes the earlier samples and results instead."""
+    from .shards import part_files
+
     path = os.path.join(directory, RUN_SETTINGS)
     settings = dict(settings, stop=list(STOP))
+    parts = part_files(os.path.join(directory, samples))  # data-parallel ranks' samples not merged yet
     if restart:
-        for name in (samples, samples[:-6] + "_results.jsonl", samples + "_results.jsonl", RUN_SETTINGS):
+        for name in (samples, samples[:-6] + "_results.jsonl", samples + "_results.jsonl", RUN_SETTINGS, *parts):
             if os.path.exists(os.path.join(directory, name)):
                 os.unlink(os.path.join(directory, name))
+        parts = []
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             before = json.load(fh)
         diff = {k for k in set(before) | set(settings) if before.get(k) != settings.get(k)}
-        if diff and os.path.exists(os.path.join(directory, samples)):
+        if diff and (os.path.exists(os.path.join(directory, samples)) or parts):
             was = ", ".join(f"{k} {before.get(k)!r}" for k in sorted(diff))
             now = ", ".join(f"{k} {settings.get(k)!r}" for k in sorted(diff))
             raise ValueError(f"{directory} holds samples made with {was}; this run asks {now}. Resuming would mix "

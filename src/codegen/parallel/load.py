@@ -46,11 +46,11 @@ def _parts(file: str, config: CodeGenConfig, expected: dict, rank: int, tp: int,
         except (SafetensorsFormatError, OSError) as e:
             raise ckpt.CheckpointError(f"{file}: not a readable safetensors file ({e}); it may be truncated or corrupt") from None
         return
-    for key, tensor in ckpt.iter_tensors(file):
+    for key, tensor in ckpt.iter_tensors(file):  # views of torch.load's memory map
         ok = key in expected and tuple(expected[key]) == tuple(tensor.shape)
         part = shard.shard_tensor(key, tensor, config, rank, tp) if ok and not ckpt.IGNORED_KEY.search(key) else tensor
-        if part is not None:
-            yield key, tuple(tensor.shape), part.clone() if ok else part
+        if part is not None:  # a run of rows kept as stored stays a view; other parts are copied out
+            yield key, tuple(tensor.shape), part if not ok or (part.is_contiguous() and kept(key, part.dtype)) else part.clone()
 
 
 def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quantize=None, progress: bool | None = None
