@@ -38,18 +38,21 @@ class CodeGenTokenizerFast(CodeGenTokenizerBase):
     num_threads = min(8, os.cpu_count() or 1)
 
     def _on_vocabulary_change(self) -> None:
+        # The ranks live in tiktoken's core only (a Python copy beside it would hold ~7 MiB for good);
+        # they are made again when added tokens change the special tokens.
+        ranks = self._tiktoken_ranks() if getattr(self, "_ranks", True) is not None else None
         if not hasattr(self, "_ranks"):
-            self._ranks = self._tiktoken_ranks()
+            self._ranks = True if ranks is not None else None  # whether tiktoken can run this vocabulary
             if self._ranks is None:
                 logger.warning("%s: vocabulary is not GPT-2-shaped; using the pure-Python BPE", self.name_or_path or "tokenizer")
                 self._bpe = PythonBPE(self.encoder, self.bpe_ranks)
         self._sentinel = {tok: chr(SENTINEL_BASE + n) for n, tok in enumerate(sorted(self._split_ids))}
         self._has_sentinel = re.compile("[%s]" % "".join(self._sentinel.values())) if self._sentinel else None
-        if self._ranks is not None:
+        if ranks is not None:
             self._tiktoken = tiktoken.Encoding(
                 name=f"codegen-{id(self)}",
                 pat_str=TIKTOKEN_GPT2_PATTERN,
-                mergeable_ranks=self._ranks,
+                mergeable_ranks=ranks,
                 special_tokens={self._sentinel[t]: i for t, i in self._split_ids.items()},
             )
 
