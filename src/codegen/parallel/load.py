@@ -114,8 +114,7 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
             state[key] = tensor.to(device)
     bar.close()
     if tied and "transformer.wte.weight" in state:
-        n = config.vocab_size // tp
-        state["lm_head.weight"] = state["transformer.wte.weight"][rank * n:(rank + 1) * n]
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # the same rows of the vocabulary
     missing = sorted(wanted - set(state))
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")

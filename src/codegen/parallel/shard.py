@@ -12,7 +12,9 @@ Rank r of t holds:
 - `mlp.fc_in` (I, E) and its bias: rows [r I/t, (r+1) I/t); `mlp.fc_out` (E, I): those columns,
   its bias on rank 0 only (the partial sums are added once, so the bias must be too).
 - `lm_head` (V, E) and bias: rows [r V/t, (r+1) V/t), the logits gathered after it.
-- everything else (wte, the layer norms) whole.
+- `wte` (V, E): the same rows; a token outside them gives zeros, and one all-reduce per forward
+  adds the rank that holds it (exact: one term is not zero).
+- the layer norms whole.
 Each block's attention and MLP partial sums are added by one all-reduce before the residual
 (`ParallelBlock`): CodeGen's parallel residual needs no second one. `shard_tensor` and its inverse
 `merge_tensor` are the layout conversion (round-trip tested).
@@ -63,7 +65,7 @@ def _kind(key: str) -> str:
         return "qkv"
     if key.endswith(("attn.out_proj.weight", "mlp.fc_out.weight")):
         return "cols"
-    if key.endswith(("mlp.fc_in.weight", "mlp.fc_in.bias")) or key in ("lm_head.weight", "lm_head.bias"):
+    if key.endswith(("mlp.fc_in.weight", "mlp.fc_in.bias")) or key in ("lm_head.weight", "lm_head.bias", "transformer.wte.weight"):
         return "rows"
     if key.endswith("mlp.fc_out.bias"):
         return "fc_out_bias"
@@ -158,11 +160,36 @@ def shard_model(model: nn.Module, rank: int, tp: int, group) -> nn.Module:
         block.__class__ = ParallelBlock
         block.tp_group, block.tp_rank, block.tp = group, rank, tp
     model.lm_head = nn.Linear(E, V // tp, bias=model.lm_head.bias is not None, device=device)
+    model.transformer.wte = nn.Embedding(V // tp, E, device=device)
     model.tensor_parallel = (rank, tp)
     return model
 
 
+def vocab_parallel(embedding: nn.Module, group, rank: int, tp: int, vocab: int) -> None:
+    """Make a (dense or quantized) embedding holding rows [r V/t, (r+1) V/t) look up any id: ids are
+    shifted into its rows (others clamped, their rows zeroed after) and the ranks' outputs summed."""
+    n = vocab // tp
+    start, inside = rank * n, {}
+
+    def before(module, args):
+        ids = args[0]
+        local = ids - start
+        inside["mask"] = (local >= 0) & (local < n)
+        return (local.clamp(0, n - 1), *args[1:])
+
+    def after(module, args, out):
+        out = out * inside.pop("mask").unsqueeze(-1).to(out.dtype)
+        dist.all_reduce(out, group=group)
+        return out
+
+    embedding.register_forward_pre_hook(before)
+    embedding.register_forward_hook(after)
+
+
 def gather_head(model: nn.Module, group, tp: int) -> None:
-    """Gather lm_head's vocabulary slices after every forward: call it once lm_head is final (a
-    quantized load replaces the module, and a hook lives on its module)."""
+    """The collectives around the vocabulary slices: lm_head's logits gathered after every forward,
+    the embedding's lookups summed. Call it once the modules are final (a quantized load replaces
+    them, and hooks live on their modules)."""
     model.lm_head.register_forward_hook(gather_logits(group, tp))
+    rank = model.tensor_parallel[0]
+    vocab_parallel(model.transformer.wte, group, rank, tp, model.config.vocab_size)
