@@ -224,16 +224,10 @@ def _with_model(args: argparse.Namespace, body, *, before=None, after=None, one_
     """body(model, tokenizer, layout) with the model loaded: in this process, or, under torchrun or
     with --tp, on every rank (codegen.parallel.run: the group's driver runs body, its followers
     mirror its steps; `before` and `after` run on rank 0 before loading and once all are done)."""
-    tp = getattr(args, "tp", 1)
-    if tp == 1 and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
-        if before is not None:
-            before()
-        code = body(*_load(args), None)
-        return after() if after is not None else code
-    from .parallel.run import run_ranks
+    from .parallel.run import run_model
 
-    return run_ranks(lambda layout: _load(args, layout), body, tp=tp, device=args.device, before=before, after=after,
-                     one_group=one_group)
+    return run_model(lambda layout: _load(args, layout), body, tp=getattr(args, "tp", 1), device=args.device,
+                     before=before, after=after, one_group=one_group)
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
@@ -402,14 +396,16 @@ def cmd_eval_humaneval(args: argparse.Namespace) -> int:
         os.makedirs(args.out, exist_ok=True)
         humaneval.check_run_settings(args.out, _run_settings(args), restart=args.restart)
 
+    merged: list = []  # one process's samples (generate merged them); under data parallelism `after` merges
+
     def body(model, tokenizer, layout) -> int:
-        humaneval.generate(model, tokenizer, problems, samples_file, args.n, temperature=args.temperature,
-                           top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                           truncate=args.truncate, seed=args.seed, shard=_shard(layout))
+        merged[:] = humaneval.generate(model, tokenizer, problems, samples_file, args.n, temperature=args.temperature,
+                                       top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                                       truncate=args.truncate, seed=args.seed, shard=_shard(layout)) or []
         return 0
 
     def after() -> int:  # every rank's samples are in: one file, scored
-        samples = shards.merge(samples_file, humaneval.sample_units(problems, args.n), humaneval.sample_ident())
+        samples = merged or shards.merge(samples_file, humaneval.sample_units(problems, args.n), humaneval.sample_ident())
         return report([s for s in samples if s["task_id"] in problems], samples_file, problems)
 
     return _with_model(args, body, before=before, after=after, one_group=False)
@@ -453,14 +449,17 @@ def cmd_eval_mtpb(args: argparse.Namespace) -> int:
         settings = dict(_run_settings(args), single_turn=args.single_turn, data=os.path.abspath(args.data))
         humaneval.check_run_settings(args.out, settings, restart=args.restart, samples=name)
 
+    merged: list = []  # as for HumanEval
+
     def body(model, tokenizer, layout) -> int:
-        mtpb.sample_to(model, tokenizer, problems, records_file, args.n, shard=_shard(layout), single_turn=args.single_turn,
-                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+        merged[:] = mtpb.sample_to(model, tokenizer, problems, records_file, args.n, shard=_shard(layout),
+                                   single_turn=args.single_turn, temperature=args.temperature, top_p=args.top_p,
+                                   top_k=args.top_k, seed=args.seed) or []
         return 0
 
     def after() -> int:
         ids = {p["id"] for p in problems}
-        records = shards.merge(records_file, mtpb.units(problems, args.n), mtpb.ident)
+        records = merged or shards.merge(records_file, mtpb.units(problems, args.n), mtpb.ident)
         return report([r for r in records if str(r["id"]) in ids], records_file)
 
     return _with_model(args, body, before=before, after=after, one_group=False)
@@ -734,7 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("codegen.progress").setLevel(logging.INFO)  # progress off a terminal, shown without -v
-    if getattr(args, "ranks", None) is not None and "RANK" not in os.environ:
+    from .parallel import launched
+
+    if getattr(args, "ranks", None) is not None and not launched():
         from .parallel.run import launch  # this process starts the ranks and waits for them
 
         if args.ranks < 1 or args.ranks % args.tp:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import RankError
+from . import RankError, launched
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,6 @@ class Layout:
 
 
 _LAYOUT: Layout | None = None
-
-
-def launched() -> bool:
-    """Whether this process is one rank of a torchrun (or torch.distributed) launch."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def layout() -> Layout | None:

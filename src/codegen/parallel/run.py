@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch.distributed as dist
 
-from . import RankError
+from . import RankError, launched
 from .group import Layout, agree, init, layout, shutdown
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,19 @@ def run_ranks(load: Callable[[Layout], tuple], body: Callable, *, tp: int, devic
             shutdown()
 
 
+def run_model(load: Callable[[Layout | None], tuple], body: Callable, *, tp: int, device: str = "cpu",
+              before: Callable[[], None] | None = None, after: Callable[[], int] | None = None,
+              one_group: bool = False) -> int:
+    """`run_ranks` under a launch or with tp > 1; in a plain single process the same steps without
+    torch.distributed: before(), body(*load(None), None), after()."""
+    if tp == 1 and not launched():
+        if before is not None:
+            before()
+        code = body(*load(None), None)
+        return after() if after is not None else code
+    return run_ranks(load, body, tp=tp, device=device, before=before, after=after, one_group=one_group)
+
+
 def launch(argv: list[str], ranks: int) -> int:
     """Start `ranks` processes of `codegen <argv>` on this machine with torchrun (its rendezvous on a
     free local port); their exit code."""
@@ -108,4 +121,4 @@ def launch(argv: list[str], ranks: int) -> int:
     return subprocess.call(cmd)
 
 
-__all__ = ["RankError", "launch", "layout", "local_threads", "run_ranks"]
+__all__ = ["RankError", "launch", "layout", "local_threads", "run_model", "run_ranks"]

@@ -312,12 +312,9 @@ def run(settings) -> None:
         return load_for_inference(settings.model, settings.tokenizer, settings.dtype, settings.device, settings.threads,
                                   adapter=settings.adapter, quantize=settings.quantize, layout=layout)
 
-    if settings.tp == 1 and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
-        serve(settings, *load())
-        return
-    from ..parallel.run import run_ranks
+    from ..parallel.run import run_model
 
-    run_ranks(load, lambda model, tokenizer, layout: serve(settings, model, tokenizer), tp=settings.tp,
+    run_model(load, lambda model, tokenizer, layout: serve(settings, model, tokenizer), tp=settings.tp,
               device=settings.device, one_group=True)
 
 
