@@ -84,6 +84,7 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
 
     bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True,
                desc=f"loading rank {rank} of {tp}", disable=None if progress is None else not progress)
+
     def kept(key: str, stored: torch.dtype) -> bool:  # no conversion: the slice is used as it lies in the file
         quantized = key in on_read or (key.endswith(".bias") and key[: -len("bias")] + "weight" in on_read)
         return not quantized and stored.is_floating_point and (dtype is None or stored == dtype) and device.type == "cpu"
@@ -120,7 +121,7 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ckpt.CheckpointError(f"{directory}: the checkpoint ({layout_name}) lacks {len(missing)} tensor(s): {shown}")
     model.load_state_dict(state, strict=True, assign=True)
-    shard.gather_head(model, layout.tp_group, tp)
+    shard.add_collectives(model, layout.tp_group, tp)
     model.eval()
     ckpt.release_free_memory()
     from ..tokenizer.files import TokenizerFileError, tokenizer_size

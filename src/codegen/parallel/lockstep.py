@@ -222,11 +222,16 @@ def attach(model, layout: Layout) -> Link:
     return link
 
 
+@dataclass
+class _Mirror:
+    scheduler: Scheduler
+    digest: str = ""  # of its last step, which the driver's next command must match
+
+
 def follow(model, tokenizer, link: Link) -> None:
     """A follower's loop: mirror the driver's schedulers until it says stop. RankError when the
     driver goes away or this rank's tokens differ from the driver's."""
-    schedulers: dict[int, Scheduler] = {}
-    digests: dict[int, str] = {}
+    mirrors: dict[int, _Mirror] = {}  # the driver's scheduler number -> this rank's copy
     pools: dict[int, PrefixCache] = {}
     rank = link.layout.rank
     while True:
@@ -236,19 +241,18 @@ def follow(model, tokenizer, link: Link) -> None:
         for n in cmd.pool_drops:
             pools.pop(n, None)
         for sid in cmd.drops:
-            schedulers.pop(sid, None)
-            digests.pop(sid, None)
+            mirrors.pop(sid, None)
         if not cmd.sid:
             continue
         if cmd.make is not None:
             make = cmd.make
             pool = None if make["prefix_cache"] is None else PrefixCache(make["prefix_cache"], make["min_tokens"])
-            schedulers[cmd.sid] = Scheduler(model, tokenizer, max_rows=make["max_rows"], prefix_cache=pool)
-            digests[cmd.sid] = ""
-        s = schedulers.get(cmd.sid)
-        if s is None:
+            mirrors[cmd.sid] = _Mirror(Scheduler(model, tokenizer, max_rows=make["max_rows"], prefix_cache=pool))
+        mirror = mirrors.get(cmd.sid)
+        if mirror is None:
             raise RankError(f"rank {rank}: a command for scheduler {cmd.sid}, which this rank does not hold")
-        if cmd.digest != digests[cmd.sid]:
+        s = mirror.scheduler
+        if cmd.digest != mirror.digest:
             raise RankError(f"rank {rank} diverged from its driver (rank {link.layout.driver}) at step {s.steps} of "
                             f"scheduler {cmd.sid}: the ranks chose different tokens")
         with torch.inference_mode():
@@ -257,8 +261,7 @@ def follow(model, tokenizer, link: Link) -> None:
                 continue
             if cmd.finish:
                 s._finish()
-                schedulers.pop(cmd.sid, None)
-                digests.pop(cmd.sid, None)
+                mirrors.pop(cmd.sid, None)
                 continue
             for spec in cmd.adds:
                 pool = None
@@ -271,10 +274,11 @@ def follow(model, tokenizer, link: Link) -> None:
                 r.id = spec.rid
                 s.add(r)
                 r.seed = spec.seed
+            cancels = set(cmd.cancels)
             for r in [row.request for row in s.rows] + list(s.waiting):
-                if r.id in cmd.cancels:
+                if r.id in cancels:
                     r.cancelled = True
             try:
-                digests[cmd.sid] = digest(s.step())
+                mirror.digest = digest(s.step())
             except Exception as e:  # as on the driver, whose abort (or divergence check) follows
                 logger.warning("rank %d: a step failed: %s: %s", rank, type(e).__name__, e)

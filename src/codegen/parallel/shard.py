@@ -145,7 +145,7 @@ def gather_logits(group, tp: int):
 
 def shard_model(model: nn.Module, rank: int, tp: int, group) -> nn.Module:
     """Make a CodeGenForCausalLM built on the meta device into rank `rank`'s part (modules resized,
-    blocks made ParallelBlocks); weights are assigned afterwards, then `gather_head`."""
+    blocks made ParallelBlocks); weights are assigned afterwards, then `add_collectives`."""
     config = model.config
     check_split(config, tp)
     E, I, V = config.n_embd, config.inner_dim, config.vocab_size
@@ -186,7 +186,7 @@ def vocab_parallel(embedding: nn.Module, group, rank: int, tp: int, vocab: int) 
     embedding.register_forward_hook(after)
 
 
-def gather_head(model: nn.Module, group, tp: int) -> None:
+def add_collectives(model: nn.Module, group, tp: int) -> None:
     """The collectives around the vocabulary slices: lm_head's logits gathered after every forward,
     the embedding's lookups summed. Call it once the modules are final (a quantized load replaces
     them, and hooks live on their modules)."""

@@ -40,10 +40,11 @@ class CodeGenTokenizerFast(CodeGenTokenizerBase):
     def _on_vocabulary_change(self) -> None:
         # The ranks live in tiktoken's core only (a Python copy beside it would hold ~7 MiB for good);
         # they are made again when added tokens change the special tokens.
-        ranks = self._tiktoken_ranks() if getattr(self, "_ranks", True) is not None else None
-        if not hasattr(self, "_ranks"):
-            self._ranks = True if ranks is not None else None  # whether tiktoken can run this vocabulary
-            if self._ranks is None:
+        first = not hasattr(self, "_gpt2_shaped")
+        ranks = self._tiktoken_ranks() if first or self._gpt2_shaped else None
+        if first:
+            self._gpt2_shaped = ranks is not None  # whether tiktoken can run this vocabulary
+            if not self._gpt2_shaped:
                 logger.warning("%s: vocabulary is not GPT-2-shaped; using the pure-Python BPE", self.name_or_path or "tokenizer")
                 self._bpe = PythonBPE(self.encoder, self.bpe_ranks)
         self._sentinel = {tok: chr(SENTINEL_BASE + n) for n, tok in enumerate(sorted(self._split_ids))}
@@ -75,12 +76,12 @@ class CodeGenTokenizerFast(CodeGenTokenizerBase):
         return ranks
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        if self._ranks is None:
+        if not self._gpt2_shaped:
             return self._bpe.encode(text, self.unk_token_id)
         return self._tiktoken.encode_ordinary(text)
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
-        if self._ranks is None:
+        if not self._gpt2_shaped:
             return super()._encode_texts(texts)
         if self._splitter is None:
             return self._tiktoken.encode_ordinary_batch(texts, num_threads=self.num_threads)
