@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from codegen.cli import main
-from conftest import torchrun
+from ranks import torchrun
 from helpers import SHARED
 
 MTPB_FILE = os.path.join(SHARED, "data", "mtpb", "mtpb.jsonl")

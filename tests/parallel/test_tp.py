@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import HERE, tiny_lm, torchrun
+from ranks import HERE, tiny_lm, torchrun
 
 WORKER = os.path.join(HERE, "tp_worker.py")
 
