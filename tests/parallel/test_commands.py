@@ -202,3 +202,23 @@ def test_mtpb_on_2_ranks_with_tp_gives_one_process_records(lm_dir, tmp_path):
     records = [json.loads(line) for line in _lines(tmp_path / "tp" / name)]
     assert [(r["id"], r["case"], r["index"]) for r in records] == [
         (r["id"], r["case"], r["index"]) for r in map(json.loads, _lines(tmp_path / "one" / name))]
+
+
+def test_bad_parallel_flags_are_refused_naming_them(lm_dir, tmp_path, capsys):
+    args = _humaneval_args(lm_dir, str(tmp_path / "o"))
+    assert main([*args, "--ranks", "3", "--tp", "2"]) == 1
+    assert "--ranks must be a positive multiple of --tp 2, got 3" in capsys.readouterr().err
+    assert main(["complete", "x", "--model", lm_dir, "--tp", "0"]) == 1
+    assert "--tp must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_quantized_checkpoint_is_refused_under_tp(lm_dir, tmp_path):
+    import torch
+
+    from codegen.checkpoint import CheckpointError
+    from codegen.parallel.group import Layout
+    from codegen.parallel.load import load_rank
+
+    assert main(["quantize", lm_dir, str(tmp_path / "q8")]) == 0
+    with pytest.raises(CheckpointError, match="is quantized \\(int8\\); under --tp load its float checkpoint with --quantize int8"):
+        load_rank(str(tmp_path / "q8"), Layout(0, 2, 2, torch.device("cpu")))
