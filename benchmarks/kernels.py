@@ -53,6 +53,14 @@ def main() -> None:
         print(f"{name:<10}" + "".join((f"{r:>10.1f}" if r is not None else f"{'-':>10}") if i == 0 else f"{r:>12.1f}"
                                       for i, r in enumerate(row)))
 
+    floats(args, tiers, rate, show)
+    quantized(args, tiers, rate, show)
+
+
+def floats(args, tiers: list[str], rate, show) -> None:
+    """The fp32 and bf16 rows: torch.mv and codegen_f32_gemv / codegen_bf16_gemv of each tier."""
+    from codegen.native import kernels
+
     for dtype in (torch.float32, torch.bfloat16):
         w, x = torch.randn(args.n, args.k).to(dtype), torch.randn(args.k).to(dtype)
         y = torch.empty(args.n, dtype=dtype)
@@ -63,8 +71,6 @@ def main() -> None:
             fn = lib.codegen_f32_gemv if dtype == torch.float32 else lib.codegen_bf16_gemv
             row.append(rate(lambda: fn(w.data_ptr(), x.data_ptr(), None, y.data_ptr(), args.n, args.k, args.threads), nbytes))
         show(str(dtype).removeprefix("torch."), row)
-        del w
-    quantized(args, tiers, rate, show)
 
 
 def quantized(args, tiers: list[str], rate, show) -> None:
