@@ -39,25 +39,28 @@ def main() -> None:
     print(f"machine: {cpu}, tier {kernels.cpu_tier()}, threads {args.threads}; torch {torch.__version__}; "
           f"W {args.n} x {args.k}, best of {args.repeats}")
     print(f"{'dtype':<10}{'torch mv':>10}" + "".join(f"{t:>12}" for t in tiers) + "   (GB/s)")
+    floats(args, tiers)
+    quantized(args, tiers)
 
-    def rate(fn, nbytes: int) -> float:
+
+def rate(fn, nbytes: int, repeats: int) -> float:
+    """GB/s of `nbytes` streamed by fn's fastest of `repeats` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
         fn()
-        best = float("inf")
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-        return nbytes / best / 1e9
-
-    def show(name: str, row: list) -> None:
-        print(f"{name:<10}" + "".join((f"{r:>10.1f}" if r is not None else f"{'-':>10}") if i == 0 else f"{r:>12.1f}"
-                                      for i, r in enumerate(row)))
-
-    floats(args, tiers, rate, show)
-    quantized(args, tiers, rate, show)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
 
 
-def floats(args, tiers: list[str], rate, show) -> None:
+def show(name: str, row: list) -> None:
+    """One table row: torch's figure (None: torch has no such product) and each tier's."""
+    torch_col = f"{row[0]:>10.1f}" if row[0] is not None else f"{'-':>10}"
+    print(f"{name:<10}{torch_col}" + "".join(f"{r:>12.1f}" for r in row[1:]))
+
+
+def floats(args, tiers: list[str]) -> None:
     """The fp32 and bf16 rows: torch.mv and codegen_f32_gemv / codegen_bf16_gemv of each tier."""
     from codegen.native import kernels
 
@@ -65,15 +68,15 @@ def floats(args, tiers: list[str], rate, show) -> None:
         w, x = torch.randn(args.n, args.k).to(dtype), torch.randn(args.k).to(dtype)
         y = torch.empty(args.n, dtype=dtype)
         nbytes = w.numel() * w.element_size()
-        row = [rate(lambda: torch.mv(w, x), nbytes)]
+        row = [rate(lambda: torch.mv(w, x), nbytes, args.repeats)]
         for tier in tiers:
             lib = kernels.library(tier)
             fn = lib.codegen_f32_gemv if dtype == torch.float32 else lib.codegen_bf16_gemv
-            row.append(rate(lambda: fn(w.data_ptr(), x.data_ptr(), None, y.data_ptr(), args.n, args.k, args.threads), nbytes))
+            row.append(rate(lambda: fn(w.data_ptr(), x.data_ptr(), None, y.data_ptr(), args.n, args.k, args.threads), nbytes, args.repeats))
         show(str(dtype).removeprefix("torch."), row)
 
 
-def quantized(args, tiers: list[str], rate, show) -> None:
+def quantized(args, tiers: list[str]) -> None:
     """The int8 and int4 (group 32) rows: codegen_q8_mm / codegen_q4_mm of each tier, per --rows."""
     from codegen.native import kernels
     from codegen.quant import formats
@@ -93,9 +96,9 @@ def quantized(args, tiers: list[str], rate, show) -> None:
                 lib = kernels.library(tier)
                 ptrs = (q.data_ptr(), s.data_ptr(), x.data_ptr(), None, y.data_ptr(), m, args.n, args.k)
                 if bits == 8:
-                    row.append(rate(lambda: lib.codegen_q8_mm(*ptrs, args.threads), nbytes))
+                    row.append(rate(lambda: lib.codegen_q8_mm(*ptrs, args.threads), nbytes, args.repeats))
                 else:
-                    row.append(rate(lambda: lib.codegen_q4_mm(*ptrs, kp, 32, args.threads), nbytes))
+                    row.append(rate(lambda: lib.codegen_q4_mm(*ptrs, kp, 32, args.threads), nbytes, args.repeats))
             show(f"int{bits} x{m}", row)
 
 

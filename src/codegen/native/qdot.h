@@ -249,8 +249,9 @@ inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t) { return 
 
 // One step of K of the block products below: VB int8 weights (int4: CHUNK) of each of R rows times the
 // M activation rows. TAIL: the last, partial step (masked loads, no prefetch). The main loop and the
-// tail are separate calls: with the mask test inside one loop GCC kept every accumulator in memory too
-// (a store per accumulator per step: the batched products ran store-bound at a third of their speed).
+// tail are separate calls: with the mask test inside one loop GCC also stored every accumulator to the
+// stack on every step, and the 8-row int8 product ran store-bound (an interleaved A/B of the two builds,
+// 2 threads on an AVX-512 VNNI Xeon: 19.6 -> 28.5 GB/s at 4096 x 1024; 1-row products unchanged).
 #define CODEGEN_INLINE inline __attribute__((always_inline))
 template <int M, int R, bool TAIL>
 CODEGEN_INLINE void q8_step(const int8_t* const* w, int64_t k, int64_t K, const QRow* x, ivec (&acc)[R][M], ivec (&wsum)[R]) {
