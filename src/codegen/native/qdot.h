@@ -57,13 +57,52 @@ constexpr bool UNSIGNED_ACTS = false;
 inline int64_t act_bytes(int64_t K) { return round_up(K, CHUNK); }
 inline int64_t act_lanes(int64_t K) { return round_up(K, CHUNK) / 8; }
 
+// GCC's generic vectors of the tier's width (W fp32 lanes), for the loops below.
+typedef float fw __attribute__((vector_size(4 * W)));
+typedef int32_t iw __attribute__((vector_size(4 * W)));
+typedef int8_t bw __attribute__((vector_size(W)));
+
+// One value, or W of them, of x times inv = 127 / max|x|, to int8: round half to even (as nearbyintf),
+// clamped to [-127, 127]; NaN: 0 (the scale carries it). The clamp comes first (the same result: the
+// bounds are integers) so that the vector rounding, (v + 1.5 * 2^23) - 1.5 * 2^23 (exact for
+// |v| < 2^22 in the default rounding mode), never meets the product inside a fused multiply-add.
+inline int8_t quantize_one(float x, float inv) {
+    float v = x * inv;
+    v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+    return (int8_t)(v == v ? nearbyintf(v) : 0.0f);
+}
+inline void quantize_w(const float* x, float inv, int8_t* dst) {
+    const fw big = fw{} + 12582912.0f;
+    fw v;
+    memcpy(&v, x, sizeof v);
+    v *= inv;
+    v = v > 127.0f ? 127.0f : v;
+    v = v < -127.0f ? -127.0f : v;
+    v = v == v ? v : 0.0f;
+    v = (v + big) - big;
+    const bw q = __builtin_convertvector(__builtin_convertvector(v, iw), bw);
+    memcpy(dst, &q, sizeof q);
+}
+
 // Quantizes x (K fp32) into q (act_bytes(K)), for int4 (fmt 4) bias (act_lanes(K)), for int8 with
 // UNSIGNED_ACTS u (act_bytes(K)); returns sx (NaN if x holds a NaN, so that the products are NaN as
-// the float ones would be).
+// the float ones would be). The passes run W values at a time (int4's order above keeps runs of 16
+// consecutive values together).
 inline float quantize_act(const float* x, int64_t K, int fmt, int8_t* q, int32_t* bias, uint8_t* u = nullptr) {
+    fw mx = {};
+    iw bad = {};
+    int64_t k = 0;
+    for (; k + W <= K; k += W) {
+        fw v;
+        memcpy(&v, x + k, sizeof v);
+        const fw a = (fw)((iw)v & 0x7fffffff);  // |v|
+        bad |= a != a;
+        mx = a > mx ? a : mx;
+    }
     float amax = 0.0f;
-    bool nan = false;
-    for (int64_t k = 0; k < K; ++k) {
+    int nan = 0;
+    for (int j = 0; j < W; ++j) amax = mx[j] > amax ? mx[j] : amax, nan |= bad[j];
+    for (; k < K; ++k) {
         const float a = fabsf(x[k]);
         nan |= a != a;
         amax = a > amax ? a : amax;
@@ -71,15 +110,12 @@ inline float quantize_act(const float* x, int64_t K, int fmt, int8_t* q, int32_t
     const int64_t KX = act_bytes(K);
     memset(q, 0, KX);
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    for (int64_t k = 0; k < K; ++k) {
-        float v = nearbyintf(x[k] * inv);
-        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;  // inf * 0, NaN: 0 (the scale carries them)
-        int64_t dst = k;
-        if (fmt == 4) {
-            const int64_t c = k / CHUNK, j = k % CHUNK, u = j / 32, t = j % 32;
-            dst = c * CHUNK + (t < 16 ? 0 : VB) + u * 16 + t % 16;
-        }
-        q[dst] = (int8_t)(v == v ? v : 0.0f);
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {  // chunk c, unit u of 32, half h: to c * CHUNK + h * VB + u * 16
+        const int64_t c = k0 / CHUNK, o = k0 % CHUNK;
+        const int64_t dst = fmt == 4 ? c * CHUNK + (o % 32 < 16 ? 0 : VB) + o / 32 * 16 : k0;
+        int64_t j = 0;
+        for (; j + W <= 16 && k0 + j + W <= K; j += W) quantize_w(x + k0 + j, inv, q + dst + j);
+        for (; j < 16 && k0 + j < K; ++j) q[dst + j] = quantize_one(x[k0 + j], inv);
     }
     if (fmt == 4)
         for (int64_t l = 0; l < KX / 8; ++l) {  // lane l of chunk c: bytes 4l'..4l'+3 of both halves
