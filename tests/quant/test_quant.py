@@ -254,6 +254,32 @@ def test_fused_quantized_step_equals_the_module_path(tier, spec):
         hook.remove()
 
 
+@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64)], ids=lambda s: s.name)
+def test_fused_quantized_step_on_odd_shapes_equals_the_module_path(tier, spec):
+    """Odd n_inner and vocabulary (the step takes rows in blocks: a last, partial block of each) and
+    n_embd % 32 != 0 (partial vectors and groups): the fused step's logits and cache are the module
+    path's up to fp32 summation order (both quantize the same activations and sum in int32)."""
+    from codegen.engine.cache import KVCache
+    from codegen.native.fused import FusedDecoder
+
+    torch.manual_seed(3)
+    cfg = codegen.CodeGenConfig(vocab_size=301, n_embd=40, n_inner=97, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
+    q = quantize_model(codegen.CodeGenForCausalLM(cfg).eval(), spec)
+    fused = FusedDecoder.create(q, linear_types=(torch.nn.Linear, QuantLinear))
+    assert fused is not None
+    ids = torch.randint(0, 301, (1, 5))
+    caches = [KVCache.for_model(q, 1, 16) for _ in range(2)]
+    with torch.inference_mode():
+        for c in caches:
+            q.transformer(input_ids=ids, past_key_values=c)
+        for step, tok in enumerate([7, 300, 0, 151, 42, 9]):
+            ref = q(input_ids=torch.tensor([[tok]]), past_key_values=caches[0]).logits[:, -1]
+            got = fused(tok, 5 + step, caches[1])
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[1].key, caches[0].key, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[1].value, caches[0].value, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_native_dequantization_equals_the_formats(tier, spec):
     torch.manual_seed(7)
