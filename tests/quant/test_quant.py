@@ -280,6 +280,15 @@ def test_fused_quantized_step_on_odd_shapes_equals_the_module_path(tier, spec):
     torch.testing.assert_close(caches[1].value, caches[0].value, rtol=1e-5, atol=1e-5)
 
 
+def test_int4_product_refuses_groups_that_are_not_powers_of_two(tier):
+    """The kernels find a weight's group by a shift: 96 (a multiple of 32) is refused, not mis-scaled;
+    the caller then dequantizes."""
+    w = torch.zeros(3, 96, dtype=torch.uint8)  # 3 rows of 192 weights: two groups of 96
+    x = torch.randn(1, 192)
+    assert kernels.quant_mm(w, torch.ones(3, 2), x, None, 4, 96) is None
+    assert kernels.quant_mm(w, torch.ones(3, 3), x, None, 4, 64) is not None
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_native_dequantization_equals_the_formats(tier, spec):
     torch.manual_seed(7)

@@ -318,15 +318,15 @@ extern "C" const char* codegen_decode_layout() {
 }
 
 // Returns 0; 1 for arguments it does not take (a head_dim over MAX_HEAD_DIM, shards that do not divide
-// the heads, quantized weights with bf16 activations, a start past the length); 2 for a caller built
-// against another DecodeArgs (abi or size differ).
+// the heads, quantized weights with bf16 activations, int4 groups not a power of two >= 32, a start
+// past the length); 2 for a caller built against another DecodeArgs (abi or size differ).
 extern "C" int codegen_decode_step(const DecodeArgs* a) {
     if (a->abi != DECODE_ABI || a->size != (int64_t)sizeof(DecodeArgs)) return 2;
     if (a->head_dim > MAX_HEAD_DIM || a->shards < 1 || a->embd % a->shards || a->heads % a->shards || a->start < 0 ||
         a->start > a->length)
         return 1;
     if (a->qformat != 0 && (a->bf16 || (a->qformat != 8 && a->qformat != 4) ||
-                            (a->qformat == 4 && (a->group < 32 || a->group % 32))))
+                            (a->qformat == 4 && (a->group < 32 || (a->group & (a->group - 1))))))
         return 1;
     if (a->bf16) decode_step<uint16_t>(*a);
     else decode_step<float>(*a);

@@ -161,12 +161,12 @@ inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) {  // int4: pairs 
 #endif
 inline vf itof(ivec v) { return _mm512_cvtepi32_ps(v); }
 inline int32_t isum(ivec v) { return _mm512_reduce_add_epi32(v); }
-// Lane l covers the unit (32 weights) l / 4 of the chunk at k0: its group's scale.
-inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t groups) {
-    const int64_t g0 = k0 / G, n = G >= CHUNK ? 1 : CHUNK / G;
+// Lane l covers the unit (32 weights) l / 4 of the chunk at k0: its group's scale (groups of 2^gs).
+inline vf group_scales(const float* s, int64_t k0, int gs, int64_t groups) {
+    const int64_t G = int64_t(1) << gs, g0 = k0 >> gs, n = G >= CHUNK ? 1 : CHUNK / G;
     const int64_t have = groups - g0 < n ? groups - g0 : n;
     const __m128 v = _mm_maskz_loadu_ps((__mmask8)((1u << have) - 1u), s + g0);
-    const int shift = 2 + __builtin_ctzll(G / 32);  // lane l -> unit l / 4 -> its group within the chunk
+    const int shift = gs - 3;  // lane l -> unit l / 4 -> its group within the chunk: l / (G / 8)
     const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), shift);
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
 }
@@ -205,9 +205,9 @@ inline int32_t isum(ivec v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
     return _mm_cvtsi128_si32(s);
 }
-inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t groups) {
-    const int64_t g0 = k0 / G;
-    const float a = s[g0], b = G == 32 && g0 + 1 < groups ? s[g0 + 1] : a;
+inline vf group_scales(const float* s, int64_t k0, int gs, int64_t groups) {
+    const int64_t g0 = k0 >> gs;
+    const float a = s[g0], b = gs == 5 && g0 + 1 < groups ? s[g0 + 1] : a;
     return (vf)_mm256_setr_m128(_mm_set1_ps(a), _mm_set1_ps(b));
 }
 
@@ -237,7 +237,7 @@ inline ivec udot(ivec acc, bvec u, bvec s) { return vdotq_s32(acc, u, s); }
 inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) { return vdotq_s32(vdotq_s32(acc, u, s), u2, s2); }
 inline vf itof(ivec v) { return (vf)vcvtq_f32_s32(v); }
 inline int32_t isum(ivec v) { return vaddvq_s32(v); }
-inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t) { return vset(s[k0 / G]); }
+inline vf group_scales(const float* s, int64_t k0, int gs, int64_t) { return vset(s[k0 >> gs]); }
 
 #else
 // ------------------------------------------------------------------------------------------ generic
@@ -280,7 +280,7 @@ inline int32_t isum(ivec v) {
     for (int l = 0; l < LANES; ++l) s += v[l];
     return s;
 }
-inline vf group_scales(const float* s, int64_t k0, int64_t G, int64_t) { return vset(s[k0 / G]); }
+inline vf group_scales(const float* s, int64_t k0, int gs, int64_t) { return vset(s[k0 >> gs]); }
 #endif
 
 // One step of K of the block products below: VB int8 weights (int4: CHUNK) of each of R rows times the
@@ -327,14 +327,14 @@ inline void q8_block(const int8_t* const* w, const float* sw, int64_t K, const Q
 }
 
 template <int M, int R, bool TAIL>
-CODEGEN_INLINE void q4_step(const uint8_t* const* w, const float* const* s, int64_t k0, int64_t Kp, int64_t G, int64_t groups,
+CODEGEN_INLINE void q4_step(const uint8_t* const* w, const float* const* s, int64_t k0, int64_t Kp, int gs, int64_t groups,
                             const QRow* x, vf (&acc)[R][M]) {
     bvec lo[R], hi[R];
     vf sv[R];
     for (int r = 0; r < R; ++r) {
         if constexpr (!TAIL) __builtin_prefetch(w[r] + k0 / 2 + 4096, 0, 2);
         nibbles(TAIL ? bload(w[r] + k0 / 2, (Kp - k0) / 2) : bload(w[r] + k0 / 2), lo[r], hi[r]);
-        sv[r] = group_scales(s[r], k0, G, groups);
+        sv[r] = group_scales(s[r], k0, gs, groups);
     }
     for (int m = 0; m < M; ++m) {
         const bvec xlo = bload(x[m].q + k0), xhi = bload(x[m].q + k0 + VB);
@@ -343,17 +343,19 @@ CODEGEN_INLINE void q4_step(const uint8_t* const* w, const float* const* s, int6
     }
 }
 
-// R rows of int4 weights (w[r] in the kernels' layout, Kp / 2 bytes; s[r] their Kp / G scales).
+// R rows of int4 weights (w[r] in the kernels' layout, Kp / 2 bytes; s[r] their Kp / G scales). G is a
+// power of two (32, 64, 128, ...): a group's index is a shift, not a 64-bit division per step.
 template <int M, int R>
 inline void q4_block(const uint8_t* const* w, const float* const* s, int64_t K, int64_t Kp, int64_t G, const QRow* x,
                      float (*out)[M]) {
     const int64_t groups = Kp / G;
+    const int gs = __builtin_ctzll(G);
     vf acc[R][M];
     for (int r = 0; r < R; ++r)
         for (int m = 0; m < M; ++m) acc[r][m] = vzero();
     int64_t k0 = 0;
-    for (; k0 < K && (Kp - k0) / 2 >= VB; k0 += CHUNK) q4_step<M, R, false>(w, s, k0, Kp, G, groups, x, acc);
-    if (k0 < K) q4_step<M, R, true>(w, s, k0, Kp, G, groups, x, acc);
+    for (; k0 < K && (Kp - k0) / 2 >= VB; k0 += CHUNK) q4_step<M, R, false>(w, s, k0, Kp, gs, groups, x, acc);
+    if (k0 < K) q4_step<M, R, true>(w, s, k0, Kp, gs, groups, x, acc);
     for (int r = 0; r < R; ++r)
         for (int m = 0; m < M; ++m) out[r][m] = vsum(acc[r][m]) * x[m].scale;
 }

@@ -1,6 +1,6 @@
 // Weight-only quantized products for every tier of simd.h, with int8 activations (qdot.h):
 //   codegen_q8_mm: Y (M, N) = X (M, K) (s[n] Q[n, k])^T (+ b): Q int8 (N, K), one scale per output row;
-//   codegen_q4_mm: the same with 4-bit Q in groups of G (a multiple of 32) along K, one scale per
+//   codegen_q4_mm: the same with 4-bit Q in groups of G (a power of two, >= 32) along K, one scale per
 //                  (row, group), in the kernel layout: per row and per 32 weights, 16 bytes whose low
 //                  nibbles hold weights 0..15 and high nibbles 16..31, each as value + 8; rows padded
 //                  with value 8 (zero) to Kp, a multiple of G. codegen/quant/formats.py makes this layout
@@ -126,7 +126,7 @@ extern "C" int codegen_q8_mm(const int8_t* Q, const float* s, const float* X, co
 
 extern "C" int codegen_q4_mm(const uint8_t* Q, const float* S, const float* X, const float* b, float* Y, int64_t M,
                              int64_t N, int64_t K, int64_t Kp, int64_t G, int threads) {
-    if (G < 32 || G % 32 != 0 || Kp % G != 0 || Kp < K) return 1;
+    if (G < 32 || (G & (G - 1)) != 0 || Kp % G != 0 || Kp < K) return 1;  // G: 32, 64, 128, ...
     return q_mm_rows(4, Q, S, X, b, Y, M, N, K, Kp, G, threads);
 }
 
