@@ -119,7 +119,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     in_use = ({"decode step (one row)": "native: fp32, bf16, int8 and int4 weights, every layer in one call",
                "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else ""),
                "quantized": f"native: int8 / int4 weights x int8 activations, 1-16 rows ({int8}); prefills: "
-                            f"int8 torch._int_mm, int4 {'bf16' if kernels.bf16_gemm_native() else 'fp32'} GEMM",
+                            f"int8 torch._int_mm, int4 {'bf16' if kernels.bf16_gemm_faster() else 'fp32'} GEMM",
                "gelu_new": "native, in place over fc_in's output"}
               if active else {"all": f"torch's ({why})"})
     from .loading import fastest_dtype

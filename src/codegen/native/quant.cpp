@@ -141,6 +141,45 @@ extern "C" float codegen_quantize_act(const float* x, int64_t K, int8_t* q) {
     return s;
 }
 
+// The prefill route's activations: each row of X (M, K) fp32 quantized to int8 into Q (M, K), natural
+// order, its scale into S (M) (the values of quantize_act; a thread's row goes through its own padded
+// buffer). 2 when memory ran out.
+extern "C" int codegen_quantize_rows(const float* X, int64_t M, int64_t K, int8_t* Q, float* S, int threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        int8_t* buf = (int8_t*)malloc(act_bytes(K));
+        if (buf == nullptr) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; ++m)
+            if (buf != nullptr) {
+                S[m] = quantize_act(X + m * K, K, 8, buf, nullptr);
+                memcpy(Q + m * K, buf, K);
+            }
+        free(buf);
+    }
+    return failed ? 2 : 0;
+}
+
+// The prefill route's int8 epilogue: Y[m, n] = float(A[m, n]) * (sx[m] * sw[n]) (+ b[n]) for A (M, N)
+// int32 sums (row stride lda), Y row stride ldy: torch's `A.float() * (sx * sw) + b` in one pass
+// instead of four over fresh tensors (the bias added apart, so the product and sum round as torch's).
+extern "C" void codegen_int_epilogue(const int32_t* A, int64_t lda, const float* sx, const float* sw, const float* b,
+                                     float* Y, int64_t ldy, int64_t M, int64_t N, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t m = 0; m < M; ++m) {
+        const int32_t* a = A + m * lda;
+        float* y = Y + m * ldy;
+        const float s = sx[m];
+        for (int64_t n = 0; n < N; ++n) y[n] = (float)a[n] * (s * sw[n]);
+        if (b != nullptr)
+            for (int64_t n = 0; n < N; ++n) y[n] += b[n];
+    }
+}
+
 // Rows [0, N) of a quantized matrix as fp32 (N, K) into out: the prefill route's dequantization, one
 // pass over the packed weights (bits 8: Q int8 (N, K), S (N,); bits 4: the kernels' layout, Kp, G).
 extern "C" int codegen_dequantize(const void* Q, const float* S, float* out, int64_t N, int64_t K, int64_t Kp, int64_t G,

@@ -121,7 +121,9 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     kernels compute it in fp32 (codegen/native/qdot.h)."""
     x = x.float()
     amax = x.abs().amax(dim=-1, keepdim=True)
-    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    # a true division, as the kernels' 127.0f / amax: `127 / amax` is amax.reciprocal() * 127 in torch,
+    # an ulp off at times, and a product then landing on a .5 rounds the other way
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     q = torch.round(x * inv).clamp_(-127, 127).to(torch.int8)
     return q, amax / 127
 

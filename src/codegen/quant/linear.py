@@ -5,10 +5,11 @@ row), times the quantized weight, summed in integers, scaled, plus the bias.
 - Decode rows (1..16): the native kernels (codegen/native/quant.cpp, qdot.h), which stream the packed
   weights once for all rows; int4 prefills of up to 128 rows too, 16 rows a pass.
 - More rows (prefills): int8 weights go to torch's integer GEMM (`torch._int_mm`, VNNI / AMX where the
-  CPU has them) a block of output rows at a time; int4 weights are dequantized a block at a time
-  (about 16 MB) and multiplied in bf16 where the CPU multiplies bf16 natively (AVX512-BF16 / AMX: the
-  activations' int8 values are exact in bf16, the dequantized weights and the products' sums are
-  rounded to bf16), else in fp32. No whole matrix is ever materialised.
+  CPU has them) a block of output rows at a time, its int32 sums scaled into the output by one native
+  pass; int4 weights are dequantized a block at a time (about 16 MB) and multiplied in bf16 where
+  torch's bf16 GEMM is the faster (AMX: the activations' int8 values are exact in bf16, the dequantized
+  weights and the products' sums are rounded to bf16), else in fp32. The activations are quantized
+  natively (threaded) where the kernels are built. No whole matrix is ever materialised.
 Where the native kernels are unavailable every input takes the second route. Returned in the input's
 dtype."""
 
@@ -122,20 +123,26 @@ class QuantLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def _blockwise(self, x: torch.Tensor) -> torch.Tensor:
-        q, s = quantize_activations(x)  # (M, K) int8, (M, 1) fp32
+        cpu = x.device.type == "cpu"
+        q, s = (cpu and kernels.quantize_rows(x)) or quantize_activations(x)  # (M, K) int8, (M, 1) fp32
         out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32, device=x.device)
-        integer = self.spec.bits == 8 and x.device.type == "cpu"
-        dtype = torch.bfloat16 if not integer and kernels.bf16_gemm_native() else torch.float32
+        integer = self.spec.bits == 8 and cpu
+        dtype = torch.bfloat16 if not integer and kernels.bf16_gemm_faster() else torch.float32
         qx = q if integer else q.to(dtype)
+        sw = self.weight_scale.float()
+        bias = None if self.bias is None else self.bias.float()
         step = max(1, BLOCK_BYTES // (4 * max(self.in_features, x.shape[0])))
         for n0 in range(0, self.out_features, step):
             n1 = min(n0 + step, self.out_features)
             if integer:  # exact int32 sums; the per-row scales after
-                y = torch._int_mm(qx, self.weight[n0:n1].T).float() * (s * self.weight_scale[n0:n1].float())
+                acc = torch._int_mm(qx, self.weight[n0:n1].T)
+                if kernels.int_epilogue(acc, s, sw[n0:n1], None if bias is None else bias[n0:n1], out[:, n0:n1]):
+                    continue
+                y = acc.float() * (s * sw[n0:n1])
             else:
-                y = torch.mm(qx, self.dequantized(n0, n1).to(dtype).T).float() * s
-            if self.bias is not None:
-                y += self.bias[n0:n1].float()
+                y = torch.mm(qx, self.dequantized(n0, n1).to(dtype).T).float().mul_(s)
+            if bias is not None:
+                y += bias[n0:n1]
             out[:, n0:n1] = y
         return out
 
