@@ -8,12 +8,13 @@
 //   3. per head: GPT-J rotary on q and k, append k and v to the cache, softmax(q K^T / sqrt(D)) V;
 //      gelu_new(pre) -> inner                             (heads and W-wide blocks shared out)
 //   4. h = (Wout attn + (Wfc_out inner + b)) + h           (one loop over the E rows, both products)
-// then ln_f and the LM head. The products' rows are handed out in chunks of ~128 KB of weights
+// then ln_f and the LM head. The products' rows are handed out in chunks of 80-512 KB of weights
 // (dynamic schedule), not in one fixed half per thread: on a shared host one thread is often slowed
 // (an interrupt, another tenant), and with fixed halves the other waited at the barrier for it (~1 ms
-// of a 17 ms int8 step of the 350M model, 2 threads, measured per phase). T is the model's storage type, float or uint16_t (bf16 bits): every
-// value torch would store in T is rounded to T here too (rnd<T>), so results follow torch's bf16
-// path and not a more precise one; dot products accumulate in fp32 as in kernels.cpp.
+// of a 17 ms int8 step of the 350M model, 2 threads, measured per phase). T is the model's storage
+// type, float or uint16_t (bf16 bits): every value torch would store in T is rounded to T here too
+// (rnd<T>), so results follow torch's bf16 path and not a more precise one; dot products accumulate
+// in fp32 as in kernels.cpp.
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
