@@ -13,7 +13,7 @@ extern "C" {
 int codegen_q8_mm(const int8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int);
 int codegen_q4_mm(const uint8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                   int64_t, int);
-float codegen_quantize_act(const float*, int64_t, int8_t*);
+int codegen_quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int);
 void codegen_f32_gemv(const float*, const float*, const float*, float*, int64_t, int64_t, int);
 int codegen_f32_smallmm(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int);
 void codegen_gelu_tanh(const void*, void*, int64_t, int, int);
@@ -121,8 +121,10 @@ int main() {
         // the native activation quantization itself
         std::vector<int8_t> qa(K);
         std::vector<int> qr;
-        const float sa = codegen_quantize_act(X.data(), K, qa.data()), sr = quantize(X.data(), K, qr);
-        bool same = sa == sr;
+        float sa = 0.0f;
+        const int rc = codegen_quantize_rows(X.data(), 1, K, qa.data(), &sa, 1);
+        const float sr = quantize(X.data(), K, qr);
+        bool same = rc == 0 && sa == sr;
         for (int64_t k = 0; k < K; ++k) same &= qa[k] == qr[k];
         expect(same, "quantize_act", N, K, 0, 0);
         // fp32 products

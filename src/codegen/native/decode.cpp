@@ -49,7 +49,7 @@ struct Lin {
 // Weight rows per block of the quantized step, by format. Interleaved A/B, 350M shape, 2 threads, an
 // AVX-512 VNNI Xeon, ms per int4 step for 1 / 2 / 4 rows: 12.96 / 12.39 / 13.54 (avx512bf16 tier),
 // 15.36 / 16.23 / 16.81 (its avx2 tier: 16 registers); int8 with 2 or 4 rows within noise.
-constexpr int Q8_ROWS = 2, Q4_ROWS = W == 16 ? 2 : 1, QR_MAX = 2;
+constexpr int Q8_ROWS = 2, Q4_ROWS = W == 16 ? 2 : 1, QR_MAX = Q8_ROWS > Q4_ROWS ? Q8_ROWS : Q4_ROWS;
 
 // Rows n0 .. n0 + rows - 1 (rows <= R) of a quantized matrix . x, finished (scales applied).
 template <int R>

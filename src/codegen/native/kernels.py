@@ -166,7 +166,6 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_dequantize", [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int], ctypes.c_int),
-        ("codegen_quantize_act", [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p], ctypes.c_float),
         ("codegen_quantize_rows", [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_int], ctypes.c_int),
         ("codegen_int_epilogue", [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
@@ -318,14 +317,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, in_features: int, bits: int
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     """The native kernels' activation quantization of one fp32 row (K,): (int8 values, scale), or None
     when the kernels are unavailable (tests compare it with codegen.quant.formats')."""
-    if not _tried:
-        load()
-    if _q8 is None:
-        return None
-    x = x.float().contiguous()
-    q = torch.empty(x.shape[0], dtype=torch.int8)
-    scale = _libs[_active_tier].codegen_quantize_act(x.data_ptr(), x.shape[0], q.data_ptr())
-    return q, scale
+    rows = quantize_rows(x.reshape(1, -1))
+    return None if rows is None else (rows[0][0], float(rows[1]))
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

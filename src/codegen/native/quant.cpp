@@ -130,20 +130,9 @@ extern "C" int codegen_q4_mm(const uint8_t* Q, const float* S, const float* X, c
     return q_mm_rows(4, Q, S, X, b, Y, M, N, K, Kp, G, threads);
 }
 
-// The activation quantization of qdot.h for one row (tests compare it with the torch expression):
-// q gets K values in natural order; returns the scale.
-extern "C" float codegen_quantize_act(const float* x, int64_t K, int8_t* q) {
-    int8_t* buf = (int8_t*)malloc(act_bytes(K));
-    if (buf == nullptr) return NAN;
-    const float s = quantize_act(x, K, 8, buf, nullptr);
-    memcpy(q, buf, K);
-    free(buf);
-    return s;
-}
-
-// The prefill route's activations: each row of X (M, K) fp32 quantized to int8 into Q (M, K), natural
-// order, its scale into S (M) (the values of quantize_act; a thread's row goes through its own padded
-// buffer). 2 when memory ran out.
+// The activation quantization of qdot.h, row by row (the prefill route's; tests compare it with the
+// torch expression): each row of X (M, K) fp32 quantized to int8 into Q (M, K), natural order, its
+// scale into S (M) (a thread's row goes through its own padded buffer). 2 when memory ran out.
 extern "C" int codegen_quantize_rows(const float* X, int64_t M, int64_t K, int8_t* Q, float* S, int threads) {
     int failed = 0;
 #pragma omp parallel num_threads(threads)
