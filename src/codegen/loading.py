@@ -65,8 +65,8 @@ def resolve_model(model: str | None, adapter: str | None = None) -> tuple[str, s
 def fastest_dtype(quantized: bool = False) -> str:
     """The dtype `--dtype auto` picks on this CPU: bfloat16 where the CPU multiplies bf16 natively
     (AVX512-BF16 / AMX: the native decode step's VDPBF16PS reads half the bytes of fp32, and with AMX
-    torch's bf16 GEMM prefills several times faster; with AVX512-BF16 alone its prefills are ~1.6x
-    slower than fp32's, which decode's speed outweighs for completions), else float32 (on AVX2 and
+    torch's bf16 GEMM prefills several times faster; with AVX512-BF16 alone its prefills are slower
+    than fp32's, which decode's speed outweighs for completions), else float32 (on AVX2 and
     plain AVX-512 CPUs bf16 is widened to fp32 in software). Quantized models: float32, the
     activations the quantized kernels take."""
     from .native import kernels
