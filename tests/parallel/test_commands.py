@@ -222,3 +222,19 @@ def test_a_quantized_checkpoint_is_refused_under_tp(lm_dir, tmp_path):
     assert main(["quantize", lm_dir, str(tmp_path / "q8")]) == 0
     with pytest.raises(CheckpointError, match="is quantized \\(int8\\); under --tp load its float checkpoint with --quantize int8"):
         load_rank(str(tmp_path / "q8"), Layout(0, 2, 2, torch.device("cpu")))
+
+
+def test_a_process_that_ends_with_its_groups_alive_destroys_them_at_exit(tmp_path):
+    """gloo's threads outliving the interpreter abort the process ("terminate called without an active
+    exception", SIGABRT; seen in CI on a rank that never shut down): init() tears the group down at exit.
+    A hook registered before init() runs after init()'s own (atexit is last in, first out) and sees it."""
+    script = tmp_path / "ends.py"
+    script.write_text(
+        "import atexit, torch.distributed as dist\n"
+        "atexit.register(lambda: print('alive at exit:', dist.is_initialized(), flush=True))\n"
+        "from codegen.parallel.group import init\n"
+        "lay = init(2)\n"
+        "dist.all_reduce(__import__('torch').ones(4), group=lay.tp_group)\n")
+    done = torchrun(str(script))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("alive at exit: False") == 2, done.stdout

@@ -26,7 +26,7 @@ from codegen.engine.cache import KVCache
 from codegen.engine.params import SamplingParams
 from codegen.engine.prefix import PrefixCache
 from codegen.engine.scheduler import Request, TokenEvent
-from codegen.parallel.group import init
+from codegen.parallel.group import init, shutdown
 from codegen.parallel.load import load_rank
 from codegen.parallel.run import run_ranks
 from codegen.tokenizer import CodeGenTokenizerFast
@@ -192,7 +192,10 @@ def badload() -> None:
 
 
 if __name__ == "__main__":
-    {"parity": parity, "quant": quant, "diverge": diverge, "badload": badload}[mode]()
+    try:
+        {"parity": parity, "quant": quant, "diverge": diverge, "badload": badload}[mode]()
+    finally:
+        shutdown()  # parity/quant set the groups up themselves (run_ranks keeps a caller's groups)
     if os.environ["RANK"] == "0":
         with open(out_file, "w") as fh:
             json.dump(results, fh)

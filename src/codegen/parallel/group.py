@@ -10,6 +10,7 @@ of the same ranks (pickled objects travel on CPU tensors whatever the device).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -92,6 +93,10 @@ def init(tp: int = 1, device: str = "cpu") -> Layout:
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
+        # A process that ends with the group alive aborts (SIGABRT, "terminate called without an active
+        # exception"): gloo's worker threads outlive the interpreter's teardown. Destroy it while Python
+        # still runs; a no-op when the caller already shut down.
+        atexit.register(shutdown)
     tp_group = ctrl = None
     for g in range(world // tp):  # every rank creates every group, in the same order (torch's rule)
         ranks = list(range(g * tp, (g + 1) * tp))
