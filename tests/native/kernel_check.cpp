@@ -13,6 +13,8 @@ extern "C" {
 int codegen_q8_mm(const int8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int);
 int codegen_q4_mm(const uint8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                   int64_t, int);
+int codegen_q4_gemm(const uint8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                    int64_t, int);
 int codegen_quantize_rows(const float*, int64_t, int64_t, int8_t*, float*, int);
 void codegen_f32_gemv(const float*, const float*, const float*, float*, int64_t, int64_t, int);
 int codegen_f32_smallmm(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int);
@@ -54,7 +56,7 @@ int main() {
     const int64_t shapes[][2] = {{37, 45}, {9, 257}, {130, 96}, {5, 300}};
     for (auto& s : shapes) {
         const int64_t N = s[0], K = s[1];
-        std::vector<float> X(16 * K), b(N);
+        std::vector<float> X(40 * K), b(N);  // 16 rows for the decode products, 40 for the GEMM
         for (auto& v : X) v = normal() * 3;
         for (auto& v : b) v = normal();
         // int8: one scale per row
@@ -91,10 +93,12 @@ int main() {
                 for (int64_t u = 0; u < Kp / 32; ++u)
                     for (int j = 0; j < 16; ++j)
                         P[n * Kp / 2 + u * 16 + j] = (uint8_t)((W[n * Kp + u * 32 + j] + 8) | (W[n * Kp + u * 32 + 16 + j] + 8) << 4);
-            for (int64_t M = 1; M <= 16; M += (M < 3 ? 1 : 5)) {
-                std::vector<float> Y(M * N);
+            for (int64_t M : {1, 2, 3, 8, 13, 40}) {  // the 1-16 row products and the GEMM (any M, tiles and tails)
+                std::vector<float> Y(M * N), YG(M * N);
                 std::vector<double> R(M * N);
-                expect(codegen_q4_mm(P.data(), SG.data(), X.data(), b.data(), Y.data(), M, N, K, Kp, G, 2) == 0, "q4 rc", N, K, M, 0);
+                if (M <= 16)
+                    expect(codegen_q4_mm(P.data(), SG.data(), X.data(), b.data(), Y.data(), M, N, K, Kp, G, 2) == 0, "q4 rc", N, K, M, 0);
+                expect(codegen_q4_gemm(P.data(), SG.data(), X.data(), b.data(), YG.data(), M, N, K, Kp, G, 2) == 0, "q4 gemm rc", N, K, M, 0);
                 for (int64_t m = 0; m < M; ++m) {
                     std::vector<int> q;
                     const float sx = quantize(&X[m * K], K, q);
@@ -108,8 +112,8 @@ int main() {
                         R[m * N + n] = acc * sx + b[n];
                     }
                 }
-                const double e = rel(Y, R);
-                expect(e < 1e-5, "q4_mm", N, K, G * 100 + M, e);
+                if (M <= 16) expect(rel(Y, R) < 1e-5, "q4_mm", N, K, G * 100 + M, rel(Y, R));
+                expect(rel(YG, R) < 1e-5, "q4_gemm", N, K, G * 100 + M, rel(YG, R));
             }
             std::vector<float> D(N * K);
             expect(codegen_dequantize(P.data(), SG.data(), D.data(), N, K, Kp, G, 4, 2) == 0, "dequantize rc", N, K, G, 0);

@@ -94,6 +94,42 @@ def test_kernels_match_fp64_on_odd_shapes(tier, spec):
             assert y is not None and torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5), (n, k, m)
 
 
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_gemm_matches_fp64_on_odd_shapes(tier, group):
+    """The prefill GEMM (qgemm.cpp): whole tiles, the last rows of a pass, rows past N in a block, K
+    not a multiple of the group, more rows than one pass (512) holds."""
+    torch.manual_seed(4)
+    spec = QuantSpec(4, group)
+    for n, k, rows in ((37, 45, (1, 5, 6, 7, 40)), (9, 257, (13, 33)), (130, 96, (100,)), (70, 300, (600,))):
+        q = QuantLinear.from_linear(torch.nn.Linear(k, n), spec)
+        w = q.dequantized()
+        for m in rows:
+            x = torch.randn(m, k) * torch.rand(m, 1) * 4
+            y = kernels.q4_gemm(q.weight, q.weight_scale, x, q.bias, group)
+            assert y is not None and torch.allclose(y.double(), _reference(x, w, q.bias), rtol=1e-5, atol=1e-5), (n, k, m)
+    assert torch.isnan(kernels.q4_gemm(q.weight, q.weight_scale, torch.full((40, k), float("nan")), None, group)).all()
+
+
+def test_int4_prefills_take_the_gemm_from_32_rows(monkeypatch):
+    """Where bf16 GEMMs do not run on AMX: 17-31 rows in passes of 16, 32 and more in the GEMM; its
+    result equals the passes' within fp32 rounding."""
+    if not TIERS:
+        pytest.skip("no native kernels on this machine")
+    monkeypatch.setattr(kernels, "bf16_gemm_faster", lambda: False)
+    calls = []
+    real = kernels.q4_gemm
+    monkeypatch.setattr(kernels, "q4_gemm", lambda *a: calls.append(a[2].shape[0]) or real(*a))
+    torch.manual_seed(5)
+    q = QuantLinear.from_linear(torch.nn.Linear(100, 50), QuantSpec(4, 32))
+    x = torch.randn(2, 40, 100)
+    y = q(x)
+    assert calls == [80] and y.shape == (2, 40, 50)
+    passes = torch.cat([q(x.reshape(80, 100)[r:r + 16]) for r in range(0, 80, 16)])
+    torch.testing.assert_close(y.reshape(80, 50), passes, rtol=1e-5, atol=1e-5)
+    q(x[:, :15])  # 30 rows
+    assert calls == [80]
+
+
 def test_activation_quantization_equals_torch(tier):
     torch.manual_seed(8)
     for x in (torch.randn(300) * 5, torch.zeros(33), torch.tensor([0.5, -1.5, 2.5, 127.0, -127.49]), torch.randn(1) * 1e-30):
@@ -325,6 +361,9 @@ def test_int4_product_refuses_groups_that_are_not_powers_of_two(tier):
     x = torch.randn(1, 192)
     assert kernels.quant_mm(w, torch.ones(3, 2), x, None, 4, 96) is None
     assert kernels.quant_mm(w, torch.ones(3, 3), x, None, 4, 64) is not None
+    xs = torch.randn(40, 192)
+    assert kernels.q4_gemm(w, torch.ones(3, 2), xs, None, 96) is None
+    assert kernels.q4_gemm(w, torch.ones(3, 3), xs, None, 64) is not None
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

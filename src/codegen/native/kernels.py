@@ -37,7 +37,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp")]
+SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp", "qgemm.cpp")]
 HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h")]
 
 X86_TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
@@ -165,6 +165,7 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_decode_layout", [], ctypes.c_char_p),
         ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
+        ("codegen_q4_gemm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_dequantize", [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int], ctypes.c_int),
         ("codegen_quantize_rows", [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_int], ctypes.c_int),
@@ -298,6 +299,22 @@ def quant_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.
             x.shape[0], q.shape[0], x.shape[1])
     threads = torch.get_num_threads()
     rc = _q8(*args, threads) if bits == 8 else _q4(*args, 2 * q.shape[1], group_size, threads)
+    return y if rc == 0 else None
+
+
+def q4_gemm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
+            group_size: int) -> torch.Tensor | None:
+    """x (M, K) fp32 @ W.T + bias for any M with W in 4 bits (the kernels' layout (N, Kp / 2), fp32 scales
+    (N, Kp / group_size)): the prefill product of qgemm.cpp, the same sums as `quant_mm` grouped as a
+    GEMM's. None when the native kernels are unavailable."""
+    if not _tried:
+        load()
+    if _q8 is None:
+        return None
+    y = torch.empty(x.shape[0], q.shape[0], dtype=torch.float32)
+    rc = _libs[_active_tier].codegen_q4_gemm(q.data_ptr(), scale.data_ptr(), x.data_ptr(),
+                                             None if bias is None else bias.data_ptr(), y.data_ptr(), x.shape[0], q.shape[0],
+                                             x.shape[1], 2 * q.shape[1], group_size, torch.get_num_threads())
     return y if rc == 0 else None
 
 

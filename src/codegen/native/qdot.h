@@ -139,6 +139,8 @@ inline bvec bload(const void* p, int64_t n) {  // n < VB bytes, zeros after
 }
 inline ivec izero() { return _mm512_setzero_si512(); }
 inline ivec iload(const int32_t* p) { return _mm512_loadu_si512(p); }
+inline ivec iset(int32_t v) { return _mm512_set1_epi32(v); }
+inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }  // 4 bytes to every lane
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const bvec m = _mm512_set1_epi8(15);
     lo = _mm512_and_si512(v, m);
@@ -183,6 +185,8 @@ inline bvec bload(const void* p, int64_t n) {
 }
 inline ivec izero() { return _mm256_setzero_si256(); }
 inline ivec iload(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+inline ivec iset(int32_t v) { return _mm256_set1_epi32(v); }
+inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const bvec m = _mm256_set1_epi8(15);
     lo = _mm256_and_si256(v, m);
@@ -225,6 +229,8 @@ inline bvec bload(const void* p, int64_t n) {
 }
 inline ivec izero() { return vdupq_n_s32(0); }
 inline ivec iload(const int32_t* p) { return vld1q_s32(p); }
+inline ivec iset(int32_t v) { return vdupq_n_s32(v); }
+inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return vreinterpretq_s8_s32(vdupq_n_s32(v)); }
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const uint8x16_t u = vreinterpretq_u8_s8(v);
     lo = vreinterpretq_s8_u8(vandq_u8(u, vdupq_n_u8(15)));
@@ -259,6 +265,12 @@ inline ivec izero() { return ivec{}; }
 inline ivec iload(const int32_t* p) {
     ivec v;
     memcpy(&v, p, sizeof v);
+    return v;
+}
+inline ivec iset(int32_t v) { return ivec{} + v; }
+inline bvec bcast4(const int8_t* p) {
+    bvec v;
+    for (int i = 0; i < VB; i += 4) memcpy(v.b + i, p, 4);
     return v;
 }
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {

@@ -3,15 +3,17 @@
 Every route computes `formats.quantized_linear`: the input's rows quantized to int8 (one scale per
 row), times the quantized weight, summed in integers, scaled, plus the bias.
 - Decode rows (1..16): the native kernels (codegen/native/quant.cpp, qdot.h), which stream the packed
-  weights once for all rows; int4 prefills of up to 128 rows too, 16 rows a pass.
-- More rows (prefills): int8 weights go to torch's integer GEMM (`torch._int_mm`, VNNI / AMX where the
-  CPU has them) a block of output rows at a time, its int32 sums scaled into the output by one native
-  pass; int4 weights are dequantized a block at a time (about 16 MB) and multiplied in bf16 where
-  torch's bf16 GEMM is the faster (AMX: the activations' int8 values are exact in bf16, the dequantized
-  weights and the products' sums are rounded to bf16), else in fp32. The activations are quantized
-  natively (threaded) where the kernels are built. No whole matrix is ever materialised.
-Where the native kernels are unavailable every input takes the second route. Returned in the input's
-dtype."""
+  weights once for all rows; int4 inputs of up to 31 rows too, 16 rows a pass.
+- More rows (prefills): int4 weights go to the native int4 GEMM (codegen/native/qgemm.cpp: exact int32
+  sums per group, as the passes), except where torch's bf16 GEMM runs on AMX: there int4 prefills of up
+  to 128 rows take the passes and longer ones are dequantized a block at a time (about 16 MB) and
+  multiplied in bf16 (the activations' int8 values are exact in bf16, the dequantized weights and the
+  products' sums are rounded to bf16). int8 weights go to torch's integer GEMM (`torch._int_mm`, VNNI /
+  AMX where the CPU has them) a block of output rows at a time, its int32 sums scaled into the output
+  by one native pass. The activations are quantized natively (threaded) where the kernels are built.
+  No whole matrix is ever materialised.
+Where the native kernels are unavailable every input takes the blockwise route (dequantized blocks in
+fp32). Returned in the input's dtype."""
 
 from __future__ import annotations
 
@@ -22,10 +24,13 @@ from ..native import kernels
 from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_layout, padded, quantize_activations,
                       quantize_int4, quantize_int8, to_kernel_layout)
 
-DECODE_ROWS = 16  # the kernels' row range; more rows take the dequantize-and-GEMM route, except:
-# int4 prefills of up to this many rows run the kernels 16 rows a pass: on a 2-core Xeon (AVX512-BF16)
-# 1.3-4x faster than dequantizing blocks for a bf16 GEMM (17-128 rows, 350M's shapes), and exact
-# where that route rounds to bf16. int8's integer GEMM (VNNI) beats passes from 17 rows on.
+DECODE_ROWS = 16  # the kernels' row range; more rows take a GEMM, except for int4:
+# below this many rows the passes of 16 beat the int4 GEMM (its per-block unpacking is amortized over
+# the rows: a 2-core Xeon with AVX512-VNNI, 1024 -> 4096: 17 rows 0.93 vs 1.27 ms, 32 rows 1.60 vs 1.54,
+# 128 rows 6.45 vs 3.21). int8's integer GEMM (VNNI) beats passes from 17 rows on.
+INT4_GEMM_ROWS = 32
+# With AMX, int4 prefills of up to this many rows take the passes (1.3-4x faster than dequantizing
+# blocks for a bf16 GEMM, on the Xeon above with 17-128 rows) and longer ones the bf16 blockwise route.
 INT4_PASS_ROWS = 128
 BLOCK_BYTES = 16 * 2**20  # fp32 bytes of weight rows dequantized at a time on that route
 
@@ -105,19 +110,25 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         y = None
         rows = x2.shape[0]
-        passes = rows <= DECODE_ROWS or (self.spec.bits == 4 and rows <= INT4_PASS_ROWS)
-        if passes and x.device.type == "cpu":
+        int4 = self.spec.bits == 4
+        amx = int4 and kernels.bf16_gemm_faster()
+        passes = rows <= DECODE_ROWS or (int4 and rows < (INT4_PASS_ROWS + 1 if amx else INT4_GEMM_ROWS))
+        if x.device.type == "cpu" and (passes or (int4 and not amx)):
             xf = x2.float().contiguous()
             bias = self.bias if self.bias is None or self.bias.dtype == torch.float32 else self.bias.float()
             scale = self.weight_scale if self.weight_scale.dtype == torch.float32 else self.weight_scale.float()
-            parts = []
-            for r in range(0, rows, DECODE_ROWS):  # one pass over the packed weights per 16 rows
-                part = kernels.quant_mm(self.weight, scale, xf[r:r + DECODE_ROWS], bias, self.spec.bits, self.spec.group_size)
-                if part is None:
-                    break
-                parts.append(part)
+            if not passes:
+                y = kernels.q4_gemm(self.weight, scale, xf, bias, self.spec.group_size)
             else:
-                y = parts[0] if len(parts) == 1 else torch.cat(parts)
+                parts = []
+                for r in range(0, rows, DECODE_ROWS):  # one pass over the packed weights per 16 rows
+                    part = kernels.quant_mm(self.weight, scale, xf[r:r + DECODE_ROWS], bias, self.spec.bits,
+                                            self.spec.group_size)
+                    if part is None:
+                        break
+                    parts.append(part)
+                else:
+                    y = parts[0] if len(parts) == 1 else torch.cat(parts)
         if y is None:
             y = self._blockwise(x2)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
