@@ -55,6 +55,10 @@ def is_cache_object(past) -> bool:
 
 
 class CodeGenAttention(nn.Module):
+    # softmax(q k^T / sqrt(D) + mask) v with SDPA's arguments; a backend may set its own per module
+    # (codegen.engine.backend: the same attention, computed by the fastest route for the input).
+    attention_fn = staticmethod(F.scaled_dot_product_attention)
+
     def __init__(self, config: CodeGenConfig) -> None:
         super().__init__()
         self.n_head, self.head_dim, self.embed_dim = config.n_head, config.head_dim, config.n_embd
@@ -98,7 +102,7 @@ class CodeGenAttention(nn.Module):
                 probs = probs * head_mask
             out = torch.matmul(probs, v)
         else:
-            out = F.scaled_dot_product_attention(
+            out = self.attention_fn(
                 q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None and T > 1
             )
         out = self.resid_dropout(self.out_proj(out.transpose(1, 2).reshape(B, T, self.embed_dim)))

@@ -81,3 +81,47 @@ def test_torch_routes_without_native_kernels_equal_f_linear(monkeypatch, rows, d
         got = lin(x)
     assert got.dtype == dtype and got.shape == (rows, 24) and got.is_contiguous()
     torch.testing.assert_close(got.float(), ref, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=2e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+def test_bf16_prefills_without_amx_run_in_fp32(monkeypatch):
+    """x86 without AMX: bf16 inputs of WIDEN_ROWS rows or more are multiplied in fp32 blocks (the exact
+    sums of torch's bf16 GEMM, rounded once) and attended in fp32; fewer rows, AMX, or a gradient: torch's
+    bf16 ops. A bf16 model's prefill through either route gives close logits."""
+    from codegen.engine import backend
+    from codegen.native import kernels
+
+    if kernels.is_arm():
+        pytest.skip("x86 only")
+    monkeypatch.setattr(kernels, "bf16_gemm_faster", lambda: False)
+    monkeypatch.setattr(CPULinear, "WIDEN_BYTES", 48 * 4 * 10)  # blocks of 10 weight rows: 3 blocks of 24
+    torch.manual_seed(9)
+    lin = CPULinear.wrap(nn.Linear(48, 24).bfloat16())
+    widened = []
+    real = CPULinear._widened
+    monkeypatch.setattr(CPULinear, "_widened", lambda self, x: widened.append(x.shape[0]) or real(self, x))
+    x = torch.randn(2, 70, 48).bfloat16()
+    with torch.no_grad():
+        got = lin(x)
+        exact = (x.double() @ lin.weight.double().T + lin.bias.double()).float()
+        lin(x[:, :60])  # 120 rows: torch's
+    assert widened == [140] and got.dtype == torch.bfloat16 and got.shape == (2, 70, 24)
+    assert ((got.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()  # rounded once: within half a bf16 step
+    monkeypatch.setattr(kernels, "bf16_gemm_faster", lambda: True)
+    with torch.no_grad():
+        lin(x)
+    assert widened == [140]
+
+    monkeypatch.setattr(kernels, "bf16_gemm_faster", lambda: False)
+    q, k, v = (torch.randn(1, 4, 130, 16).bfloat16() for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    out = backend.attention(q, k, v, is_causal=True)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.bfloat16())
+
+    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(**{**CFG, "n_positions": 256})).eval().bfloat16()
+    ids = torch.randint(0, 200, (1, 150))
+    with torch.no_grad():
+        plain = model(ids).logits.float()
+        prepare(model)
+        routed = model(ids).logits.float()
+    assert all(b.attn.attention_fn is backend.attention for b in model.transformer.h)
+    torch.testing.assert_close(routed, plain, rtol=0.05, atol=0.05)
