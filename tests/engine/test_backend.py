@@ -72,7 +72,7 @@ def test_torch_routes_without_native_kernels_equal_f_linear(monkeypatch, rows, d
     from codegen.native import kernels
 
     monkeypatch.setattr(kernels, "gemv", lambda *a: None)
-    monkeypatch.setattr(kernels, "f32_smallmm", lambda *a: None)
+    monkeypatch.setattr(kernels, "smallmm", lambda *a: None)
     torch.manual_seed(rows)
     lin = CPULinear.wrap(nn.Linear(48, 24).to(dtype))
     x = torch.randn(rows, 48).to(dtype)

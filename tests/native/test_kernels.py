@@ -43,14 +43,21 @@ def test_gemv_matches_an_fp32_reference(N, K):
 @pytest.mark.skipif(kernels._smallmm is None, reason="no AVX-512 CPU or no C++ compiler here")
 @pytest.mark.parametrize("M", range(2, 9))
 @pytest.mark.parametrize("N,K", [(1, 1), (7, 15), (9, 16), (11, 17), (300, 1000), (64, 4096)])
-def test_f32_smallmm_matches_torch(M, N, K):
+def test_smallmm_matches_torch(M, N, K):
     g = torch.Generator().manual_seed(M * 1_000_000 + N * 10_000 + K)
     w, x, b = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g), torch.randn(N, generator=g)
     for bias in (b, None):
-        got = kernels.f32_smallmm(w, x, bias)
+        got = kernels.smallmm(w, x, bias)
         assert got.shape == (M, N)
         torch.testing.assert_close(got, torch.nn.functional.linear(x, w, bias), rtol=1e-5, atol=1e-5 * K ** 0.5)
-    assert kernels.f32_smallmm(w, torch.randn(1, K), b) is None and kernels.f32_smallmm(w, torch.randn(9, K), b) is None
+        # bf16: fp32 sums of the bf16 values, rounded once (torch's bf16 linear within a bf16 step)
+        wb, xb, bb = w.bfloat16(), x.bfloat16(), None if bias is None else bias.bfloat16()
+        got = kernels.smallmm(wb, xb, bb)
+        exact = torch.nn.functional.linear(xb.double(), wb.double(), None if bb is None else bb.double())
+        assert got.dtype == torch.bfloat16 and got.shape == (M, N)
+        torch.testing.assert_close(got.double(), exact, rtol=2**-8, atol=1e-5 * K ** 0.5)
+    assert kernels.smallmm(w, torch.randn(1, K), b) is None and kernels.smallmm(w, torch.randn(9, K), b) is None
+    assert kernels.smallmm(w.bfloat16(), x, None) is None  # mixed dtypes: torch's
 
 
 @native

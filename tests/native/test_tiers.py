@@ -97,6 +97,10 @@ def test_small_row_products_against_fp64(tier, M, N, K):
     assert lib.codegen_f32_smallmm(ptr(w), ptr(x), ptr(b), ptr(y), M, N, K, 2) == 0
     ref = x.double() @ w.double().T + b.double()
     assert ((y.double() - ref).abs() / ((x.double().abs() @ w.double().abs().T) + 1)).max() < 1e-6
+    wb = w.bfloat16()  # bf16 weights, widened in registers: the same fp32 products of their values
+    assert lib.codegen_bf16_smallmm(ptr(wb), ptr(x), ptr(b), ptr(y), M, N, K, 2) == 0
+    ref = x.double() @ wb.double().T + b.double()
+    assert ((y.double() - ref).abs() / ((x.double().abs() @ wb.double().abs().T) + 1)).max() < 1e-6
 
 
 @pytest.mark.parametrize("tier", RUNNABLE)
@@ -136,7 +140,7 @@ def test_greedy_decode_with_each_tier_equals_torchs_path(monkeypatch, tier, batc
         native = model.generate(x, **kw)
     finally:
         kernels.activate(before) if before else None
-    for name in ("_gemv", "_f32_gemv", "_smallmm", "_gelu"):
+    for name in ("_gemv", "_f32_gemv", "_smallmm", "_bf16_smallmm", "_gelu"):
         monkeypatch.setattr(kernels, name, None)
     monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
     assert torch.equal(native, model.generate(x, **kw))

@@ -64,7 +64,7 @@ class CPULinear(nn.Linear):
             if rows == 1:
                 out = kernels.gemv(self.weight, flat[0], self.bias)  # None where the kernel is unavailable
             else:
-                out = kernels.f32_smallmm(self.weight, flat, self.bias)  # None: unavailable, not fp32, > 8 rows
+                out = kernels.smallmm(self.weight, flat, self.bias)  # None: unavailable, other dtype, > 8 rows
         if out is None and rows == 1:
             if x.dtype == torch.float32:  # here torch's x @ W.T is its fastest route
                 return F.linear(x, self.weight, self.bias)

@@ -1,7 +1,10 @@
 // Decode-step products, fp32 accumulation, for every tier of simd.h:
 //   codegen_bf16_gemv:   y (N) = W (N, K) x (K) (+ b), bf16 (VDPBF16PS on avx512bf16);
 //   codegen_f32_gemv:    the same in fp32;
-//   codegen_f32_smallmm: Y (M, N) = X (M, K) W (N, K)^T (+ b), fp32, 2 <= M <= 8.
+//   codegen_f32_smallmm: Y (M, N) = X (M, K) W (N, K)^T (+ b), fp32, 2 <= M <= 8;
+//   codegen_bf16_smallmm: the same with W in bf16 (X, b, Y fp32: the caller widens a bf16 model's few
+//                         rows and rounds Y): half the bytes streamed; every tier widens W's values
+//                         in registers (a shift), so the products and sums are fp32's.
 //
 // A decode step multiplies one or a few rows by every weight matrix, so it is bound by streaming W
 // from memory. On a 2-core Sapphire Rapids VM torch streams bf16 matrix-vector products at ~14-19
@@ -25,14 +28,14 @@ using namespace codegen;
 // Y (M, N) = X (M, K) W (N, K)^T (+ b): every block of R weight rows is loaded once and multiplied with
 // all M rows of X, which stay in L1; the weights are prefetched PF bytes ahead into L2 so that loads and
 // FMAs overlap.
-template <int M, int R, int PF>
-void rows_mm(const float* Wt, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
+template <int M, int R, int PF, typename T>
+void rows_mm(const T* Wt, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
     const int64_t blocks = (N + R - 1) / R;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t n0 = blk * R;
         const int rows = (int)(N - n0 < R ? N - n0 : R);
-        const float* w[R];
+        const T* w[R];
         for (int r = 0; r < R; ++r) w[r] = Wt + (n0 + (r < rows ? r : 0)) * K;  // past N: re-read a valid row
         vf acc[R][M];
         for (int r = 0; r < R; ++r)
@@ -64,9 +67,23 @@ template <int M> constexpr int rows_per_block() {
 
 constexpr int F32_PREFETCH_BYTES = 8192;
 
-template <int M>
-void f32_smallmm(const float* Wt, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
+template <int M, typename T>
+void smallmm(const T* Wt, const float* X, const float* b, float* Y, int64_t N, int64_t K, int threads) {
     rows_mm<M, rows_per_block<M>(), F32_PREFETCH_BYTES>(Wt, X, b, Y, N, K, threads);
+}
+
+template <typename T>
+int smallmm_rows(const T* Wt, const float* X, const float* b, float* Y, int64_t M, int64_t N, int64_t K, int threads) {
+    switch (M) {
+        case 2: smallmm<2>(Wt, X, b, Y, N, K, threads); return 0;
+        case 3: smallmm<3>(Wt, X, b, Y, N, K, threads); return 0;
+        case 4: smallmm<4>(Wt, X, b, Y, N, K, threads); return 0;
+        case 5: smallmm<5>(Wt, X, b, Y, N, K, threads); return 0;
+        case 6: smallmm<6>(Wt, X, b, Y, N, K, threads); return 0;
+        case 7: smallmm<7>(Wt, X, b, Y, N, K, threads); return 0;
+        case 8: smallmm<8>(Wt, X, b, Y, N, K, threads); return 0;
+    }
+    return 1;
 }
 
 // y = gelu_new(x) elementwise over n values, fp32 or (bf16 != 0) bf16 computed in fp32 and rounded to
@@ -86,16 +103,12 @@ extern "C" int codegen_native_bf16_dot() { return NATIVE_BF16_DOT ? 1 : 0; }
 // Returns 0, or 1 when M is outside 2..8 (the caller then uses torch).
 extern "C" int codegen_f32_smallmm(const float* Wt, const float* X, const float* b, float* Y, int64_t M, int64_t N,
                                    int64_t K, int threads) {
-    switch (M) {
-        case 2: f32_smallmm<2>(Wt, X, b, Y, N, K, threads); return 0;
-        case 3: f32_smallmm<3>(Wt, X, b, Y, N, K, threads); return 0;
-        case 4: f32_smallmm<4>(Wt, X, b, Y, N, K, threads); return 0;
-        case 5: f32_smallmm<5>(Wt, X, b, Y, N, K, threads); return 0;
-        case 6: f32_smallmm<6>(Wt, X, b, Y, N, K, threads); return 0;
-        case 7: f32_smallmm<7>(Wt, X, b, Y, N, K, threads); return 0;
-        case 8: f32_smallmm<8>(Wt, X, b, Y, N, K, threads); return 0;
-    }
-    return 1;
+    return smallmm_rows(Wt, X, b, Y, M, N, K, threads);
+}
+
+extern "C" int codegen_bf16_smallmm(const uint16_t* Wt, const float* X, const float* b, float* Y, int64_t M, int64_t N,
+                                    int64_t K, int threads) {
+    return smallmm_rows(Wt, X, b, Y, M, N, K, threads);
 }
 
 extern "C" void codegen_f32_gemv(const float* Wt, const float* x, const float* b, float* y, int64_t N, int64_t K,

@@ -59,7 +59,7 @@ def is_arm() -> bool:
 TIERS = ARM_TIERS if is_arm() else X86_TIERS  # this machine's architecture's, lowest first
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = _gelu = _q8 = _q4 = _dequant = decode_step = decode_scratch = None
+_gemv = _f32_gemv = _smallmm = _bf16_smallmm = _gelu = _q8 = _q4 = _dequant = decode_step = decode_scratch = None
 decode_layout = ""  # codegen_decode_layout(): DecodeArgs' fields and offsets (fused.py checks its mirror)
 _tried = False
 _active_tier: str | None = None
@@ -157,6 +157,7 @@ def library(tier: str) -> ctypes.CDLL:
     args = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64]
     for name, argtypes, restype in (
         ("codegen_f32_smallmm", args + [ctypes.c_int64, ctypes.c_int], ctypes.c_int),
+        ("codegen_bf16_smallmm", args + [ctypes.c_int64, ctypes.c_int], ctypes.c_int),
         ("codegen_f32_gemv", args + [ctypes.c_int], None),
         ("codegen_bf16_gemv", args + [ctypes.c_int], None),
         ("codegen_gelu_tanh", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int], None),
@@ -213,10 +214,11 @@ def load() -> bool:
 
 
 def _activate(name: str) -> None:
-    global _gemv, _f32_gemv, _smallmm, _gelu, _q8, _q4, _dequant, decode_step, decode_scratch, decode_layout, _active_tier
+    global _gemv, _f32_gemv, _smallmm, _bf16_smallmm, _gelu, _q8, _q4, _dequant, decode_step, decode_scratch, decode_layout, _active_tier
     lib = library(name)
     _q8, _q4, _dequant = lib.codegen_q8_mm, lib.codegen_q4_mm, lib.codegen_dequantize
     _smallmm, _f32_gemv, _gemv = lib.codegen_f32_smallmm, lib.codegen_f32_gemv, lib.codegen_bf16_gemv
+    _bf16_smallmm = lib.codegen_bf16_smallmm
     _gelu, decode_scratch, decode_step = lib.codegen_gelu_tanh, lib.codegen_decode_scratch, lib.codegen_decode_step
     decode_layout = lib.codegen_decode_layout().decode()
     _active_tier = name
@@ -270,18 +272,22 @@ def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> to
     return y
 
 
-def f32_smallmm(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """x (M, K) @ weight (N, K).T + bias (N,) for fp32 CPU tensors and 2 <= M <= 8, or None when the
+def smallmm(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """x (M, K) @ weight (N, K).T + bias (N,) for 2 <= M <= 8 rows of fp32 or bf16 CPU tensors (all in one
+    dtype; bf16: the products and sums in fp32, rounded to bf16 once, after the bias), or None when the
     native kernel is unavailable or the arguments do not fit it."""
     if not _tried:
         load()
-    if _smallmm is None or x.dtype != torch.float32 or not 2 <= x.shape[0] <= 8 or not _fits(weight, bias, torch.float32):
+    dtype = x.dtype
+    fn = _smallmm if dtype == torch.float32 else _bf16_smallmm if dtype == torch.bfloat16 else None
+    if fn is None or not 2 <= x.shape[0] <= 8 or not _fits(weight, bias, dtype):
         return None
-    x = x.contiguous()
+    x = x.float().contiguous()
+    bias = None if bias is None else bias.float()
     y = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    _smallmm(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), x.shape[0],
-             weight.shape[0], weight.shape[1], torch.get_num_threads())
-    return y
+    fn(weight.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), x.shape[0],
+       weight.shape[0], weight.shape[1], torch.get_num_threads())
+    return y.to(dtype)
 
 
 def quant_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, bits: int,
