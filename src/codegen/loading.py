@@ -65,10 +65,10 @@ def resolve_model(model: str | None, adapter: str | None = None) -> tuple[str, s
 def fastest_dtype(quantized: bool = False) -> str:
     """The dtype `--dtype auto` picks on this CPU: bfloat16 where the CPU multiplies bf16 natively
     (AVX512-BF16 / AMX: the native decode step's VDPBF16PS reads half the bytes of fp32, and with AMX
-    torch's bf16 GEMM prefills several times faster; with AVX512-BF16 alone its prefills are slower
-    than fp32's, which decode's speed outweighs for completions), else float32 (on AVX2 and
-    plain AVX-512 CPUs bf16 is widened to fp32 in software). Quantized models: float32, the
-    activations the quantized kernels take."""
+    torch's bf16 GEMM prefills several times faster; with AVX512-BF16 alone prefills run in fp32
+    (engine.backend widens them), a little faster than an fp32 model's: half the weight bytes), else
+    float32 (on AVX2 and plain AVX-512 CPUs bf16 is widened to fp32 in software). Quantized models:
+    float32, the activations the quantized kernels take."""
     from .native import kernels
 
     if quantized or not kernels.bf16_native() or kernels.tier()[0] not in (None, "avx512bf16"):

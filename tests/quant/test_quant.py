@@ -110,8 +110,8 @@ def test_int4_gemm_matches_fp64_on_odd_shapes(tier, group):
     assert torch.isnan(kernels.q4_gemm(q.weight, q.weight_scale, torch.full((40, k), float("nan")), None, group)).all()
 
 
-def test_int4_prefills_take_the_gemm_from_32_rows(monkeypatch):
-    """Where bf16 GEMMs do not run on AMX: 17-31 rows in passes of 16, 32 and more in the GEMM; its
+def test_int4_prefills_take_the_gemm_from_64_rows(monkeypatch):
+    """Where bf16 GEMMs do not run on AMX: 17-63 rows in passes of 16, 64 and more in the GEMM; its
     result equals the passes' within fp32 rounding."""
     if not TIERS:
         pytest.skip("no native kernels on this machine")
@@ -126,7 +126,7 @@ def test_int4_prefills_take_the_gemm_from_32_rows(monkeypatch):
     assert calls == [80] and y.shape == (2, 40, 50)
     passes = torch.cat([q(x.reshape(80, 100)[r:r + 16]) for r in range(0, 80, 16)])
     torch.testing.assert_close(y.reshape(80, 50), passes, rtol=1e-5, atol=1e-5)
-    q(x[:, :15])  # 30 rows
+    q(x[:, :31])  # 62 rows
     assert calls == [80]
 
 

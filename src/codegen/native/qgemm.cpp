@@ -28,23 +28,24 @@ constexpr int MT = 3, NT = 2;  // AVX2: 16 registers
 constexpr int NB = NT * LANES;  // weight rows per block
 constexpr int64_t MB = 512;     // activation rows per pass over the weights (~K * MB bytes of them in cache)
 
-// Rows n0.. of W as bytes in the tiles' order, and their scales [g][NB]; rows past N hold value 0.
+// Rows n0.. of W as bytes in the tiles' order, and their scales [g][NB]; rows past N hold value 0 (nibble
+// 8). Eight bytes at a time (16 values): their low nibbles are values i..i+7 of a unit of 32, the high
+// ones i+16..i+23, each 4 consecutive values one 32-bit word of the buffer (a store per word).
 void unpack(const uint8_t* Q, const float* S, int64_t n0, int64_t N, int64_t Kp, int64_t groups, uint8_t* wb, float* sb) {
+    const uint64_t low = 0x0F0F0F0F0F0F0F0Full;
     for (int n = 0; n < NB; ++n) {
         const bool real = n0 + n < N;
         const uint8_t* q = Q + (n0 + n) * (Kp / 2);
         for (int64_t g = 0; g < groups; ++g) sb[g * NB + n] = real ? S[(n0 + n) * groups + g] : 0.0f;
-        for (int64_t k0 = 0; k0 < Kp; k0 += 32) {  // 16 bytes: low nibbles values k0..k0+15, high k0+16..k0+31
-            uint8_t lo[16], hi[16];
-            for (int i = 0; i < 16; ++i) {
-                const uint8_t v = real ? q[k0 / 2 + i] : 0x88;
-                lo[i] = v & 15, hi[i] = v >> 4;
+        for (int64_t k0 = 0; k0 < Kp; k0 += 32)
+            for (int i = 0; i < 16; i += 8) {
+                uint64_t v = 0x8888888888888888ull;
+                if (real) memcpy(&v, q + k0 / 2 + i, 8);
+                const uint64_t lo = v & low, hi = (v >> 4) & low;
+                const uint32_t words[4] = {(uint32_t)lo, (uint32_t)(lo >> 32), (uint32_t)hi, (uint32_t)(hi >> 32)};
+                const int64_t at[4] = {k0 + i, k0 + i + 4, k0 + 16 + i, k0 + 20 + i};
+                for (int j = 0; j < 4; ++j) memcpy(wb + (at[j] / 4 * NB + n) * 4, &words[j], 4);
             }
-            for (int i = 0; i < 16; i += 4) {  // 4 consecutive values of a row: one 32-bit word
-                memcpy(wb + ((k0 + i) / 4 * NB + n) * 4, lo + i, 4);
-                memcpy(wb + ((k0 + 16 + i) / 4 * NB + n) * 4, hi + i, 4);
-            }
-        }
     }
 }
 

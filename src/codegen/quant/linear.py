@@ -3,7 +3,7 @@
 Every route computes `formats.quantized_linear`: the input's rows quantized to int8 (one scale per
 row), times the quantized weight, summed in integers, scaled, plus the bias.
 - Decode rows (1..16): the native kernels (codegen/native/quant.cpp, qdot.h), which stream the packed
-  weights once for all rows; int4 inputs of up to 31 rows too, 16 rows a pass.
+  weights once for all rows; int4 inputs of up to 63 rows too, 16 rows a pass.
 - More rows (prefills): int4 weights go to the native int4 GEMM (codegen/native/qgemm.cpp: exact int32
   sums per group, as the passes), except where torch's bf16 GEMM runs on AMX: there int4 prefills of up
   to 128 rows take the passes and longer ones are dequantized a block at a time (about 16 MB) and
@@ -25,10 +25,12 @@ from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_l
                       quantize_int4, quantize_int8, to_kernel_layout)
 
 DECODE_ROWS = 16  # the kernels' row range; more rows take a GEMM, except for int4:
-# below this many rows the passes of 16 beat the int4 GEMM (its per-block unpacking is amortized over
-# the rows: a 2-core Xeon with AVX512-VNNI, 1024 -> 4096: 17 rows 0.93 vs 1.27 ms, 32 rows 1.60 vs 1.54,
-# 128 rows 6.45 vs 3.21). int8's integer GEMM (VNNI) beats passes from 17 rows on.
-INT4_GEMM_ROWS = 32
+# below this many rows the passes of 16 beat the int4 GEMM or tie with it (the GEMM unpacks each block
+# of weights to bytes, a cost the rows amortize; `python benchmarks/quant_prefill.py`, a 2-core Xeon
+# with VNNI, 64 rows: 1024 -> 4096 2.00 vs 3.03 ms, 4096 -> 1024 2.98 vs 4.29 (another run 1.71 vs
+# 1.65), 1024 -> 3072 1.24 vs 1.30; 17 rows: the passes 1.2-2.4x faster). int8's integer GEMM (VNNI)
+# beats passes from 17 rows on.
+INT4_GEMM_ROWS = 64
 # With AMX, int4 prefills of up to this many rows take the passes (1.3-4x faster than dequantizing
 # blocks for a bf16 GEMM, on the Xeon above with 17-128 rows) and longer ones the bf16 blockwise route.
 INT4_PASS_ROWS = 128
