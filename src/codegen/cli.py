@@ -115,11 +115,17 @@ def cmd_env(args: argparse.Namespace) -> int:
             version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             version = None
-    int8 = ("VPDPBUSD" if active == "avx512bf16" else "VPMADDUBSW" if active in ("avx2", "avx512") else "plain C")
+    amx = kernels.bf16_gemm_faster() and not kernels.is_arm()
+    int8 = ("VPDPBUSD" if active == "avx512bf16" else "VPMADDUBSW" if active in ("avx2", "avx512")
+            else "SDOT" if active == "dotprod" else "plain C")
     in_use = ({"decode step (one row)": "native: fp32, bf16, int8 and int4 weights, every layer in one call",
-               "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else ""),
+               "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else "")
+                           + ", bf16 2-8 rows (widened)",
+               "bf16 prefills": ("torch's bf16 GEMM" + (" (AMX)" if amx else "") if amx or kernels.is_arm()
+                                 else "torch's fp32 GEMM and attention on the widened values"),
                "quantized": f"native: int8 / int4 weights x int8 activations, 1-16 rows ({int8}); prefills: "
-                            f"int8 torch._int_mm, int4 {'bf16' if kernels.bf16_gemm_faster() else 'fp32'} GEMM",
+                            f"int8 torch._int_mm, int4 " + ("bf16 GEMM (AMX) from 129 rows" if amx else
+                                                             f"native GEMM ({int8}) from 64 rows"),
                "gelu_new": "native, in place over fc_in's output"}
               if active else {"all": f"torch's ({why})"})
     from .loading import fastest_dtype

@@ -230,8 +230,8 @@ def test_a_process_that_ends_with_its_groups_alive_destroys_them_at_exit(tmp_pat
     A hook registered before init() runs after init()'s own (atexit is last in, first out) and sees it."""
     script = tmp_path / "ends.py"
     script.write_text(
-        "import atexit, torch.distributed as dist\n"
-        "atexit.register(lambda: print('alive at exit:', dist.is_initialized(), flush=True))\n"
+        "import atexit, os, torch.distributed as dist\n"  # one write each: the ranks share the pipe
+        "atexit.register(lambda: os.write(1, f'alive at exit: {dist.is_initialized()}\\n'.encode()))\n"
         "from codegen.parallel.group import init\n"
         "lay = init(2)\n"
         "dist.all_reduce(__import__('torch').ones(4), group=lay.tp_group)\n")
