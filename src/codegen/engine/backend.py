@@ -4,8 +4,8 @@ It is applied to a model from outside (`prepare`): every plain `nn.Linear` is sw
 `CPULinear` (same parameters, same checkpoint keys) that routes the few rows of a decode step to
 the native kernels or to torch's fastest route (and bf16 prefills without AMX to fp32), the
 attention's SDPA for `attention` (bf16 prefills without AMX in fp32), and the tanh-gelu activation
-for one written over fc_in's output by a native kernel; all fall back to torch's own computation where a gradient is
-needed, off the CPU, or where the native code is unavailable. A new kind of linear layer (int8,
+for one written over fc_in's output by a native kernel; all fall back to torch's own computation
+where a gradient is needed, off the CPU, or where the native code is unavailable. A new kind of linear layer (int8,
 int4, tensor-parallel) plugs in here, not in the model. `Backend.decode` runs a decode step: the
 whole step in one native call (`native.fused`) when one row is decoding, else the model's modules.
 """
@@ -78,7 +78,6 @@ class CPULinear(nn.Linear):
             if self.bias is not None:
                 out += self.bias
         return out.view(*x.shape[:-1], -1)
-
 
     def _widened(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) bf16 @ W.T + b in fp32, W widened a block of rows at a time: (M, N) bf16."""
