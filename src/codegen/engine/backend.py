@@ -5,8 +5,8 @@ It is applied to a model from outside (`prepare`): every plain `nn.Linear` is sw
 the native kernels or to torch's fastest route (and bf16 prefills without AMX to fp32), the
 attention's SDPA for `attention` (bf16 prefills without AMX in fp32), and the tanh-gelu activation
 for one written over fc_in's output by a native kernel; all fall back to torch's own computation
-where a gradient is needed, off the CPU, or where the native code is unavailable. A new kind of linear layer (int8,
-int4, tensor-parallel) plugs in here, not in the model. `Backend.decode` runs a decode step: the
+where a gradient is needed, off the CPU, or where the native code is unavailable. A new kind of
+linear layer (int8, int4, tensor-parallel) plugs in here, not in the model. `Backend.decode` runs a decode step: the
 whole step in one native call (`native.fused`) when one row is decoding, else the model's modules.
 """
 
@@ -54,8 +54,7 @@ class CPULinear(nn.Linear):
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         inference = not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad))
         if x.device.type != "cpu" or rows > self.SMALL or x.dim() < 2 or rows == 0:
-            if (rows >= self.WIDEN_ROWS and inference and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.bfloat16
-                    and not kernels.is_arm() and not kernels.bf16_gemm_faster()):
+            if self.weight.dtype == torch.bfloat16 and _widens(x, rows, inference):
                 return self._widened(x.reshape(rows, x.shape[-1])).view(*x.shape[:-1], -1)
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, x.shape[-1])
@@ -94,14 +93,19 @@ class CPULinear(nn.Linear):
         return out
 
 
+def _widens(x: torch.Tensor, rows: int, inference: bool) -> bool:
+    """Whether a bf16 input of `rows` rows runs in fp32 (CPULinear and attention): a prefill of at least
+    WIDEN_ROWS rows on a CPU where that is the faster, with no gradient needed."""
+    return (rows >= CPULinear.WIDEN_ROWS and inference and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+            and kernels.bf16_prefills_in_fp32())
+
+
 def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
     """SDPA, with bf16 prefills (CPULinear.WIDEN_ROWS queries or more) on an x86 CPU without AMX run
     in fp32: there torch's bf16 flash attention is slower than its fp32 one (a 2-core Xeon with
     AVX512-BF16, 2047 tokens, 16 heads of 64: 87 vs 61 ms a layer). bf16 values are exact in fp32;
     the output is rounded to bf16 once."""
-    if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[-2] >= CPULinear.WIDEN_ROWS
-            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-            and not kernels.is_arm() and not kernels.bf16_gemm_faster()):
+    if _widens(q, q.shape[-2], not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
         mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
                                               is_causal=is_causal).to(q.dtype)

@@ -23,6 +23,7 @@ kernels: the results differ only by fp32 summation order.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -67,17 +68,19 @@ _why = "not loaded yet"
 _libs: dict[str, ctypes.CDLL] = {}
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86: /proc/cpuinfo's "flags"; aarch64: its "Features", the hwcaps)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86: /proc/cpuinfo's "flags"; aarch64: its "Features", the hwcaps), read
+    once: the routes ask on every forward (reading the file took ~50 us a call)."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"):
-        return set()
+        return frozenset()
     key = "Features" if is_arm() else "flags"
     try:
         with open("/proc/cpuinfo") as fh:
             line = next((line for line in fh if line.startswith(key)), "")
     except OSError:
-        return set()
-    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+        return frozenset()
+    return frozenset(line.split(":", 1)[1].split()) if ":" in line else frozenset()
 
 
 def supported() -> bool:
@@ -245,6 +248,12 @@ def bf16_gemm_faster() -> bool:
     """Whether torch's bf16 GEMM beats its fp32 one here: with AMX tiles only. With AVX512-BF16 alone
     it is slower (a 2-core Xeon without AMX, 512 x 1024 x 4096: bf16 26 ms, fp32 16.5 ms)."""
     return "amx_bf16" in cpu_flags()
+
+
+def bf16_prefills_in_fp32() -> bool:
+    """Whether bf16 prefills run faster on their values widened to fp32 (engine.backend): on x86 without
+    AMX, where torch's bf16 GEMM and flash attention are the slower; ARM keeps torch's bf16 (unmeasured)."""
+    return not is_arm() and not bf16_gemm_faster()
 
 
 def native_bf16_dot() -> bool:
