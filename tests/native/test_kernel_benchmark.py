@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py runs every tier's products, the quantized ones included, and refuses bad --rows."""
+"""benchmarks/products.py runs every tier's products, the quantized ones included, and refuses bad --rows."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 from codegen.native import kernels
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "products.py"
 pytestmark = pytest.mark.skipif(not kernels.load(), reason="native kernels unavailable on this machine")
 
 

@@ -3,9 +3,9 @@ side in one run (the same weights, best of N), in GB/s of weights streamed (for 
 packed weights and their scales). The quantized rows (int8, one scale per row; int4, groups of 32)
 quantize the activations to int8 first, as the model's products do; torch has no such product (-).
 
-    python benchmarks/kernels.py                 # 8192 x 2048 (a 350M-shape fc_in is 4096 x 1024)
-    python benchmarks/kernels.py --n 4096 --k 1024 --repeats 50
-    python benchmarks/kernels.py --n 131072 --k 4096 --rows 1 8   # 512 MB int8: past a large L3; 1 and 8 rows
+    python benchmarks/products.py                 # 8192 x 2048 (a 350M-shape fc_in is 4096 x 1024)
+    python benchmarks/products.py --n 4096 --k 1024 --repeats 50
+    python benchmarks/products.py --n 131072 --k 4096 --rows 1 8   # 512 MB int8: past a large L3; 1 and 8 rows
 
 Prints the CPU, its tier and the thread count. A matrix that fits in the last-level cache reads
 faster than memory: use one larger than it for the memory-bound figure.
