@@ -7,7 +7,8 @@
 //   2. qkv = Wqkv a; pre = Wfc_in a + b                   (one loop over the 3E + I rows: same input)
 //   3. per head: GPT-J rotary on q and k, append k and v to the cache, softmax(q K^T / sqrt(D)) V;
 //      gelu_new(pre) -> inner                             (heads and W-wide blocks shared out)
-//   4. h = (Wout attn + (Wfc_out inner + b)) + h           (one loop over the E rows, both products)
+//   4. o = Wout attn; f = Wfc_out inner + b                (one loop over the 2E rows: fc_out's, then
+//      out_proj's, each matrix streamed in turn), h = (o + f) + h at the start of the next phase 1
 // then ln_f and the LM head. The products' rows are handed out in chunks of 80-512 KB of weights
 // (dynamic schedule), not in one fixed half per thread: on a shared host one thread is often slowed
 // (an interrupt, another tenant), and with fixed halves the other waited at the barrier for it (~1 ms
@@ -46,10 +47,12 @@ struct Lin {
     const float* s;
 };
 
-// Weight rows per block of the quantized step, by format. Interleaved A/B, 350M shape, 2 threads, an
-// AVX-512 VNNI Xeon, ms per int4 step for 1 / 2 / 4 rows: 12.96 / 12.39 / 13.54 (avx512bf16 tier),
-// 15.36 / 16.23 / 16.81 (its avx2 tier: 16 registers); int8 with 2 or 4 rows within noise.
-constexpr int Q8_ROWS = 2, Q4_ROWS = W == 16 ? 2 : 1, QR_MAX = Q8_ROWS > Q4_ROWS ? Q8_ROWS : Q4_ROWS;
+// Weight rows per block of the quantized step, by format. Interleaved A/B, 350M shape, 2 threads, ms
+// per step: on an AVX-512 VNNI Xeon, int4 with 1 / 2 / 4 rows 12.96 / 12.39 / 13.54 (avx512bf16 tier),
+// 15.36 / 16.23 / 16.81 (its avx2 tier: 16 registers), int8 with 2 or 4 rows within noise; on an AMD
+// EPYC (Zen 5), int8 with 1 / 2 rows 8.87 / 11.29 (avx512bf16 tier), 9.21 / 11.57 (avx2 tier), int4
+// with 1 / 2 / 4 rows 7.04 / 7.44 / 7.83 (avx512bf16).
+constexpr int Q8_ROWS = 1, Q4_ROWS = W == 16 ? 2 : 1, QR_MAX = Q8_ROWS > Q4_ROWS ? Q8_ROWS : Q4_ROWS;
 
 // Rows n0 .. n0 + rows - 1 (rows <= R) of a quantized matrix . x, finished (scales applied).
 template <int R>
@@ -211,6 +214,12 @@ void decode_step(const DecodeArgs& A) {
     QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
     QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
     for (int64_t i = 0; i < E; ++i) h[i] = get((const T*)A.embed + i);
+    // The last products' outputs, out_proj's and fc_out's (with its bias), in qkv's first 2E floats (the
+    // attention has read qkv by then); the residual sum is taken by the next single section.
+    float *out_o = qkv, *out_f = qkv + E;
+    auto residual = [&] {
+        for (int64_t n = 0; n < E; ++n) h[n] = rnd<T>(rnd<T>(out_o[n] + out_f[n]) + h[n]);
+    };
 
 #pragma omp parallel num_threads((int)A.threads)
     {
@@ -221,6 +230,7 @@ void decode_step(const DecodeArgs& A) {
             const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
 #pragma omp single
             {
+                if (l > 0) residual();
                 layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
                 if (quant) xa.set((const float*)a, E, fmt);
             }
@@ -257,26 +267,28 @@ void decode_step(const DecodeArgs& A) {
                     xo.set((const float*)attn, E, fmt);
                     xi.set((const float*)inner, I, fmt);
                 }
-#pragma omp for schedule(dynamic, 16 / QR)
-                for (int64_t blk = 0; blk < blocks(QR, E); ++blk) {
-                    float o[QR_MAX], f[QR_MAX];
-                    const int64_t n0 = QR * blk;
+#pragma omp for schedule(dynamic, 32 / QR)
+                for (int64_t blk = 0; blk < 2 * blocks(QR, E); ++blk) {
+                    float o[QR_MAX];
+                    const bool fc = blk < blocks(QR, E);  // fc_out's rows first: the larger blocks
+                    const int64_t n0 = QR * (fc ? blk : blk - blocks(QR, E));
                     const int rows = (int)(E - n0 < QR ? E - n0 : QR);
-                    qrows(fmt, G, wout, n0, rows, E, xo.row, o);
-                    qrows(fmt, G, wfo, n0, rows, I, xi.row, f);
-                    for (int r = 0; r < rows; ++r) h[n0 + r] = (o[r] + (f[r] + get(bfo + n0 + r))) + h[n0 + r];
+                    qrows(fmt, G, fc ? wfo : wout, n0, rows, fc ? I : E, fc ? xi.row : xo.row, o);
+                    for (int r = 0; r < rows; ++r)
+                        if (fc) out_f[n0 + r] = o[r] + get(bfo + n0 + r);
+                        else out_o[n0 + r] = o[r];
                 }
             } else {
-#pragma omp for schedule(dynamic, 4)
-                for (int64_t n = 0; n < E; ++n) {
-                    const float o = rnd<T>(dot((const T*)wout.w + n * E, attn, E));
-                    const float f = rnd<T>(dot((const T*)wfo.w + n * I, inner, I) + get(bfo + n));
-                    h[n] = rnd<T>(rnd<T>(o + f) + h[n]);
+#pragma omp for schedule(dynamic, 8)
+                for (int64_t n = 0; n < 2 * E; ++n) {
+                    if (n < E) out_f[n] = rnd<T>(dot((const T*)wfo.w + n * I, inner, I) + get(bfo + n));
+                    else out_o[n - E] = rnd<T>(dot((const T*)wout.w + (n - E) * E, attn, E));
                 }
             }
         }
 #pragma omp single
         {
+            if (A.n_layer > 0) residual();
             layer_norm(h, lnf_w, lnf_b, a, E, eps);
             if (quant) xa.set((const float*)a, E, fmt);
         }
