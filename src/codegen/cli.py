@@ -96,6 +96,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .engine import backend
     from .native import kernels
 
     cpu = platform.processor() or platform.machine()
@@ -115,12 +116,14 @@ def cmd_env(args: argparse.Namespace) -> int:
             version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             version = None
-    amx = kernels.bf16_gemm_faster()
+    amx = kernels.amx()
     int8 = ("VPDPBUSD" if active == "avx512bf16" else "VPMADDUBSW" if active in ("avx2", "avx512")
             else "SDOT" if active == "dotprod" else "plain C")
     in_use = ({"decode step (one row)": "native: fp32, bf16, int8 and int4 weights, every layer in one call",
                "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else "")
                            + ", bf16 2-8 rows (widened)",
+               "fp32 prefills": "oneDNN's GEMM (MKL's sgemm takes its AVX2 code on AMD)" if backend.onednn_fp32()
+                                 else "torch's GEMM",
                "bf16 prefills": ("torch's fp32 GEMM and attention on the widened values" if kernels.bf16_prefills_in_fp32()
                                  else "torch's bf16 GEMM" + (" (AMX)" if amx else "")),
                "quantized": f"native: int8 / int4 weights x int8 activations, 1-16 rows ({int8}); prefills: "

@@ -125,3 +125,58 @@ def test_bf16_prefills_without_amx_run_in_fp32(monkeypatch):
         routed = model(ids).logits.float()
     assert all(b.attn.attention_fn is backend.attention for b in model.transformer.h)
     torch.testing.assert_close(routed, plain, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("vendor, flags, bf16_gemm, onednn", [
+    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, True, True),  # Zen 4, Zen 5
+    ("AuthenticAMD", {"avx2", "fma"}, False, False),  # Zen 3: MKL's AVX2 code is the CPU's best
+    ("GenuineIntel", {"avx2", "avx512f", "avx512_bf16"}, False, False),  # a Xeon without AMX
+    ("GenuineIntel", {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, True, False),
+])
+def test_prefill_routes_follow_the_cpu(monkeypatch, vendor, flags, bf16_gemm, onednn):
+    from codegen.native import kernels
+
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset(flags))
+    assert kernels.bf16_gemm_faster() is bf16_gemm and kernels.fp32_gemm_by_onednn() is onednn
+    assert kernels.bf16_prefills_in_fp32() is (not bf16_gemm and not kernels.is_arm())
+
+
+def test_fp32_prefills_through_onednn_equal_torchs(monkeypatch):
+    """Where fp32_gemm_by_onednn says so: inputs of more than SMALL rows, no gradient, go through
+    oneDNN's linear op and give F.linear's result within fp32 summation order; fewer rows, a gradient
+    or bf16 take the other routes. A model's prefill through it gives the plain model's logits."""
+    from codegen.engine import backend
+    from codegen.native import kernels
+
+    if backend._onednn_linear() is None:
+        pytest.skip("this torch build has no oneDNN linear op")
+    monkeypatch.setattr(kernels, "fp32_gemm_by_onednn", lambda: True)
+    calls = []
+    op = backend._onednn_linear()
+    monkeypatch.setattr(backend, "_onednn_linear", lambda: lambda x, *a: calls.append(tuple(x.shape)) or op(x, *a))
+    torch.manual_seed(4)
+    for bias in (True, False):
+        lin = CPULinear.wrap(nn.Linear(48, 24, bias=bias))
+        x = torch.randn(3, 20, 48)
+        with torch.no_grad():
+            got = lin(x)
+            ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
+            lin(x[:1, :8])  # 8 rows: the small-row kernels
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        assert got.shape == (3, 20, 24)
+    assert calls == [(60, 48), (60, 48)]
+    lin(x)  # a gradient is needed: torch's
+    lin.bfloat16()
+    with torch.no_grad():
+        lin(x.bfloat16())
+    assert calls == [(60, 48), (60, 48)]
+
+    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig(**CFG)).eval()
+    ids = torch.randint(0, 200, (2, 30))
+    with torch.no_grad():
+        plain = model(ids).logits
+        prepare(model)
+        routed = model(ids).logits
+    assert len(calls) > 2
+    torch.testing.assert_close(routed, plain, rtol=1e-5, atol=1e-5)

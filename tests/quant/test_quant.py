@@ -111,11 +111,11 @@ def test_int4_gemm_matches_fp64_on_odd_shapes(tier, group):
 
 
 def test_int4_prefills_take_the_gemm_from_64_rows(monkeypatch):
-    """Where bf16 GEMMs do not run on AMX: 17-63 rows in passes of 16, 64 and more in the GEMM; its
-    result equals the passes' within fp32 rounding."""
+    """Without AMX: 17-63 rows in passes of 16, 64 and more in the GEMM; its result equals the passes'
+    within fp32 rounding."""
     if not TIERS:
         pytest.skip("no native kernels on this machine")
-    monkeypatch.setattr(kernels, "bf16_gemm_faster", lambda: False)
+    monkeypatch.setattr(kernels, "amx", lambda: False)
     calls = []
     real = kernels.q4_gemm
     monkeypatch.setattr(kernels, "q4_gemm", lambda *a: calls.append(a[2].shape[0]) or real(*a))
@@ -196,8 +196,8 @@ def test_both_routes_and_dtypes(spec):
     torch.manual_seed(3)
     q = QuantLinear.from_linear(torch.nn.Linear(100, 70), spec)
     ref_w = q.dequantized()
-    # Stated tolerances: fp32 summation order; int4 prefills in bf16 where the CPU multiplies it natively.
-    gemm_tol = 2e-2 if spec.bits == 4 and kernels.bf16_gemm_faster() else 1e-5
+    # Stated tolerances: fp32 summation order; int4 prefills in bf16 on AMX.
+    gemm_tol = 2e-2 if spec.bits == 4 and kernels.amx() else 1e-5
     passes = INT4_PASS_ROWS if spec.bits == 4 else DECODE_ROWS  # int4 prefills up to 128 rows: the kernels, 16 a pass
     for rows in (1, 5, 40, 100):  # 2 x 40 rows: the prefill route for int8, passes for int4; 2 x 100: both prefill
         x = torch.randn(2, rows, 100)

@@ -12,6 +12,7 @@ whole step in one native call (`native.fused`) when one row is decoding, else th
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 
@@ -35,7 +36,8 @@ class CPULinear(nn.Linear):
     than in torch's best route, W @ x.T, itself 1.4x faster than x @ W.T up to 32 rows."""
 
     SMALL = 32  # at most this many rows take the W @ x.T route
-    # bf16 inputs of at least WIDEN_ROWS rows (prefills) on an x86 CPU without AMX run in fp32, a block
+    # fp32 inputs of more than SMALL rows go through oneDNN where onednn_fp32() says so (AMD with AVX-512).
+    # bf16 inputs of at least WIDEN_ROWS rows (prefills) on an Intel CPU without AMX run in fp32, a block
     # of about WIDEN_BYTES of weight rows widened at a time: there torch's bf16 GEMM is slower than
     # widening and multiplying in fp32 (a 2-core Xeon with AVX512-BF16, no AMX, 1024 -> 4096: 2048 rows
     # 100 vs 138 ms, 128 rows 7.2 vs 8.2, 64 rows 4.7 vs 4.2, widening included). The products of bf16
@@ -56,6 +58,10 @@ class CPULinear(nn.Linear):
         if x.device.type != "cpu" or rows > self.SMALL or x.dim() < 2 or rows == 0:
             if self.weight.dtype == torch.bfloat16 and _widens(x, rows, inference):
                 return self._widened(x.reshape(rows, x.shape[-1])).view(*x.shape[:-1], -1)
+            if (inference and rows > self.SMALL and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+                    and onednn_fp32()):
+                flat = x.reshape(rows, x.shape[-1]).contiguous()
+                return _onednn_linear()(flat, self.weight, self.bias, "none", [], "").view(*x.shape[:-1], -1)
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, x.shape[-1])
         out = None
@@ -93,6 +99,23 @@ class CPULinear(nn.Linear):
         return out
 
 
+@functools.cache
+def _onednn_linear():
+    """torch's oneDNN linear op (the one its inductor's CPU fusions call), or None in a build without it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def onednn_fp32() -> bool:
+    """Whether fp32 prefill products (more than CPULinear.SMALL rows) go through oneDNN rather than
+    torch's F.linear: where kernels.fp32_gemm_by_onednn says it is the faster and torch has the op."""
+    return kernels.fp32_gemm_by_onednn() and _onednn_linear() is not None
+
+
 def _widens(x: torch.Tensor, rows: int, inference: bool) -> bool:
     """Whether a bf16 input of `rows` rows runs in fp32 (CPULinear and attention): a prefill of at least
     WIDEN_ROWS rows on a CPU where that is the faster, with no gradient needed."""
@@ -101,8 +124,8 @@ def _widens(x: torch.Tensor, rows: int, inference: bool) -> bool:
 
 
 def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
-    """SDPA, with bf16 prefills (CPULinear.WIDEN_ROWS queries or more) on an x86 CPU without AMX run
-    in fp32: there torch's bf16 flash attention is slower than its fp32 one (a 2-core Xeon with
+    """SDPA, with bf16 prefills (CPULinear.WIDEN_ROWS queries or more) run in fp32 where _widens says so
+    (an Intel CPU without AMX): there torch's bf16 flash attention is slower than its fp32 one (a 2-core Xeon with
     AVX512-BF16, 2047 tokens, 16 heads of 64: 87 vs 61 ms a layer). bf16 values are exact in fp32;
     the output is rounded to bf16 once."""
     if _widens(q, q.shape[-2], not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):

@@ -53,8 +53,8 @@ inline __mmask16 lanes(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmas
 inline vf vzero() { return _mm512_setzero_ps(); }
 inline vf vset(float x) { return _mm512_set1_ps(x); }
 inline vf vload(const float* p, int64_t n = W) { return n >= W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(lanes(n), p); }
-inline vf vload(const uint16_t* p, int64_t n = W) {
-    const __m256i v = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16((__mmask32)lanes(n), p));
+inline vf vload(const uint16_t* p, int64_t n = W) {  // masked only when partial (see group_scales in qdot.h)
+    const __m256i v = n >= W ? _mm256_loadu_si256((const __m256i*)p) : _mm512_castsi512_si256(_mm512_maskz_loadu_epi16((__mmask32)lanes(n), p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 // n <= W int8 values widened to fp32 (quantized weights); zeros past n.

@@ -113,7 +113,7 @@ class QuantLinear(nn.Module):
         y = None
         rows = x2.shape[0]
         int4 = self.spec.bits == 4
-        amx = int4 and rows > DECODE_ROWS and kernels.bf16_gemm_faster()
+        amx = int4 and rows > DECODE_ROWS and kernels.amx()
         passes = rows <= DECODE_ROWS or (int4 and rows < (INT4_PASS_ROWS + 1 if amx else INT4_GEMM_ROWS))
         if x.device.type == "cpu" and (passes or (int4 and not amx)):
             xf = x2.float().contiguous()
