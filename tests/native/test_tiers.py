@@ -140,10 +140,41 @@ def test_greedy_decode_with_each_tier_equals_torchs_path(monkeypatch, tier, batc
         native = model.generate(x, **kw)
     finally:
         kernels.activate(before) if before else None
-    for name in ("_gemv", "_f32_gemv", "_smallmm", "_bf16_smallmm", "_gelu"):
+    for name in ("_gemv", "_f32_gemv", "_smallmm", "_bf16_smallmm", "_gelu", "_attention"):
         monkeypatch.setattr(kernels, name, None)
     monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
     assert torch.equal(native, model.generate(x, **kw))
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_with_each_tier_equals_sdpa(tier, dtype):
+    """One query per row and head over a cache's filled columns (strided views, capacity past L), with
+    no mask, a per-row additive padding mask and one broadcast row; head sizes that are and are not
+    multiples of the vector width. fp32: within summation order; bf16: a bf16 step."""
+    g = torch.Generator().manual_seed(7)
+    before = kernels._active_tier
+    try:
+        kernels.activate(tier)
+        for D, L in ((64, 37), (40, 1), (80, 130)):
+            B, H, cap = 3, 4, L + 9
+            kc, vc = (torch.randn(B, H, cap, D, generator=g).to(dtype) for _ in range(2))
+            q = torch.randn(B, H, 1, D, generator=g).to(dtype)
+            k, v = kc[:, :, :L], vc[:, :, :L]
+            keep = torch.ones(B, 1, 1, L, dtype=torch.bool)
+            keep[0, ..., : L // 3] = False
+            mask = torch.zeros(B, 1, 1, L, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
+            for m in (None, mask, mask[1:2]):
+                got = kernels.decode_attention(q, k, v, m)
+                ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                                       attn_mask=None if m is None else m.float())
+                assert got is not None and got.dtype == dtype and got.shape == (B, H, 1, D)
+                tol = 1e-5 if dtype == torch.float32 else 2**-7
+                torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol)
+        assert kernels.decode_attention(q, k, v.float() if dtype == torch.bfloat16 else v.bfloat16(), None) is None
+        assert kernels.decode_attention(torch.randn(B, H, 2, D).to(dtype), k, v, None) is None  # two queries: SDPA's
+    finally:
+        kernels.activate(before) if before else None
 
 
 @pytest.mark.parametrize("tier", RUNNABLE)

@@ -38,7 +38,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp", "qgemm.cpp")]
+SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp", "qgemm.cpp", "attention.cpp")]
 HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h")]
 
 X86_TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
@@ -60,7 +60,7 @@ def is_arm() -> bool:
 TIERS = ARM_TIERS if is_arm() else X86_TIERS  # this machine's architecture's, lowest first
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = _bf16_smallmm = _gelu = _q8 = _q4 = _dequant = decode_step = decode_scratch = None
+_gemv = _f32_gemv = _smallmm = _bf16_smallmm = _gelu = _q8 = _q4 = _dequant = _attention = decode_step = decode_scratch = None
 decode_layout = ""  # codegen_decode_layout(): DecodeArgs' fields and offsets (fused.py checks its mirror)
 _tried = False
 _active_tier: str | None = None
@@ -187,6 +187,7 @@ def library(tier: str) -> ctypes.CDLL:
                                    ctypes.c_int], ctypes.c_int),
         ("codegen_int_epilogue", [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
          + [ctypes.c_int], None),
+        ("codegen_decode_attention", [ctypes.c_void_p] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int], ctypes.c_int),
         ("codegen_simd_width", [], ctypes.c_int),
         ("codegen_native_bf16_dot", [], ctypes.c_int),
     ):
@@ -229,8 +230,10 @@ def load() -> bool:
 
 
 def _activate(name: str) -> None:
-    global _gemv, _f32_gemv, _smallmm, _bf16_smallmm, _gelu, _q8, _q4, _dequant, decode_step, decode_scratch, decode_layout, _active_tier
+    global _gemv, _f32_gemv, _smallmm, _bf16_smallmm, _gelu, _q8, _q4, _dequant, _attention, decode_step, decode_scratch
+    global decode_layout, _active_tier
     lib = library(name)
+    _attention = lib.codegen_decode_attention
     _q8, _q4, _dequant = lib.codegen_q8_mm, lib.codegen_q4_mm, lib.codegen_dequantize
     _smallmm, _f32_gemv, _gemv = lib.codegen_f32_smallmm, lib.codegen_f32_gemv, lib.codegen_bf16_gemv
     _bf16_smallmm = lib.codegen_bf16_smallmm
@@ -413,6 +416,33 @@ def int_epilogue(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, bias: to
                                              None if bias is None else bias.data_ptr(), out.data_ptr(), out.stride(0),
                                              M, N, torch.get_num_threads())
     return True
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """SDPA of one query per row and head (attention.cpp): q (B, H, 1, D), k and v (B, H, L, D) (a
+    cache's filled columns: any strides with D contiguous), mask None or additive, broadcastable to
+    (B, 1, 1, L), all of one dtype, fp32 or bf16, on the CPU: (B, H, 1, D); None where it does not fit."""
+    if not _tried:
+        load()
+    if _attention is None or q.dim() != 4 or q.shape[2] != 1 or k.dim() != 4 or k.shape != v.shape:
+        return None
+    B, H, _, D = q.shape
+    L = k.shape[2]
+    if (k.shape[:2] != (B, H) or k.shape[3] != D or q.dtype not in (torch.float32, torch.bfloat16) or L == 0
+            or any(t.dtype != q.dtype or t.device.type != "cpu" or t.stride(-1) != 1 for t in (q, k, v))):
+        return None
+    mb = 0
+    if mask is not None:
+        if mask.dtype != q.dtype or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.shape[3] != L \
+                or mask.shape[0] not in (1, B) or mask.stride(-1) != 1:
+            return None
+        mb = mask.stride(0) if mask.shape[0] == B else 0
+    out = torch.empty(B, H, 1, D, dtype=q.dtype)
+    dims = (ctypes.c_int64 * 13)(B, H, L, D, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                                 v.stride(0), v.stride(1), v.stride(2), mb)
+    rc = _attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), None if mask is None else mask.data_ptr(), out.data_ptr(),
+                    dims, D ** -0.5, int(q.dtype == torch.bfloat16), torch.get_num_threads())
+    return out if rc == 0 else None
 
 
 def gelu_tanh(x: torch.Tensor, inplace: bool = False) -> torch.Tensor | None:
