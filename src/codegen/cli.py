@@ -122,6 +122,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     in_use = ({"decode step (one row)": "native: fp32, bf16, int8 and int4 weights, every layer in one call",
                "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else "")
                            + ", bf16 2-8 rows (widened)",
+               "batched decode attention": "native: one query per row and head over the cache",
                "fp32 prefills": "oneDNN's GEMM (MKL's sgemm takes its AVX2 code on AMD)" if backend.onednn_fp32()
                                  else "torch's GEMM",
                "bf16 prefills": ("torch's fp32 GEMM and attention on the widened values" if kernels.bf16_prefills_in_fp32()

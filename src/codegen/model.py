@@ -58,6 +58,9 @@ class CodeGenAttention(nn.Module):
     # softmax(q k^T / sqrt(D) + mask) v with SDPA's arguments; a backend may set its own per module
     # (codegen.engine.backend: the same attention, computed by the fastest route for the input).
     attention_fn = staticmethod(F.scaled_dot_product_attention)
+    # Optional (qkv (B, T, 3E), sin, cos, shards, heads) -> (q, k, v) (B, H, T, D), or None to use the
+    # torch code below; set from outside (the engine's backend installs a native one for inference).
+    split_heads_fn = None
 
     def __init__(self, config: CodeGenConfig) -> None:
         super().__init__()
@@ -73,13 +76,18 @@ class CodeGenAttention(nn.Module):
         H, D = self.n_head, self.head_dim
         # Output features are S shards of [q | v | k], each L = E/S wide and split into H/S heads of D.
         S = self.shards
-        qkv = self.qkv_proj(x).view(B, T, S, 3, H // S, D)
-        v = qkv[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        # Rotary on q and k together, in fp32, then rounded to the model dtype so that cached and
-        # uncached runs agree.
-        qk = apply_rotary(qkv[:, :, :, 0::2], sin, cos).to(v.dtype)  # (B, T, S, 2, H/S, D)
-        q = qk[:, :, :, 0].reshape(B, T, H, D).transpose(1, 2)
-        k = qk[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)
+        fused = self.qkv_proj(x)
+        heads = self.split_heads_fn(fused, sin, cos, S, H) if self.split_heads_fn is not None else None
+        if heads is not None:
+            q, k, v = heads
+        else:
+            qkv = fused.view(B, T, S, 3, H // S, D)
+            v = qkv[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+            # Rotary on q and k together, in fp32, then rounded to the model dtype so that cached and
+            # uncached runs agree.
+            qk = apply_rotary(qkv[:, :, :, 0::2], sin, cos).to(v.dtype)  # (B, T, S, 2, H/S, D)
+            q = qk[:, :, :, 0].reshape(B, T, H, D).transpose(1, 2)
+            k = qk[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)
 
         if is_cache_object(layer_past):
             k, v = layer_past.update(layer_idx, k, v)

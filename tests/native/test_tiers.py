@@ -140,7 +140,7 @@ def test_greedy_decode_with_each_tier_equals_torchs_path(monkeypatch, tier, batc
         native = model.generate(x, **kw)
     finally:
         kernels.activate(before) if before else None
-    for name in ("_gemv", "_f32_gemv", "_smallmm", "_bf16_smallmm", "_gelu", "_attention"):
+    for name in ("_gemv", "_f32_gemv", "_smallmm", "_bf16_smallmm", "_gelu", "_attention", "_split"):
         monkeypatch.setattr(kernels, name, None)
     monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
     assert torch.equal(native, model.generate(x, **kw))
@@ -173,6 +173,32 @@ def test_decode_attention_with_each_tier_equals_sdpa(tier, dtype):
                 torch.testing.assert_close(got.float(), ref, rtol=tol, atol=tol)
         assert kernels.decode_attention(q, k, v.float() if dtype == torch.bfloat16 else v.bfloat16(), None) is None
         assert kernels.decode_attention(torch.randn(B, H, 2, D).to(dtype), k, v, None) is None  # two queries: SDPA's
+    finally:
+        kernels.activate(before) if before else None
+
+
+@pytest.mark.parametrize("tier", RUNNABLE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_heads_with_each_tier_equals_the_models_torch_code(tier, dtype):
+    """qkv_proj's output into rotated heads: bit-equal to CodeGenAttention's torch code (4 and 8
+    shards, partial and whole-head rotary, per-row positions)."""
+    from codegen.ops import apply_rotary, rotary_tables
+
+    g = torch.Generator().manual_seed(3)
+    before = kernels._active_tier
+    try:
+        kernels.activate(tier)
+        for S, H, D, rd in ((4, 16, 64, 32), (8, 8, 80, 64), (1, 4, 48, 48)):
+            B, T = 2, 9
+            qkv = torch.randn(B, T, 3 * H * D, generator=g).to(dtype)
+            sin, cos = rotary_tables(torch.arange(T).repeat(B, 1) + torch.tensor([[0], [3]]), rd, D)
+            got = kernels.split_heads(qkv, sin, cos, S, H)
+            x = qkv.view(B, T, S, 3, H // S, D)
+            v = x[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2)
+            qk = apply_rotary(x[:, :, :, 0::2], sin, cos).to(dtype)
+            ref = (qk[:, :, :, 0].reshape(B, T, H, D).transpose(1, 2), qk[:, :, :, 1].reshape(B, T, H, D).transpose(1, 2), v)
+            assert got is not None and all(torch.equal(a, b) for a, b in zip(got, ref)), (S, H, D)
+        assert kernels.split_heads(qkv[:, ::2], sin, cos, S, H) is None  # not contiguous: the torch code
     finally:
         kernels.activate(before) if before else None
 

@@ -141,6 +141,14 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
+def split_heads(qkv, sin, cos, shards, heads):
+    """CodeGenAttention.split_heads_fn: the native split and rotation (kernels.split_heads) when no
+    gradient is needed, else None (the model's torch code)."""
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        return None
+    return kernels.split_heads(qkv, sin, cos, shards, heads)
+
+
 class TanhGelu(nn.Module):
     """gelu_new over fc_in's own output, in place, by the native kernel when no gradient is needed
     (torch's gelu took ~12 % of a bf16 prefill); torch's otherwise. In place is safe because the MLP
@@ -167,6 +175,7 @@ def prepare(model: nn.Module) -> nn.Module:
             CPULinear.wrap(module)
         if hasattr(module, "attention_fn"):
             module.attention_fn = attention
+            module.split_heads_fn = split_heads
         act, fc_in = getattr(module, "act", None), getattr(module, "fc_in", None)
         if fc_in is not None and not isinstance(act, TanhGelu) and model.config.activation_function in GELU_TANH:
             module.act = TanhGelu(fc_in)

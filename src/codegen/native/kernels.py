@@ -60,7 +60,7 @@ def is_arm() -> bool:
 TIERS = ARM_TIERS if is_arm() else X86_TIERS  # this machine's architecture's, lowest first
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = _bf16_smallmm = _gelu = _q8 = _q4 = _dequant = _attention = decode_step = decode_scratch = None
+_gemv = _f32_gemv = _smallmm = _bf16_smallmm = _gelu = _q8 = _q4 = _dequant = _attention = _split = decode_step = decode_scratch = None
 decode_layout = ""  # codegen_decode_layout(): DecodeArgs' fields and offsets (fused.py checks its mirror)
 _tried = False
 _active_tier: str | None = None
@@ -187,6 +187,7 @@ def library(tier: str) -> ctypes.CDLL:
                                    ctypes.c_int], ctypes.c_int),
         ("codegen_int_epilogue", [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
          + [ctypes.c_int], None),
+        ("codegen_split_heads", [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int], ctypes.c_int),
         ("codegen_decode_attention", [ctypes.c_void_p] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int], ctypes.c_int),
         ("codegen_simd_width", [], ctypes.c_int),
         ("codegen_native_bf16_dot", [], ctypes.c_int),
@@ -230,10 +231,10 @@ def load() -> bool:
 
 
 def _activate(name: str) -> None:
-    global _gemv, _f32_gemv, _smallmm, _bf16_smallmm, _gelu, _q8, _q4, _dequant, _attention, decode_step, decode_scratch
-    global decode_layout, _active_tier
+    global _gemv, _f32_gemv, _smallmm, _bf16_smallmm, _gelu, _q8, _q4, _dequant, _attention, _split, decode_step
+    global decode_scratch, decode_layout, _active_tier
     lib = library(name)
-    _attention = lib.codegen_decode_attention
+    _attention, _split = lib.codegen_decode_attention, lib.codegen_split_heads
     _q8, _q4, _dequant = lib.codegen_q8_mm, lib.codegen_q4_mm, lib.codegen_dequantize
     _smallmm, _f32_gemv, _gemv = lib.codegen_f32_smallmm, lib.codegen_f32_gemv, lib.codegen_bf16_gemv
     _bf16_smallmm = lib.codegen_bf16_smallmm
@@ -416,6 +417,26 @@ def int_epilogue(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, bias: to
                                              None if bias is None else bias.data_ptr(), out.data_ptr(), out.stride(0),
                                              M, N, torch.get_num_threads())
     return True
+
+
+def split_heads(qkv: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, shards: int, heads: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """qkv_proj's output (B, T, 3E) (fp32 or bf16, contiguous) and the rotary tables (B, T, ..., D) fp32
+    (codegen.ops.rotary_tables) -> q, k, v (B, H, T, D) contiguous, q and k rotated in fp32 and rounded
+    to qkv's dtype, exactly as CodeGenAttention's torch code makes them; None where it does not fit."""
+    if not _tried:
+        load()
+    if _split is None or qkv.dim() != 3 or qkv.dtype not in (torch.float32, torch.bfloat16) or qkv.device.type != "cpu":
+        return None
+    B, T, E3 = qkv.shape
+    D = E3 // 3 // heads
+    if (not qkv.is_contiguous() or E3 != 3 * heads * D or sin.dtype != torch.float32 or cos.dtype != torch.float32
+            or sin.numel() != B * T * D or cos.numel() != B * T * D or not sin.is_contiguous() or not cos.is_contiguous()):
+        return None
+    q, k, v = (torch.empty(B, heads, T, D, dtype=qkv.dtype) for _ in range(3))
+    rc = _split(qkv.data_ptr(), sin.data_ptr(), cos.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), B, T, shards,
+                heads, D, int(qkv.dtype == torch.bfloat16), torch.get_num_threads())
+    return (q, k, v) if rc == 0 else None
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
