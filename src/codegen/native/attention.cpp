@@ -22,11 +22,6 @@ namespace {
 
 using namespace codegen;
 
-inline float get(const float* p) { return *p; }
-inline float get(const uint16_t* p) { return bf16_to_f32(*p); }
-inline void put(float* p, float x) { *p = x; }
-inline void put(uint16_t* p, float x) { *p = f32_to_bf16(x); }
-
 constexpr int64_t MAX_HEAD_DIM = 256;
 
 // Strides in elements; a head's D values are contiguous everywhere. q (B, H, D): qb, qh; k and v

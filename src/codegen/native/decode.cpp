@@ -26,15 +26,9 @@ namespace {
 
 using namespace codegen;
 
-
 template <typename T> inline float rnd(float x);
 template <> inline float rnd<float>(float x) { return x; }
 template <> inline float rnd<uint16_t>(float x) { return bf16_to_f32(f32_to_bf16(x)); }
-
-inline void put(float* p, float x) { *p = x; }
-inline void put(uint16_t* p, float x) { *p = f32_to_bf16(x); }
-inline float get(const float* p) { return *p; }
-inline float get(const uint16_t* p) { return bf16_to_f32(*p); }
 
 inline float dot(const float* w, const float* x, int64_t K) { return dot_f32(w, x, K); }
 inline float dot(const uint16_t* w, const uint16_t* x, int64_t K) { return dot_bf16(w, x, K); }

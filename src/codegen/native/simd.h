@@ -34,6 +34,12 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch does;
     return (uint16_t)(bits >> 16);
 }
 
+// One value of a storage type (fp32, or bf16 bits) as fp32, and back (bf16: rounded to nearest even).
+inline float get(const float* p) { return *p; }
+inline float get(const uint16_t* p) { return bf16_to_f32(*p); }
+inline void put(float* p, float x) { *p = x; }
+inline void put(uint16_t* p, float x) { *p = f32_to_bf16(x); }
+
 constexpr int PREFETCH_BYTES = 2048;
 
 // The 256 bytes (4 cache lines) that lie PREFETCH_BYTES past p: one unrolled step of a dot product.
