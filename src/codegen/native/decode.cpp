@@ -45,8 +45,9 @@ struct Lin {
 // per step: on an AVX-512 VNNI Xeon, int4 with 1 / 2 / 4 rows 12.96 / 12.39 / 13.54 (avx512bf16 tier),
 // 15.36 / 16.23 / 16.81 (its avx2 tier: 16 registers), int8 with 2 or 4 rows within noise; on an AMD
 // EPYC (Zen 5), int8 with 1 / 2 rows 8.87 / 11.29 (avx512bf16 tier), 9.21 / 11.57 (avx2 tier), int4
-// with 1 / 2 / 4 rows 7.04 / 7.44 / 7.83 (avx512bf16).
-constexpr int Q8_ROWS = 1, Q4_ROWS = W == 16 ? 2 : 1, QR_MAX = Q8_ROWS > Q4_ROWS ? Q8_ROWS : Q4_ROWS;
+// with 1 / 2 rows 3.27 / 4.80 (avx512bf16; avx2's one row 4.11), after the 512 KB chunks below. One
+// row for every tier: the Xeon's 4 % for int4 at two rows against Zen 5's 47 % at one.
+constexpr int Q8_ROWS = 1, Q4_ROWS = 1, QR_MAX = Q8_ROWS > Q4_ROWS ? Q8_ROWS : Q4_ROWS;
 
 // Rows n0 .. n0 + rows - 1 (rows <= R) of a quantized matrix . x, finished (scales applied).
 template <int R>
