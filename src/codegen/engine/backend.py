@@ -126,9 +126,9 @@ def _widens(x: torch.Tensor, rows: int, inference: bool) -> bool:
 def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
     """SDPA; one query per row (a batched decode step) in the native kernel (kernels.decode_attention,
     attention.cpp: ~3x torch's there); bf16 prefills (CPULinear.WIDEN_ROWS queries or more) in fp32
-    where _widens says so (an Intel CPU without AMX): there torch's bf16 flash attention is slower than its fp32 one (a 2-core Xeon with
-    AVX512-BF16, 2047 tokens, 16 heads of 64: 87 vs 61 ms a layer). bf16 values are exact in fp32;
-    the output is rounded to bf16 once."""
+    where _widens says so (an Intel CPU without AMX): there torch's bf16 flash attention is slower
+    than its fp32 one (a 2-core Xeon with AVX512-BF16, 2047 tokens, 16 heads of 64: 87 vs 61 ms a
+    layer). bf16 values are exact in fp32; the output is rounded to bf16 once."""
     inference = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
     if inference and q.dim() == 4 and q.shape[-2] == 1 and dropout_p == 0.0 and not is_causal and q.device.type == "cpu":
         out = kernels.decode_attention(q, k, v, attn_mask)  # a batched decode step: None where it does not fit

@@ -60,7 +60,8 @@ def is_arm() -> bool:
 TIERS = ARM_TIERS if is_arm() else X86_TIERS  # this machine's architecture's, lowest first
 
 _lock = threading.Lock()
-_gemv = _f32_gemv = _smallmm = _bf16_smallmm = _gelu = _q8 = _q4 = _dequant = _attention = _split = decode_step = decode_scratch = None
+_gemv = _f32_gemv = _smallmm = _bf16_smallmm = _gelu = _q8 = _q4 = _dequant = None
+_attention = _split = decode_step = decode_scratch = None
 decode_layout = ""  # codegen_decode_layout(): DecodeArgs' fields and offsets (fused.py checks its mirror)
 _tried = False
 _active_tier: str | None = None
