@@ -3,8 +3,9 @@
 //   codegen_decode_attention: attention of a batched decode step (one new query per row) over its cache.
 // split_heads replaces ~10 torch ops a layer (the rotation's stack, neg, two products and sum, and the
 // copies that make heads contiguous: ~1.3 s of a 5.9 s 2047-token fp32 prefill of the 350M model on
-// a 2-core AMD EPYC) with one pass that writes each value once. The module path's decode (batches of 2 or more rows; one row runs
-// decode.cpp's whole step) called torch's SDPA here, whose CPU flash attention spent ~0.4 ms a layer
+// a 2-core AMD EPYC) with one pass that writes each value once.
+// decode_attention: the module path's decode (batches of 2 or more rows; one row runs decode.cpp's
+// whole step) called torch's SDPA here, whose CPU flash attention spent ~0.4 ms a layer
 // on 8 rows x 16 heads x ~100 positions of 64 (a 350M step of 60 ms on a 2-core AMD EPYC Zen 5):
 // there a query is a 1-row block and the kernel's tiling and per-call setup dominate. Per (row, head)
 // this reads the head's cached keys and values once, in order, as the memory-bound step it is.
@@ -21,8 +22,6 @@
 namespace {
 
 using namespace codegen;
-
-constexpr int64_t MAX_HEAD_DIM = 256;
 
 // Strides in elements; a head's D values are contiguous everywhere. q (B, H, D): qb, qh; k and v
 // (B, H, L, D): kb, kh, kt and vb, vh, vt; mask (B, L) additive or null: mb (0 broadcasts one row);
@@ -47,32 +46,9 @@ int decode_attention(const T* q, const T* k, const T* v, const T* mask, T* out, 
             if (scores == nullptr) continue;
             const int64_t b = bh / a.H, h = bh % a.H, D = a.D;
             const T *qp = q + b * a.qb + h * a.qh, *kp = k + b * a.kb + h * a.kh, *vp = v + b * a.vb + h * a.vh;
-            float qf[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];
-            for (int64_t i = 0; i < D; ++i) qf[i] = get(qp + i), acc[i] = 0.0f;
-            float mx = -INFINITY;
-            for (int64_t t = 0; t < a.L; ++t) {
-                const T* kr = kp + t * a.kt;
-                vf s = vzero();
-                for (int64_t i = 0; i < D; i += W) s = vfma(vload(qf + i, D - i), vload(kr + i, D - i), s);
-                const float sc = vsum(s) * a.scale + (mask ? get(mask + b * a.mb + t) : 0.0f);
-                scores[t] = sc;
-                mx = sc > mx ? sc : mx;
-            }
-            float sum = 0.0f;
-            for (int64_t t = 0; t < a.L; t += W) {
-                const int64_t n = a.L - t;
-                const vf e = vexp(vsub(vload(scores + t, n), vset(mx)));
-                vstore(scores + t, n, e);
-                sum += vsum(n >= W ? e : vload(scores + t, n));  // lanes past n: zero
-            }
-            for (int64_t t = 0; t < a.L; ++t) {
-                const vf p = vset(scores[t]);
-                const T* vr = vp + t * a.vt;
-                for (int64_t i = 0; i < D; i += W) vstore(acc + i, D - i, vfma(p, vload(vr + i, D - i), vload(acc + i, D - i)));
-            }
-            const float inv = 1.0f / sum;
-            T* o = out + bh * D;
-            for (int64_t i = 0; i < D; ++i) put(o + i, acc[i] * inv);
+            float qf[MAX_HEAD_DIM];
+            for (int64_t i = 0; i < D; ++i) qf[i] = get(qp + i);
+            attend_cached<T>(qf, kp, a.kt, vp, a.vt, mask ? mask + b * a.mb : nullptr, a.L, D, a.scale, scores, out + bh * D);
         }
         free(scores);
     }

@@ -92,13 +92,6 @@ struct QBuf {
     }
 };
 
-// q (fp32) . k (T) over a head of D values.
-template <typename T> inline float dot_head(const float* q, const T* k, int64_t D) {
-    vf acc = vzero();
-    for (int64_t i = 0; i < D; i += W) acc = vfma(vload(q + i, D - i), vload(k + i, D - i), acc);
-    return vsum(acc);
-}
-
 // LayerNorm of fp32 x into T out; mean and variance summed in double.
 template <typename T> void layer_norm(const float* x, const T* w, const T* b, T* out, int64_t E, float eps) {
     double s = 0.0, ss = 0.0;
@@ -109,15 +102,13 @@ template <typename T> void layer_norm(const float* x, const T* w, const T* b, T*
     for (int64_t i = 0; i < E; ++i) put(out + i, (x[i] - mean) * rstd * get(w + i) + get(b + i));
 }
 
-constexpr int64_t MAX_HEAD_DIM = 256;
-
 // One head: rotate q and k (fp32, then rounded to T), append k and v at position `len` of the
 // head's cache rows (capacity x D), attend over positions start..len (before start: padding), write
 // the head's output to out.
 template <typename T>
 void attend(const float* q, const float* v, const float* k, const float* sin, const float* cos, T* kc, T* vc,
                    int64_t start, int64_t len, int64_t D, float* scores, T* out) {
-    float qr[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];
+    float qr[MAX_HEAD_DIM];
     for (int64_t i = 0; i < D; ++i) {
         const float qs = (i & 1) ? q[i - 1] : -q[i + 1], ks = (i & 1) ? k[i - 1] : -k[i + 1];
         qr[i] = rnd<T>(q[i] * cos[i] + qs * sin[i]);
@@ -125,25 +116,7 @@ void attend(const float* q, const float* v, const float* k, const float* sin, co
         put(vc + len * D + i, v[i]);
     }
     const float scale = 1.0f / sqrtf((float)D);
-    float mx = -INFINITY;
-    for (int64_t t = start; t <= len; ++t) {
-        scores[t] = dot_head(qr, kc + t * D, D) * scale;
-        mx = scores[t] > mx ? scores[t] : mx;
-    }
-    float sum = 0.0f;
-    for (int64_t t = start; t <= len; t += W) {
-        const int64_t n = len + 1 - t;
-        const vf e = vexp(vsub(vload(scores + t, n), vset(mx)));
-        vstore(scores + t, n, e);
-        sum += vsum(n >= W ? e : vload(scores + t, n));  // lanes past n: zero
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t i = 0; i < D; ++i) acc[i] = 0.0f;
-    for (int64_t t = start; t <= len; ++t) {
-        const vf p = vset(scores[t]);
-        for (int64_t i = 0; i < D; i += W) vstore(acc + i, D - i, vfma(p, vload(vc + t * D + i, D - i), vload(acc + i, D - i)));
-    }
-    for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
+    attend_cached<T>(qr, kc + start * D, D, vc + start * D, D, nullptr, len + 1 - start, D, scale, scores + start, out);
 }
 
 // The arguments of codegen_decode_step, declared here once: codegen/native/fused.py mirrors them as a

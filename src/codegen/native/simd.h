@@ -11,6 +11,7 @@
 // bf16 stores round to nearest even, NaN stays NaN), arithmetic, vsum, vexp (Cephes' expf), vgelu
 // (gelu_new), and the matrix-vector dot products dot_f32/dot_bf16 with their software prefetch.
 #pragma once
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -289,6 +290,41 @@ inline vf vgelu(vf x) {
     const vf one = vset(1.0f);
     const vf t = vsub(one, vdiv(vset(2.0f), vadd(vexp(vadd(u, u)), one)));
     return vmul(vmul(vset(0.5f), x), vadd(one, t));
+}
+
+constexpr int64_t MAX_HEAD_DIM = 256;  // a head's values are kept in stack arrays
+
+// One query's attention over n cached positions of a head: scores = (q . k_t) * scale (+ mask[t],
+// additive, when given), softmax in fp32, out = sum p_t v_t / sum p, rounded to T once. q: D fp32
+// values; k, v: rows t * kt, t * vt of D values of T; scores: room for n floats. decode.cpp's
+// one-row step and attention.cpp's batched decode attention both call it.
+template <typename T>
+inline void attend_cached(const float* q, const T* k, int64_t kt, const T* v, int64_t vt, const T* mask, int64_t n,
+                          int64_t D, float scale, float* scores, T* out) {
+    float acc[MAX_HEAD_DIM];
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < n; ++t) {
+        const T* kr = k + t * kt;
+        vf s = vzero();
+        for (int64_t i = 0; i < D; i += W) s = vfma(vload(q + i, D - i), vload(kr + i, D - i), s);
+        scores[t] = vsum(s) * scale + (mask ? get(mask + t) : 0.0f);
+        mx = scores[t] > mx ? scores[t] : mx;
+    }
+    float sum = 0.0f;
+    for (int64_t t = 0; t < n; t += W) {
+        const int64_t m = n - t;
+        const vf e = vexp(vsub(vload(scores + t, m), vset(mx)));
+        vstore(scores + t, m, e);
+        sum += vsum(m >= W ? e : vload(scores + t, m));  // lanes past m: zero
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < D; ++i) acc[i] = 0.0f;
+    for (int64_t t = 0; t < n; ++t) {
+        const vf p = vset(scores[t]);
+        const T* vr = v + t * vt;
+        for (int64_t i = 0; i < D; i += W) vstore(acc + i, D - i, vfma(p, vload(vr + i, D - i), vload(acc + i, D - i)));
+    }
+    for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
 }
 
 }  // namespace codegen
