@@ -180,3 +180,16 @@ def test_fp32_prefills_through_onednn_equal_torchs(monkeypatch):
         routed = model(ids).logits
     assert len(calls) > 2
     torch.testing.assert_close(routed, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 60])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_wrong_input_width_gets_torchs_message_on_every_route(monkeypatch, rows, dtype):
+    """Whatever route the row count and dtype pick (native small-row kernels, oneDNN, widened bf16),
+    an input of the wrong width fails with torch's message naming both shapes, not a kernel's."""
+    from codegen.native import kernels
+
+    monkeypatch.setattr(kernels, "fp32_gemm_by_onednn", lambda: True)
+    lin = CPULinear.wrap(nn.Linear(48, 24)).to(dtype)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied \(%dx40" % rows):
+        lin(torch.randn(rows, 40, dtype=dtype))

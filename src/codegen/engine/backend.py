@@ -53,6 +53,10 @@ class CPULinear(nn.Linear):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            # torch's own message ("mat1 and mat2 shapes cannot be multiplied (2x5 and 4x3)"); the native
+            # and oneDNN routes below assume the width and would fail less clearly.
+            return F.linear(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         inference = not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad))
         if x.device.type != "cpu" or rows > self.SMALL or x.dim() < 2 or rows == 0:
