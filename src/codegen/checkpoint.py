@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .config import CONFIG_NAME, CodeGenConfig
-from .safetensors_io import SafetensorsFormatError, iter_safetensors
+from .safetensors_io import SafetensorsFormatError, StoredRows, iter_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +234,10 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
         return key in on_read or key in packed or (stored.is_floating_point and key not in exact
                                                    and dtype is not None and stored != dtype)
 
+    mapped_from: dict[str, tuple[str, str]] = {}  # kept-as-stored safetensors tensors: key -> (file, its key there)
     for file in files:
         for key, tensor in iter_tensors(file, converted):
+            stored_key = key
             if strip and key.startswith(strip):
                 key = key[len(strip):]
             elif strip and key.startswith("lm_head."):
@@ -259,6 +261,8 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
                     relaid.add(key)
                     continue
                 state[key] = tensor.to(device)
+                if file.endswith(".safetensors") and device.type == "cpu":
+                    mapped_from[key] = (file, stored_key)
                 continue
             if not tensor.is_floating_point():
                 raise CheckpointError(f"{file}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; a floating-point "
@@ -288,6 +292,7 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
         raise CheckpointError(f"{directory}: could not assign {result.missing_keys or result.unexpected_keys}")
     if tied:
         model.lm_head.weight = model.transformer.wte.weight
+    _rows_from_files(model, mapped_from)
     model.eval()
     release_free_memory()  # what reading and relaying freed, before the model runs
     if hasattr(model, "tokenizer_size"):  # what generate may produce: ids the tokenizer can decode
@@ -299,6 +304,16 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
             logger.warning("%s; generate will not limit ids to the tokenizer's", e)
     logger.info("loaded %s from %s (%s, %s)", cls.__name__, directory, layout, dtype)
     return model
+
+
+def _rows_from_files(model, mapped_from: dict[str, tuple[str, str]]) -> None:
+    """A quantized token embedding kept as stored in a safetensors file looks its rows up with reads of
+    the file (safetensors_io.StoredRows), so that its table is not made resident through the map."""
+    from .quant import QuantEmbedding
+
+    for name, module in model.named_modules():
+        if isinstance(module, QuantEmbedding) and name + ".weight" in mapped_from:
+            module.read_rows_with(StoredRows(*mapped_from[name + ".weight"]))
 
 
 def _quantized_key(model, key: str) -> bool:

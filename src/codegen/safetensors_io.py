@@ -20,6 +20,7 @@ import json
 import math
 import os
 import struct
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -181,3 +182,52 @@ def iter_safetensors_parts(file: str, select: Callable[[str, tuple[int, ...], to
                     out[r:r + n, at:at + e - b] = buf[:n, b:e]
                     at += e - b
             yield key, out
+
+
+class StoredRows:
+    """Rows of a matrix stored in a safetensors file, read with positional reads when they are looked
+    up: `rows(ids)` equals `tensor[ids]`. For a table of which a step needs a few rows (a quantized
+    model's token embedding: 51200 x 1024 int8 in 350M, 52 MB) this keeps the table out of the
+    process: read through a memory map, the page cache's large folios (up to 2 MB, made by readahead or
+    by the write that made the file) are mapped whole on a fault, so looking up ~200 tokens' rows made
+    ~50 MB of the table resident. A pread copies a row's bytes and maps nothing; with a cold cache it
+    also reads only the pages of the rows looked up."""
+
+    def __init__(self, file: str, key: str) -> None:
+        with open(file, "rb", buffering=0) as fh:
+            header, data = read_header(fh, file)
+        if key not in header:
+            raise KeyError(f"{file} holds no tensor {key!r}")
+        entry = header[key]
+        if len(entry["shape"]) != 2:
+            raise ValueError(f"{file}: tensor {key!r} has shape {entry['shape']}, not a matrix of rows")
+        self.file, self.key = file, key
+        self.shape, self.dtype = tuple(entry["shape"]), DTYPES[entry["dtype"]]
+        self.offset = data + entry["data_offsets"][0]
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        self._fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        weakref.finalize(self, os.close, self._fd)
+
+    def __deepcopy__(self, memo) -> StoredRows:  # reads only: a copied module shares it (and its descriptor)
+        return self
+
+    def __reduce__(self):  # a pickled module opens the file again
+        return StoredRows, (self.file, self.key)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (any shape, integer) -> (*ids.shape, cols) rows in the stored dtype."""
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise TypeError(f"row indices must be integers, not {ids.dtype}")
+        flat = ids.reshape(-1).tolist()
+        n_rows = self.shape[0]
+        out = torch.empty(len(flat), self.shape[1], dtype=self.dtype)
+        view = memoryview(out.view(torch.uint8).numpy()).cast("B") if flat else None
+        rb = self.row_bytes
+        for i, r in enumerate(flat):
+            if r < 0:
+                r += n_rows
+            if not 0 <= r < n_rows:
+                raise IndexError(f"index {flat[i]} is out of range for the {n_rows} rows of {self.key!r}")
+            if os.preadv(self._fd, [view[i * rb:(i + 1) * rb]], self.offset + r * rb) != rb:
+                raise SafetensorsFormatError(f"{self.file}: tensor {self.key!r} ends early (truncated?)")
+        return out.view(*ids.shape, self.shape[1])

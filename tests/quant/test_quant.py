@@ -394,3 +394,73 @@ def test_quantizing_while_reading_equals_quantizing_after(tmp_path, dtype):
     quantize_checkpoint(src, str(tmp_path / "q"), QuantSpec(8))
     with pytest.raises(ValueError, match="already quantized"):
         codegen.CodeGenForCausalLM.from_pretrained(str(tmp_path / "q"), quantize="int8")
+
+
+def _rss_kb() -> int:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+
+
+def test_stored_rows_equal_indexing_and_keep_the_table_out_of_the_process(tmp_path):
+    """A quantized checkpoint's token embedding looks its rows up with reads of the file: the rows equal
+    indexing the mapped table, bad indices are refused by name, a moved or replaced weight is indexed
+    again, and looking up a few hundred rows of a 25 MB table leaves the table out of the process's
+    resident memory (through the map, the page cache's large folios made ~all of it resident)."""
+    import copy
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from codegen.safetensors_io import StoredRows
+
+    table = torch.randint(-127, 128, (25600, 1024), dtype=torch.int8)
+    file = str(tmp_path / "t.safetensors")
+    save_file({"other": torch.zeros(3), "emb": table}, file)
+    rows = StoredRows(file, "emb")
+    ids = torch.tensor([[0, 25599, 7], [-1, 3, 3]])
+    assert torch.equal(rows(ids), table[ids]) and torch.equal(rows(torch.tensor(5)), table[5])
+    assert rows(torch.tensor([], dtype=torch.long)).shape == (0, 1024)
+    with pytest.raises(IndexError, match="index 25600 is out of range for the 25600 rows of 'emb'"):
+        rows(torch.tensor([1, 25600]))
+    with pytest.raises(TypeError, match="integers"):
+        rows(torch.tensor([1.0]))
+    assert copy.deepcopy(rows) is rows and torch.equal(pickle.loads(pickle.dumps(rows))(ids), table[ids])
+    with pytest.raises(KeyError, match="no tensor 'nope'"):
+        StoredRows(file, "nope")
+
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as fh:
+        mapped = fh.get_tensor("emb")  # the loader's view of the table: a map of the file
+    emb = QuantEmbedding(25600, 1024, device="meta")
+    emb.weight, emb.weight_scale = mapped, torch.rand(25600) + 0.5
+    emb.read_rows_with(StoredRows(file, "emb"))
+    lookups = torch.randint(0, 25600, (300,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb(lookups[:2])  # torch's first-call allocations, before the measurement
+        before = _rss_kb()
+        got = torch.cat([emb(lookups[i:i + 1]) for i in range(300)])
+    assert _rss_kb() - before < 5 * 1024, "the table's pages became resident"  # through the map: ~20 MB
+    assert torch.equal(got, table[lookups].float() * emb.weight_scale[lookups].unsqueeze(-1))
+    emb.weight = table.clone()  # a replaced weight: indexed, the reader no longer applies
+    emb.weight[lookups[0]] = 0
+    assert torch.equal(emb(lookups[:1]), torch.zeros(1, 1024))
+
+
+def test_a_quantized_checkpoint_reads_its_embedding_rows_from_the_file(tmp_path):
+    src, dst = str(tmp_path / "m"), str(tmp_path / "q")
+    sharp_lm(5).save_pretrained(src)
+    quantize_checkpoint(src, dst, QuantSpec(8))
+    loaded = codegen.CodeGenForCausalLM.from_pretrained(dst)
+    wte = loaded.transformer.wte
+    assert isinstance(wte, QuantEmbedding) and wte._reader is not None
+    calls = []
+    reader = wte._reader[0]
+    wte.read_rows_with(lambda ids: calls.append(ids.shape) or reader(ids))
+    ids = torch.randint(0, 51200, (2, 9))
+    with torch.no_grad():
+        via_reads = loaded(ids).logits
+        wte.read_rows_with(None)
+        indexed = loaded(ids).logits
+    assert calls == [(2, 9)] and torch.equal(via_reads, indexed)
+    at_load = codegen.CodeGenForCausalLM.from_pretrained(src, quantize="int8")  # quantized in memory: no file
+    assert getattr(at_load.transformer.wte, "_reader", None) is None

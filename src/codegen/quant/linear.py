@@ -184,5 +184,17 @@ class QuantEmbedding(nn.Module):
         """The table as fp32 (num_embeddings, embedding_dim) (tests)."""
         return dequantize_int8(self.weight, self.weight_scale)
 
+    def read_rows_with(self, reader) -> None:
+        """Look rows up as reader(ids), which must equal weight[ids], instead of indexing `weight`: the
+        loader's reads from the checkpoint file (safetensors_io.StoredRows), which keep the table's pages
+        out of the process. Only while `weight` is the tensor it was given for: a replaced or moved
+        weight is indexed again."""
+        self._reader = (reader, self.weight) if reader is not None else None
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids].float() * self.weight_scale[ids].unsqueeze(-1)
+        reader = getattr(self, "_reader", None)
+        if reader is not None and reader[1] is self.weight and ids.device.type == "cpu":
+            rows = reader[0](ids)
+        else:
+            rows = self.weight[ids]
+        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
