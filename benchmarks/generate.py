@@ -14,7 +14,8 @@ back to back: a prefill (1 new token) and a full generation; decode tokens/s = b
 compete with torch's in one) the same weights converted with its transformers
 converter (the same prompt tokens). Medians over repeats are reported, with the ratio ours / transformers, the weight
 bytes streamed per decode step times steps/s (GB/s), and that as a fraction of this machine's
-measured read bandwidth (the decode ceiling at batch 1). Run it on an idle machine: decode speed
+measured read bandwidth (the decode ceiling at batch 1), measured before and after each case (a shared
+host's bandwidth drifts by 20-40 % over minutes) and the higher taken. Run it on an idle machine: decode speed
 collapses when another process competes for the cores.
 """
 
@@ -293,13 +294,13 @@ def main() -> None:
     native = f"tier {why}" if active else f"off (torch's kernels: {why})"
     print(f"machine: {cpu}, {os.cpu_count()} cpus, threads {args.threads}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}; codegen native kernels {native}")
-    print(f"measured read bandwidth: {bw:.1f} GB/s; shape {args.preset}; prompt {args.prompt}, new {args.new}, "
+    print(f"measured read bandwidth: {bw:.1f} GB/s (each case: the higher of its own before and after); shape {args.preset}; prompt {args.prompt}, new {args.new}, "
           f"EOS disabled; median of {args.repeats}, A/B interleaved")
     ours32, hf32 = build(args.preset)
     streamed = sum(p.numel() for n, p in ours32.named_parameters() if n != "transformer.wte.weight")
 
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
-          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling':>12}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
+          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling GB/s':>17}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
     # CTranslate2 int8: the quantized rows' and every 2048-token prefill's comparison (built while fp32)
     wants_int8 = args.prefill_2048 or any(d in ("int8", "int4") for d in args.dtype)
     ct2_int8 = ct2_generator(ours32, "int8", args.threads) if wants_int8 and not args.no_ct2 else None
@@ -321,7 +322,9 @@ def main() -> None:
             nbytes = streamed * ours.lm_head.weight.element_size()
         for batch in args.batch:
             for mode in args.mode:
+                before = read_bandwidth_gbs()  # the host's bandwidth drifts over minutes: the case's own ceiling
                 r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats, args.hf_compile)
+                ceiling = max(before, read_bandwidth_gbs())
                 o, h = r["ours"], r["transformers"]
                 gbs_o, gbs_h = nbytes * o["steps_s"] / 1e9, nbytes * h["steps_s"] / 1e9
                 c = r.get("ctranslate2")
@@ -330,7 +333,7 @@ def main() -> None:
                 hc_cols = f"{hc['decode_tok_s']:>12.1f}{o['decode_tok_s'] / hc['decode_tok_s']:>9.2f}x" if hc else f"{'-':>12}{'-':>10}"
                 print(f"{dtype:<10}{batch:>6}{mode:>8}{o['prefill_ms']:>12.0f} / {h['prefill_ms']:<7.0f}"
                       f"{o['decode_tok_s']:>19.1f}{h['decode_tok_s']:>8.1f}{o['decode_tok_s'] / h['decode_tok_s']:>6.2f}x"
-                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / bw:>11.0%}{ct2_cols}{hc_cols}")
+                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / ceiling:>7.0%} {ceiling:>4.0f}{ct2_cols}{hc_cols}")
         if args.prefill_2048:  # against transformers in this dtype (fp32 for int8/int4) and CTranslate2 int8
             length = min(2048, ours.config.n_positions) - 1
             p = prefill_case(ours, hf, ct2_int8, length, max(1, args.repeats - 1))

@@ -290,3 +290,21 @@ def test_a_request_whose_text_fails_fails_alone():
     good_events = [e for e in events if isinstance(e, TokenEvent) and e.request is good]
     assert [e.token for e in good_events] == [2, 3, 4, 5, 6, 7] and "".join(e.text for e in good_events) == "cdefgh"
     assert not s.has_work
+
+
+def test_greedy_equals_torchs_argmax_on_ties_nans_and_infinities():
+    """The greedy pick (numpy's argmax for CPU fp32 rows) is torch's argmax: the first of tied maxima,
+    a NaN as the largest, a row of -inf's first index; other dtypes and shapes take torch's."""
+    from codegen.engine.select import greedy
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 50)
+    x[1, [3, 7]] = 9.0  # a tie: the first
+    x[2, 11] = float("nan")
+    x[3] = float("-inf")
+    x[4, [5, 20]] = float("inf")
+    x[5, [4, 9]] = float("nan")
+    with torch.inference_mode():
+        for rows in (x, x[:, ::2], x[2:3], x.bfloat16(), x.double()):
+            got = greedy(rows)
+            assert got.dtype == torch.long and torch.equal(got, rows.argmax(dim=-1))

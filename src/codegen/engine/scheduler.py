@@ -30,7 +30,7 @@ from .backend import Backend
 from .cache import KVCache
 from .params import SamplingParams, sample_seed
 from .prefix import PrefixCache
-from .select import NEG_INF, apply_repetition_penalty, sample, token_logprobs
+from .select import NEG_INF, apply_repetition_penalty, greedy, sample, token_logprobs
 from .text import RowText
 
 logger = logging.getLogger(__name__)
@@ -493,7 +493,7 @@ class Scheduler:
                 sub = sub.index_fill(1, torch.tensor(banned, device=self.device), NEG_INF)
             try:
                 if p.greedy:
-                    picked = sub.argmax(dim=-1)
+                    picked = greedy(sub)
                 else:
                     u = torch.cat([torch.rand(1, generator=self.rows[i].generator) for i in idx]).to(self.device)
                     picked = sample(sub, p.temperature, p.top_k, p.top_p, u)
