@@ -293,3 +293,15 @@ def test_missing_or_corrupt_files(cls, tmp_path):
         cls.from_pretrained(tmp_path / "nope")
     with pytest.raises(TypeError, match="text must be a string or a list of strings, got int"):
         cls.from_pretrained(TOKENIZER_DIR)([1, 2])
+
+
+def test_token_bytes_maps_every_byte_and_names_a_char_outside_the_table():
+    from codegen.tokenizer.files import bytes_to_unicode, token_bytes
+
+    table = bytes_to_unicode()
+    assert token_bytes("".join(table[b] for b in range(256))) == bytes(range(256))
+    assert token_bytes("Ġhello") == b" hello" and token_bytes("") == b""
+    for bad, char in (("a b", " "), ("x\x7f", "\x7f"), ("Ġ\u4e2d", "\u4e2d"), ("\u0100\x00", "\x00")):
+        with pytest.raises(KeyError) as e:
+            token_bytes(bad)
+        assert e.value.args == (char,)
