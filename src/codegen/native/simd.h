@@ -294,6 +294,18 @@ inline vf vgelu(vf x) {
 
 constexpr int64_t MAX_HEAD_DIM = 256;  // a head's values are kept in stack arrays
 
+// Cached rows prefetched this many positions ahead, every cache line of a row (fp32, D = 64: four): a
+// head's keys and values are short streams (n rows of D values) that the hardware prefetcher is late
+// for. Interleaved A/B of the fused int4 step, 350M shape, ~112 cached positions, 2 threads, AVX-512
+// VNNI Xeon: none / 4 / 8 / 16 rows 12.13 / 12.05 / 11.89 / 11.72 ms; a second run: none / 16 / 24
+// rows 11.27 / 10.99 / 11.06. (__builtin_prefetch compiles to nothing where a target has no prefetch.)
+constexpr int64_t ATTEND_PREFETCH_ROWS = 16;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t D) {
+    for (int64_t b = 0; b < D * (int64_t)sizeof(T); b += 64) __builtin_prefetch((const char*)row + b, 0, 3);
+}
+
 // One query's attention over n cached positions of a head: scores = (q . k_t) * scale (+ mask[t],
 // additive, when given), softmax in fp32, out = sum p_t v_t / sum p, rounded to T once. q: D fp32
 // values; k, v: rows t * kt, t * vt of D values of T; scores: room for n floats. decode.cpp's
@@ -305,6 +317,7 @@ inline void attend_cached(const float* q, const T* k, int64_t kt, const T* v, in
     float mx = -INFINITY;
     for (int64_t t = 0; t < n; ++t) {
         const T* kr = k + t * kt;
+        if (t + ATTEND_PREFETCH_ROWS < n) prefetch_row(kr + ATTEND_PREFETCH_ROWS * kt, D);
         vf s = vzero();
         for (int64_t i = 0; i < D; i += W) s = vfma(vload(q + i, D - i), vload(kr + i, D - i), s);
         scores[t] = vsum(s) * scale + (mask ? get(mask + t) : 0.0f);
@@ -322,6 +335,7 @@ inline void attend_cached(const float* q, const T* k, int64_t kt, const T* v, in
     for (int64_t t = 0; t < n; ++t) {
         const vf p = vset(scores[t]);
         const T* vr = v + t * vt;
+        if (t + ATTEND_PREFETCH_ROWS < n) prefetch_row(vr + ATTEND_PREFETCH_ROWS * vt, D);
         for (int64_t i = 0; i < D; i += W) vstore(acc + i, D - i, vfma(p, vload(vr + i, D - i), vload(acc + i, D - i)));
     }
     for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
