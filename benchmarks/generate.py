@@ -15,8 +15,11 @@ compete with torch's in one) the same weights converted with its transformers
 converter (the same prompt tokens). Medians over repeats are reported, with the ratio ours / transformers, the weight
 bytes streamed per decode step times steps/s (GB/s), and that as a fraction of this machine's
 measured read bandwidth (the decode ceiling at batch 1), measured before and after each case (a shared
-host's bandwidth drifts by 20-40 % over minutes) and the higher taken. Run it on an idle machine: decode speed
-collapses when another process competes for the cores.
+host's bandwidth drifts by 20-40 % over minutes) and the higher taken. "+KV" counts, besides the weights,
+the KV cache each step reads (keys and values of every layer up to its position, the mean over the
+decode steps, in the activations' dtype): the memory-bandwidth utilisation (MBU) of Databricks' LLM
+inference guide, what the hardware's bandwidth allows at this length. Run it on an idle machine: decode
+speed collapses when another process competes for the cores.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def read_bandwidth_gbs() -> float:
             read()
             best = min(best, time.perf_counter() - t)
     return a.numel() * 4 / best / 1e9
+
+
+def kv_bytes_per_step(config, batch: int, prompt: int, new: int, element_size: int) -> float:
+    """Bytes of keys and values a decode step reads, the mean over the `new - 1` timed steps (step j
+    attends prompt + j positions) of every layer and head, for `batch` rows."""
+    positions = prompt + new / 2
+    return 2 * config.n_layer * config.n_embd * positions * element_size * batch
 
 
 def build(preset: str):
@@ -300,7 +310,7 @@ def main() -> None:
     streamed = sum(p.numel() for n, p in ours32.named_parameters() if n != "transformer.wte.weight")
 
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
-          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling GB/s':>17}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
+          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling GB/s':>17}{'+KV':>6}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
     # CTranslate2 int8: the quantized rows' and every 2048-token prefill's comparison (built while fp32)
     wants_int8 = args.prefill_2048 or any(d in ("int8", "int4") for d in args.dtype)
     ct2_int8 = ct2_generator(ours32, "int8", args.threads) if wants_int8 and not args.no_ct2 else None
@@ -327,13 +337,15 @@ def main() -> None:
                 ceiling = max(before, read_bandwidth_gbs())
                 o, h = r["ours"], r["transformers"]
                 gbs_o, gbs_h = nbytes * o["steps_s"] / 1e9, nbytes * h["steps_s"] / 1e9
+                kv = kv_bytes_per_step(ours.config, batch, args.prompt, args.new, ours.transformer.ln_f.weight.element_size())
+                mbu = (nbytes + kv) * o["steps_s"] / 1e9 / ceiling
                 c = r.get("ctranslate2")
                 ct2_cols = f"{c['decode_tok_s']:>11.1f}{o['decode_tok_s'] / c['decode_tok_s']:>9.2f}x" if c else f"{'-':>11}{'-':>10}"
                 hc = r.get("compiled")
                 hc_cols = f"{hc['decode_tok_s']:>12.1f}{o['decode_tok_s'] / hc['decode_tok_s']:>9.2f}x" if hc else f"{'-':>12}{'-':>10}"
                 print(f"{dtype:<10}{batch:>6}{mode:>8}{o['prefill_ms']:>12.0f} / {h['prefill_ms']:<7.0f}"
                       f"{o['decode_tok_s']:>19.1f}{h['decode_tok_s']:>8.1f}{o['decode_tok_s'] / h['decode_tok_s']:>6.2f}x"
-                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / ceiling:>7.0%} {ceiling:>4.0f}{ct2_cols}{hc_cols}")
+                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / ceiling:>12.0%} {ceiling:>4.0f}{mbu:>6.0%}{ct2_cols}{hc_cols}")
         if args.prefill_2048:  # against transformers in this dtype (fp32 for int8/int4) and CTranslate2 int8
             length = min(2048, ours.config.n_positions) - 1
             p = prefill_case(ours, hf, ct2_int8, length, max(1, args.repeats - 1))

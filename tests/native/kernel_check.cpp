@@ -10,7 +10,7 @@
 #include <vector>
 
 extern "C" {
-int codegen_q8_mm(const int8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int);
+int codegen_q8_mm(const int8_t*, const float*, const int32_t*, const float*, const float*, float*, int64_t, int64_t, int64_t, int);
 int codegen_q4_mm(const uint8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
                   int64_t, int);
 int codegen_q4_gemm(const uint8_t*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
@@ -64,10 +64,15 @@ int main() {
         std::vector<float> S(N);
         for (auto& v : Q) v = (int8_t)(int)(uniform() * 255 - 127);
         for (auto& v : S) v = (float)(uniform() * 0.02 + 1e-3);
-        for (int64_t M = 1; M <= 16; M += (M < 3 ? 1 : 5)) {
+        std::vector<int32_t> sums(N);  // the row sums a caller may pass (the VNNI tier then skips its own)
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t k = 0; k < K; ++k) sums[n] += Q[n * K + k];
+        for (int64_t M = 1; M <= 16; M += (M < 3 ? 1 : 5))
+          for (int with_sums = 0; with_sums < 2; ++with_sums) {
             std::vector<float> Y(M * N);
             std::vector<double> R(M * N);
-            expect(codegen_q8_mm(Q.data(), S.data(), X.data(), b.data(), Y.data(), M, N, K, 2) == 0, "q8 rc", N, K, M, 0);
+            expect(codegen_q8_mm(Q.data(), S.data(), with_sums ? sums.data() : nullptr, X.data(), b.data(), Y.data(), M, N, K,
+                                 2) == 0, "q8 rc", N, K, M, with_sums);
             for (int64_t m = 0; m < M; ++m) {
                 std::vector<int> q;
                 const float sx = quantize(&X[m * K], K, q);

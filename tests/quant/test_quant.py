@@ -87,11 +87,38 @@ def test_kernels_match_fp64_on_odd_shapes(tier, spec):
     for n, k in ((37, 45), (9, 257), (130, 96), (5, 300)):
         q = QuantLinear.from_linear(torch.nn.Linear(k, n), spec)
         w = q.dequantized()
-        for m in (1, 2, 3, 7, 8, 9, 16):
+        sums = q.weight.sum(1, dtype=torch.int32) if spec.bits == 8 else None
+        for m in (1, 2, 3, 7, 8, 9, 13, 16):
             x = torch.randn(m, k) * torch.rand(m, 1) * 4
-            y = kernels.quant_mm(q.weight, q.weight_scale, x, q.bias, spec.bits, spec.group_size)
             ref = _reference(x, w, q.bias)
+            y = kernels.quant_mm(q.weight, q.weight_scale, x, q.bias, spec.bits, spec.group_size)
             assert y is not None and torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5), (n, k, m)
+            if sums is not None:  # the VNNI products take the rows' sums instead of adding them up
+                given = kernels.quant_mm(q.weight, q.weight_scale, x, q.bias, 8, None, sums)
+                assert torch.equal(given, y), (n, k, m)
+
+
+def test_the_row_sums_a_quantized_linear_passes_follow_its_weight(tier):
+    """QuantLinear keeps its int8 weight's row sums for the batched products: an in-place change of the
+    weight or a new weight gets new sums, so its outputs stay those of the kernels summing themselves."""
+    torch.manual_seed(4)
+    q = QuantLinear.from_linear(torch.nn.Linear(70, 33), QuantSpec(8))
+    x = torch.randn(5, 70)
+
+    def own():
+        return kernels.quant_mm(q.weight, q.weight_scale, x, q.bias, 8)
+
+    with torch.no_grad():
+        assert torch.equal(q(x), own())
+        assert (q._row_sums() is not None) == kernels.vnni_takes_row_sums()
+        q.weight[3] = 127  # in place: a newer version
+        assert torch.equal(q(x), own())
+        q.load_state_dict({**q.state_dict(), "weight": torch.full((33, 70), -128, dtype=torch.int8)})  # a new tensor
+        assert torch.equal(q(x), own())
+        if kernels.vnni_takes_row_sums():
+            assert torch.equal(q._row_sums(), torch.full((33,), -128 * 70, dtype=torch.int32))
+    with pytest.raises(ValueError, match="row_sums must be"):
+        kernels.quant_mm(q.weight, q.weight_scale, x, q.bias, 8, None, torch.zeros(33, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
@@ -463,4 +490,31 @@ def test_a_quantized_checkpoint_reads_its_embedding_rows_from_the_file(tmp_path)
         indexed = loaded(ids).logits
     assert calls == [(2, 9)] and torch.equal(via_reads, indexed)
     at_load = codegen.CodeGenForCausalLM.from_pretrained(src, quantize="int8")  # quantized in memory: no file
-    assert getattr(at_load.transformer.wte, "_reader", None) is None
+    assert at_load.transformer.wte._reader is None and at_load.transformer.wte.reader() is None
+
+
+def test_the_native_step_reads_a_quantized_embedding_as_the_module_path_does(tmp_path, tier):
+    """The fused one-row step takes the token's int8 row (through the file reader of a loaded quantized
+    checkpoint, else in place) and its scale: its greedy tokens equal the module path's."""
+    from codegen.engine.backend import Backend
+
+    src, dst = str(tmp_path / "m"), str(tmp_path / "q")
+    sharp_lm(5).save_pretrained(src)
+    quantize_checkpoint(src, dst, QuantSpec(8))
+    loaded = codegen.CodeGenForCausalLM.from_pretrained(dst)
+    wte = loaded.transformer.wte
+    calls, reader = [], wte.reader()
+    wte.read_rows_with(lambda ids: calls.append(ids.shape) or reader(ids))
+    assert Backend.for_model(loaded)._fused is not None
+    ids = torch.randint(0, 51200, (1, 7))
+    kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    fused = loaded.generate(ids, **kwargs)
+    assert calls.count(()) == 11  # the prefill's (1, 7), then one row per native step after the first token
+    wte.read_rows_with(None)  # the table indexed in place by the step
+    assert torch.equal(loaded.generate(ids, **kwargs), fused)
+    hook = loaded.lm_head.register_forward_hook(lambda *a: None)  # a hook: the module path
+    try:
+        assert Backend.for_model(loaded)._fused is None
+        assert torch.equal(loaded.generate(ids, **kwargs), fused)
+    finally:
+        hook.remove()

@@ -227,7 +227,8 @@ class Backend:
         if len(tokens) == 1 and self._fused is not None:
             start = cache.suffix_start(0, extra=1)  # None for a mask with holes: the module path
             if start is not None:
-                return self._fused(tokens[0], int(positions[0]), cache, start)
+                position = positions.numpy()[0] if positions.device.type == "cpu" else positions[0]
+                return self._fused(tokens[0], int(position), cache, start)
         mask = cache.attention_mask(1)
         m = self.model
         ids = torch.tensor(tokens, device=positions.device)[:, None]

@@ -81,7 +81,10 @@ class KVCache:
         T = new if isinstance(new, int) else new.shape[1]
         if self.length + T > self.capacity:
             raise ValueError(f"KVCache holds {self.capacity} positions; {self.length} used + {T} new do not fit")
-        self.mask[:, self.length:self.length + T] = True if isinstance(new, int) else new.bool()
+        if isinstance(new, int) and self.mask.device.type == "cpu":  # each decode step: numpy's slice, not torch's ops
+            self.mask.numpy()[:, self.length:self.length + T] = True
+        else:
+            self.mask[:, self.length:self.length + T] = True if isinstance(new, int) else new.bool()
 
     def attention_mask(self, T: int) -> torch.Tensor | None:
         """The model's attention mask (B, length + T) for T marked new columns, or None when every row
@@ -102,6 +105,8 @@ class KVCache:
         """The first attended column of `row` if it attends to every column from there on to
         `length + extra` (left padding only, as after `attend(extra)`), else None."""
         m = self.mask[row, :self.length + extra]
+        if m.device.type == "cpu":  # each batch-1 decode step: numpy's, not torch's ops
+            m = m.numpy()
         start = m.shape[0] - int(m.sum())
         return start if start < m.shape[0] and bool(m[start:].all()) else None
 

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .backend import Backend
@@ -258,7 +259,10 @@ class Scheduler:
             # the previous step's events went out before this forward pass, which cancelled rows skip
             self.cache.reserve(1)
             self.logits = self.backend.decode([r.tokens[-1] for r in self.rows], self.positions, self.cache)
-            self.positions = self.positions + 1
+            if self.positions.device.type == "cpu":  # the scheduler's own tensor (made at admission, cat or indexed since)
+                self.positions.numpy()[:] += 1
+            else:
+                self.positions += 1
         while self.waiting and (self.max_rows is None or not self.rows
                                 or len(self.rows) + self.waiting[0].rows <= self.max_rows):
             request = self.waiting.popleft()
@@ -468,10 +472,15 @@ class Scheduler:
         for i, r in enumerate(self.rows):
             groups.setdefault(r.request.id, []).append(i)
         whole = len(groups) == 1
+        # numpy's indexing on CPU: right after a step's weight stream (caches evicted) a torch op costs
+        # ~10-90 us, numpy's a few
+        host = raw.numpy() if raw.device.type == "cpu" and raw.dtype == torch.float32 else None
         for idx in groups.values():  # ids the tokenizer cannot decode are never produced nor scored
             limit = self._limit(self.rows[idx[0]].request)
             if limit < raw.shape[1]:
-                if whole:
+                if whole and host is not None:
+                    host[:, limit:] = NEG_INF
+                elif whole:
                     raw[:, limit:] = NEG_INF
                 else:
                     raw[torch.tensor(idx, device=self.device)[:, None], torch.arange(limit, raw.shape[1], device=self.device)] = NEG_INF
@@ -482,6 +491,7 @@ class Scheduler:
             processed = apply_repetition_penalty(raw, self.seen, penalty)
         chosen = torch.empty(len(self.rows), dtype=torch.long, device=self.device)
         failed: set[int] = set()
+        wants_logprobs = any(r.request.params.logprobs is not None for r in self.rows)
         for rid, idx in groups.items():
             first = self.rows[idx[0]]
             p = first.request.params
@@ -489,7 +499,9 @@ class Scheduler:
             if first.generated < p.min_new_tokens:
                 banned += list(self._stop_ids(first.request))
             sub = processed if whole else processed[idx]
-            if banned:
+            if banned and sub is raw and host is not None and not wants_logprobs:
+                host[:, banned] = NEG_INF  # raw is only read again for logprobs: banned in place
+            elif banned:
                 sub = sub.index_fill(1, torch.tensor(banned, device=self.device), NEG_INF)
             try:
                 if p.greedy:
@@ -505,7 +517,10 @@ class Scheduler:
                 chosen = picked
             else:
                 chosen[idx] = picked
-        self.seen[torch.arange(len(self.rows), device=self.device), chosen] = True
+        if self.seen.device.type == "cpu":
+            self.seen.numpy()[np.arange(len(self.rows)), chosen.numpy()] = True
+        else:
+            self.seen[torch.arange(len(self.rows), device=self.device), chosen] = True
         scores: dict[int, tuple] = {}
         want = [i for i, r in enumerate(self.rows) if r.request.params.logprobs is not None and r.request.id not in failed]
         if want:

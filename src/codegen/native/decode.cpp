@@ -122,7 +122,7 @@ void attend(const float* q, const float* v, const float* k, const float* sin, co
 // The arguments of codegen_decode_step, declared here once: codegen/native/fused.py mirrors them as a
 // ctypes.Structure and checks it against codegen_decode_layout() (every field's name and offset) when
 // the library loads; the step itself checks abi and size.
-constexpr int64_t DECODE_ABI = 2;
+constexpr int64_t DECODE_ABI = 3;
 struct DecodeArgs {
     int64_t abi, size;  // DECODE_ABI, sizeof(DecodeArgs)
     int64_t n_layer, embd, heads, head_dim, inner, vocab;
@@ -130,10 +130,10 @@ struct DecodeArgs {
     int64_t qformat, group;  // 0 dense, 8 int8, 4 int4 (groups of `group`) for every Linear, lm_head included
     int64_t bf16;            // the storage type T: 1 bf16, 0 fp32 (quantized: fp32 activations only)
     int64_t capacity, length, start, threads;  // this step: the cache's size and fill, padding before start
-    float eps;
-    int32_t reserved;
+    int64_t embed_int8;                        // 1: `embed` is an int8 row, times embed_scale (fp32 activations)
+    float eps, embed_scale;
     const void* const* layers;  // PER_LAYER pointers per layer (below)
-    const void* embed;          // the token's embedding row: embd values of T
+    const void* embed;          // the token's embedding row: embd values of T, or of int8 (embed_int8)
     const void *lnf_w, *lnf_b, *head_w;
     const float* head_s;  // lm_head's scales (quantized) or null
     const void* head_b;
@@ -143,8 +143,8 @@ struct DecodeArgs {
 };
 #define CODEGEN_DECODE_FIELDS(X)                                                                                       \
     X(abi) X(size) X(n_layer) X(embd) X(heads) X(head_dim) X(inner) X(vocab) X(shards) X(qformat) X(group) X(bf16)     \
-    X(capacity) X(length) X(start) X(threads) X(eps) X(reserved) X(layers) X(embed) X(lnf_w) X(lnf_b) X(head_w)       \
-    X(head_s) X(head_b) X(key) X(value) X(sin) X(cos) X(scratch) X(logits)
+    X(capacity) X(length) X(start) X(threads) X(embed_int8) X(eps) X(embed_scale) X(layers) X(embed) X(lnf_w)          \
+    X(lnf_b) X(head_w) X(head_s) X(head_b) X(key) X(value) X(sin) X(cos) X(scratch) X(logits)
 // Per layer: ln_1 weight and bias, qkv_proj, out_proj, fc_in weight and bias, fc_out weight and bias,
 // then the four products' scales (*_S, null when dense).
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, QKV_S, OUT_S, FC_IN_S, FC_OUT_S, PER_LAYER };
@@ -197,7 +197,10 @@ void decode_step(const DecodeArgs& A) {
     QBuf xa{{}, bytes, lanes, (uint8_t*)bytes + nb};
     QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
     QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
-    for (int64_t i = 0; i < E; ++i) h[i] = get((const T*)A.embed + i);
+    if (A.embed_int8)  // as QuantEmbedding: the int8 value in fp32 times the row's scale
+        for (int64_t i = 0; i < E; ++i) h[i] = (float)((const int8_t*)A.embed)[i] * A.embed_scale;
+    else
+        for (int64_t i = 0; i < E; ++i) h[i] = get((const T*)A.embed + i);
     // The last products' outputs, out_proj's and fc_out's (with its bias), in qkv's first 2E floats (the
     // attention has read qkv by then); the residual sum is taken by the next single section.
     float *out_o = qkv, *out_f = qkv + E;
@@ -315,14 +318,15 @@ extern "C" const char* codegen_decode_layout() {
 }
 
 // Returns 0; 1 for arguments it does not take (a head_dim over MAX_HEAD_DIM, shards that do not divide
-// the heads, quantized weights with bf16 activations, int4 groups not a power of two >= 32, a start
-// past the length); 2 for a caller built against another DecodeArgs (abi or size differ).
+// the heads, quantized weights or an int8 embedding row with bf16 activations, int4 groups not a power
+// of two >= 32, a start past the length); 2 for a caller built against another DecodeArgs (abi or size differ).
 extern "C" int codegen_decode_step(const DecodeArgs* a) {
     if (a->abi != DECODE_ABI || a->size != (int64_t)sizeof(DecodeArgs)) return 2;
     if (a->head_dim > MAX_HEAD_DIM || a->shards < 1 || a->embd % a->shards || a->heads % a->shards || a->start < 0 ||
         a->start > a->length)
         return 1;
-    if (a->qformat != 0 && (a->bf16 || (a->qformat != 8 && a->qformat != 4) ||
+    if (a->bf16 && (a->embed_int8 || a->qformat != 0)) return 1;
+    if (a->qformat != 0 && ((a->qformat != 8 && a->qformat != 4) ||
                             (a->qformat == 4 && (a->group < 32 || (a->group & (a->group - 1))))))
         return 1;
     if (a->bf16) decode_step<uint16_t>(*a);

@@ -26,7 +26,7 @@ from . import kernels
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
-DECODE_ABI = 2
+DECODE_ABI = 3
 
 
 class DecodeArgs(ctypes.Structure):
@@ -34,7 +34,8 @@ class DecodeArgs(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_int64) for name in (
         "abi", "size", "n_layer", "embd", "heads", "head_dim", "inner", "vocab", "shards", "qformat", "group", "bf16",
-        "capacity", "length", "start", "threads")] + [("eps", ctypes.c_float), ("reserved", ctypes.c_int32)] + [
+        "capacity", "length", "start", "threads", "embed_int8")] + [
+        ("eps", ctypes.c_float), ("embed_scale", ctypes.c_float)] + [
         (name, ctypes.c_void_p) for name in ("layers", "embed", "lnf_w", "lnf_b", "head_w", "head_s", "head_b", "key",
                                             "value", "sin", "cos", "scratch", "logits")]
 
@@ -75,8 +76,13 @@ class FusedDecoder:
         self.model = model  # keeps the weights alive while their addresses are in use
         self.dtype = t.ln_f.weight.dtype  # the activations' (and the KV cache's)
         self.bf16 = self.dtype == torch.bfloat16
-        self.wte = t.wte  # nn.Embedding (its rows are passed in place) or QuantEmbedding (rows made in fp32)
+        self.wte = t.wte  # nn.Embedding or QuantEmbedding: the step reads the token's row in place (int8: and its scale)
         self.dense_embedding = isinstance(self.wte, nn.Embedding)
+        self.embed_w = self.wte.weight.data_ptr()
+        self.row_bytes = self.wte.weight.shape[1] * self.wte.weight.element_size()
+        # an int8 table's scales, read through numpy: a torch op right after a step's weight stream
+        # costs ~10-90 us (its code and data evicted from the caches), numpy's indexing ~1-3
+        self.embed_scales = None if self.dense_embedding else self.wte.weight_scale.numpy()
         spec = _spec(model.lm_head)
         ptrs = []
         for block in t.h:
@@ -90,7 +96,7 @@ class FusedDecoder:
         self.sin = sin.reshape(cfg.n_positions, cfg.head_dim).contiguous()
         self.cos = cos.reshape(cfg.n_positions, cfg.head_dim).contiguous()
         a = self.args = DecodeArgs()
-        a.abi, a.size = DECODE_ABI, ctypes.sizeof(DecodeArgs)
+        a.abi, a.size, a.embed_int8 = DECODE_ABI, ctypes.sizeof(DecodeArgs), int(not self.dense_embedding)
         a.n_layer, a.embd, a.heads, a.head_dim, a.inner = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.inner_dim
         a.vocab, a.shards, a.bf16 = model.lm_head.out_features, cfg.qkv_shards, int(self.bf16)
         a.qformat, a.group = (0, 0) if spec is None else (spec.bits, spec.group_size or 0)
@@ -99,7 +105,7 @@ class FusedDecoder:
         a.head_s = None if head_s is None else head_s.data_ptr()
         a.head_b = None if head_b is None else head_b.data_ptr()
         self.head_w = a.head_w
-        self.scratch = torch.empty(0)
+        self.scratch, self.scratch_for = torch.empty(0), -1  # the scratch floats for a cache capacity
         self.vocab = model.lm_head.out_features
         self.n_tokens = self.wte.weight.shape[0]
 
@@ -119,6 +125,10 @@ class FusedDecoder:
         dtype = model.transformer.ln_f.weight.dtype
         if not (isinstance(wte, QuantEmbedding) and dtype == torch.float32) and wte.weight.dtype != dtype:
             return None
+        if isinstance(wte, QuantEmbedding) and not (
+                wte.weight.dtype == torch.int8 and wte.weight.is_contiguous() and wte.weight.device.type == "cpu"
+                and wte.weight_scale.dtype == torch.float32 and wte.weight_scale.is_contiguous()):
+            return None  # the step reads the int8 row in place, its scale through numpy
         if (dtype not in (torch.float32, torch.bfloat16) or cfg.activation_function not in GELU_TANH
                 or cfg.head_dim > MAX_HEAD_DIM or cfg.head_dim % 2 or cfg.n_head % cfg.qkv_shards or cfg.rotary_dim % 2):
             return None
@@ -148,7 +158,9 @@ class FusedDecoder:
         """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`. Cache
         positions before `start` are padding, not attended to (see `KVCache.suffix_start`)."""
         first_qkv = self.model.transformer.h[0].attn.qkv_proj.weight
-        if self.model.lm_head.weight.data_ptr() != self.head_w or first_qkv.data_ptr() != self.layers[2]:
+        if (self.model.lm_head.weight.data_ptr() != self.head_w or first_qkv.data_ptr() != self.layers[2]
+                or self.wte.weight.data_ptr() != self.embed_w
+                or (self.embed_scales is not None and self.wte.weight_scale.data_ptr() != self.embed_scales.ctypes.data)):
             raise RuntimeError("the model's weights moved (.to() or a new state dict) since this FusedDecoder was created")
         if cache.batch_size != 1 or cache.key.dtype != self.dtype or not cache.key.is_contiguous():
             raise ValueError("the fused decode step takes a contiguous batch-1 KVCache of the model's dtype")
@@ -160,16 +172,22 @@ class FusedDecoder:
             raise ValueError(f"position {position} outside [0, n_positions = {self.sin.shape[0]})")
         if not 0 <= start <= cache.length:
             raise ValueError(f"start {start} outside [0, cache length {cache.length}]")
-        # the token's row: in place for a dense table, dequantized (E fp32 values) for an int8 one
-        row = self.wte.weight[token] if self.dense_embedding else self.wte(torch.tensor(token))
         a = self.args
         a.capacity, a.length, a.start, a.threads = cache.capacity, cache.length, start, torch.get_num_threads()
-        need = kernels.decode_scratch(ctypes.byref(a))
-        if self.scratch.numel() < need:
-            self.scratch = torch.empty(need, dtype=torch.float32)
+        if self.scratch_for != cache.capacity:
+            need = kernels.decode_scratch(ctypes.byref(a))
+            if self.scratch.numel() < need:
+                self.scratch = torch.empty(need, dtype=torch.float32)
+            self.scratch_for = cache.capacity
         logits = torch.empty(1, self.vocab, dtype=torch.float32)
         off = position * self.sin.shape[1] * 4
-        a.embed, a.key, a.value = row.data_ptr(), cache.key.data_ptr(), cache.value.data_ptr()
+        # the token's row in place, or an int8 table's as its reader gives it (and the row's scale)
+        reader = None if self.dense_embedding else self.wte.reader()
+        row = None if reader is None else reader(torch.tensor(token))  # kept alive through the step
+        a.embed = self.embed_w + token * self.row_bytes if row is None else row.data_ptr()
+        if self.embed_scales is not None:
+            a.embed_scale = float(self.embed_scales[token])
+        a.key, a.value = cache.key.data_ptr(), cache.value.data_ptr()
         a.sin, a.cos = self.sin.data_ptr() + off, self.cos.data_ptr() + off
         a.scratch, a.logits = self.scratch.data_ptr(), logits.data_ptr()
         rc = kernels.decode_step(ctypes.byref(a))

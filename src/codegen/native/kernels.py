@@ -180,7 +180,7 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_decode_scratch", [ctypes.c_void_p], ctypes.c_int64),  # DecodeArgs* (fused.py)
         ("codegen_decode_step", [ctypes.c_void_p], ctypes.c_int),
         ("codegen_decode_layout", [], ctypes.c_char_p),
-        ("codegen_q8_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
+        ("codegen_q8_mm", [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_gemm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_dequantize", [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int], ctypes.c_int),
@@ -331,11 +331,13 @@ def smallmm(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 def quant_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, bits: int,
-             group_size: int | None = None) -> torch.Tensor | None:
+             group_size: int | None = None, row_sums: torch.Tensor | None = None) -> torch.Tensor | None:
     """x (M, K) fp32 @ W.T + bias (N,) fp32 for 1 <= M <= 16 with W quantized: int8 q (N, K) with scales
     (N,), or 4-bit q in the kernels' layout (N, Kp / 2) with scales (N, Kp / group_size); each row of x
     is quantized to int8 first (`codegen.quant.formats.quantize_activations`) and the products summed in
-    int32. None when the native kernels are unavailable (the caller dequantizes instead)."""
+    int32. int8 may come with `row_sums` (N,) int32, q.sum(1), which the VNNI tier's products then take
+    instead of adding them up (see `vnni_takes_row_sums`). None when the native kernels are unavailable
+    (the caller dequantizes instead)."""
     if not _tried:
         load()
     if _q8 is None or not 1 <= x.shape[0] <= 16:
@@ -344,8 +346,22 @@ def quant_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.
     args = (q.data_ptr(), scale.data_ptr(), x.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
             x.shape[0], q.shape[0], x.shape[1])
     threads = torch.get_num_threads()
-    rc = _q8(*args, threads) if bits == 8 else _q4(*args, 2 * q.shape[1], group_size, threads)
+    if bits == 8:
+        if row_sums is not None and (row_sums.dtype != torch.int32 or row_sums.shape != (q.shape[0],)
+                                     or not row_sums.is_contiguous()):
+            raise ValueError(f"row_sums must be ({q.shape[0]},) contiguous int32, got {tuple(row_sums.shape)} {row_sums.dtype}")
+        rc = _q8(args[0], args[1], None if row_sums is None else row_sums.data_ptr(), *args[2:], threads)
+    else:
+        rc = _q4(*args, 2 * q.shape[1], group_size, threads)
     return y if rc == 0 else None
+
+
+def vnni_takes_row_sums() -> bool:
+    """Whether the active tier's int8 products use row sums given to `quant_mm` (VNNI's unsigned
+    activations: the avx512bf16 tier); the others ignore them."""
+    if not _tried:
+        load()
+    return _active_tier == "avx512bf16"
 
 
 def q4_gemm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,

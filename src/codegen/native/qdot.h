@@ -307,13 +307,14 @@ inline vf group_scales(const float* s, int64_t k0, int gs, int64_t) { return vse
 // stack on every step, and the 8-row int8 product ran store-bound (an interleaved A/B of the two builds,
 // 2 threads on an AVX-512 VNNI Xeon: 19.6 -> 28.5 GB/s at 4096 x 1024; 1-row products unchanged).
 #define CODEGEN_INLINE inline __attribute__((always_inline))
-template <int M, int R, bool TAIL>
+// SUMS: the caller has the weight rows' sums (VNNI's offset term), so the step does not add them up.
+template <int M, int R, bool TAIL, bool SUMS>
 CODEGEN_INLINE void q8_step(const int8_t* const* w, int64_t k, int64_t K, const QRow* x, ivec (&acc)[R][M], ivec (&wsum)[R]) {
     bvec wa[R], ws[R];
     for (int r = 0; r < R; ++r) {
         if constexpr (!TAIL) __builtin_prefetch(w[r] + k + 4096, 0, 2);
         ws[r] = TAIL ? bload(w[r] + k, K - k) : bload(w[r] + k);
-        if constexpr (UNSIGNED_ACTS) wsum[r] = udot(wsum[r], ones_u8(), ws[r]);
+        if constexpr (UNSIGNED_ACTS && !SUMS) wsum[r] = udot(wsum[r], ones_u8(), ws[r]);
         else wa[r] = babs(ws[r]);
     }
     for (int m = 0; m < M; ++m) {
@@ -328,18 +329,23 @@ CODEGEN_INLINE void q8_step(const int8_t* const* w, int64_t k, int64_t K, const 
 }
 
 // R rows of int8 weights (w[r], K bytes each) times M activation rows: out[r][m], scales applied.
-template <int M, int R>
-inline void q8_block(const int8_t* const* w, const float* sw, int64_t K, const QRow* x, float (*out)[M]) {
+// sums: null, or (SUMS) each row's sum of weights (sum_k q[r, k]), which the VNNI products' offset
+// needs: summing them in the loop costs one VPDPBUSD per step and row besides the M products (an
+// interleaved A/B on the AVX-512 VNNI Xeon, 2 threads, 256 MB int8: 16 rows 7.8 -> 10.4 GB/s without
+// the sums' instructions, 8 rows 16.1 -> 17.2); the one-row product is memory-bound and sums in the loop.
+template <int M, int R, bool SUMS = false>
+inline void q8_block(const int8_t* const* w, const float* sw, int64_t K, const QRow* x, float (*out)[M],
+                     const int32_t* sums = nullptr) {
     ivec acc[R][M], wsum[R];
     for (int r = 0; r < R; ++r) {
         wsum[r] = izero();
         for (int m = 0; m < M; ++m) acc[r][m] = izero();
     }
     int64_t k = 0;
-    for (; k + VB <= K; k += VB) q8_step<M, R, false>(w, k, K, x, acc, wsum);
-    if (k < K) q8_step<M, R, true>(w, k, K, x, acc, wsum);
+    for (; k + VB <= K; k += VB) q8_step<M, R, false, SUMS>(w, k, K, x, acc, wsum);
+    if (k < K) q8_step<M, R, true, SUMS>(w, k, K, x, acc, wsum);
     for (int r = 0; r < R; ++r) {
-        const int32_t off = UNSIGNED_ACTS ? 128 * isum(wsum[r]) : 0;
+        const int32_t off = !UNSIGNED_ACTS ? 0 : SUMS ? 128 * sums[r] : 128 * isum(wsum[r]);
         for (int m = 0; m < M; ++m) out[r][m] = (float)(isum(acc[r][m]) - off) * x[m].scale * sw[r];
     }
 }

@@ -60,57 +60,82 @@ void blocks_mm(const float* b, float* Y, int64_t N, int threads, Block block) {
     }
 }
 
-template <int M>
-void q8_mm(const int8_t* Q, const float* s, const QRow* x, const float* b, float* Y, int64_t N, int64_t K, int threads) {
-    constexpr int R = q_rows_per_block<M>();
+// 9..16 activation rows: two products per block of weight rows, with the first 8 rows and then the
+// rest (the accumulators of more do not fit the registers), the second reading the block from L1: one
+// pass over the weights where two passes of at most 8 rows read them twice (batch-16 int8 decode of
+// the 350M shape was memory-bound at twice the weights' bytes).
+template <int M> constexpr int first_rows() { return M > 8 ? 8 : M; }
+template <int M> constexpr int rest_rows() { return M > 8 ? M - 8 : 1; }  // 1: unused (M <= 8)
+
+// out[r][0..M) from the halves' products (a block of R rows).
+template <int M, int R, int M1, int M2>
+inline void join(float (*out)[M], float (*a)[M1], float (*b)[M2]) {
+    for (int r = 0; r < R; ++r) {
+        for (int m = 0; m < M1; ++m) out[r][m] = a[r][m];
+        for (int m = M1; m < M; ++m) out[r][m] = b[r][m - M1];
+    }
+}
+
+template <int M, bool SUMS>
+void q8_mm(const int8_t* Q, const float* s, const int32_t* sums, const QRow* x, const float* b, float* Y, int64_t N,
+           int64_t K, int threads) {
+    constexpr int M1 = first_rows<M>(), M2 = rest_rows<M>();
+    constexpr int R = q_rows_per_block<M1>();
     blocks_mm<M, R>(b, Y, N, threads, [&](int64_t, auto row_of, float (*out)[M]) {
         const int8_t* w[R];
         float sw[R];
-        for (int r = 0; r < R; ++r) w[r] = Q + row_of(r) * K, sw[r] = s[row_of(r)];
-        q8_block<M, R>(w, sw, K, x, out);
+        int32_t ws[R] = {};
+        for (int r = 0; r < R; ++r) w[r] = Q + row_of(r) * K, sw[r] = s[row_of(r)], ws[r] = SUMS ? sums[row_of(r)] : 0;
+        if constexpr (M <= 8) {
+            q8_block<M, R, SUMS>(w, sw, K, x, out, ws);
+        } else {
+            float a[R][M1], c[R][M2];
+            q8_block<M1, R, SUMS>(w, sw, K, x, a, ws);
+            q8_block<M2, R, SUMS>(w, sw, K, x + M1, c, ws);
+            join<M, R, M1, M2>(out, a, c);
+        }
     });
 }
-
 template <int M>
 void q4_mm(const uint8_t* Q, const float* S, const QRow* x, const float* b, float* Y, int64_t N, int64_t K, int64_t Kp,
            int64_t G, int threads) {
-    constexpr int R = q_rows_per_block<M>();
+    constexpr int M1 = first_rows<M>(), M2 = rest_rows<M>();
+    constexpr int R = q_rows_per_block<M1>();
     blocks_mm<M, R>(b, Y, N, threads, [&](int64_t, auto row_of, float (*out)[M]) {
         const uint8_t* w[R];
         const float* sc[R];
         for (int r = 0; r < R; ++r) w[r] = Q + row_of(r) * (Kp / 2), sc[r] = S + row_of(r) * (Kp / G);
-        q4_block<M, R>(w, sc, K, Kp, G, x, out);
+        if constexpr (M <= 8) {
+            q4_block<M, R>(w, sc, K, Kp, G, x, out);
+        } else {
+            float a[R][M1], c[R][M2];
+            q4_block<M1, R>(w, sc, K, Kp, G, x, a);
+            q4_block<M2, R>(w, sc, K, Kp, G, x + M1, c);
+            join<M, R, M1, M2>(out, a, c);
+        }
     });
 }
-
 template <int M>
-void q_mm(int bits, const void* Q, const float* S, const QRow* x, const float* b, float* Y, int64_t N, int64_t K,
-          int64_t Kp, int64_t G, int threads) {
-    if (bits == 8) q8_mm<M>((const int8_t*)Q, S, x, b, Y, N, K, threads);
-    else q4_mm<M>((const uint8_t*)Q, S, x, b, Y, N, K, Kp, G, threads);
+void q_mm(int bits, const void* Q, const float* S, const int32_t* sums, const QRow* x, const float* b, float* Y, int64_t N,
+          int64_t K, int64_t Kp, int64_t G, int threads) {
+    if (bits == 4) q4_mm<M>((const uint8_t*)Q, S, x, b, Y, N, K, Kp, G, threads);
+    else if (UNSIGNED_ACTS && sums != nullptr) q8_mm<M, UNSIGNED_ACTS>((const int8_t*)Q, S, sums, x, b, Y, N, K, threads);
+    else q8_mm<M, false>((const int8_t*)Q, S, nullptr, x, b, Y, N, K, threads);
 }
 
-int q_mm_rows(int bits, const void* Q, const float* S, const float* X, const float* b, float* Y, int64_t M, int64_t N,
-              int64_t K, int64_t Kp, int64_t G, int threads) {
+int q_mm_rows(int bits, const void* Q, const float* S, const int32_t* sums, const float* X, const float* b, float* Y,
+              int64_t M, int64_t N, int64_t K, int64_t Kp, int64_t G, int threads) {
     if (M < 1 || M > 16) return 1;
     Acts acts(X, M, K, bits);
     if (acts.mem == nullptr) return 2;
     const QRow* x = acts.rows;
-    while (M > 0) {  // 9..16 rows: two passes of at most 8 (the accumulators of more do not fit the registers)
-        const int64_t m = M > 8 ? 8 : M;
-        switch (m) {
-            case 1: q_mm<1>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-            case 2: q_mm<2>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-            case 3: q_mm<3>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-            case 4: q_mm<4>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-            case 5: q_mm<5>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-            case 6: q_mm<6>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-            case 7: q_mm<7>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-            default: q_mm<8>(bits, Q, S, x, b, Y, N, K, Kp, G, threads); break;
-        }
-        x += m;
-        Y += m * N;
-        M -= m;
+    switch (M) {
+#define CODEGEN_Q_MM_CASE(m) case m: q_mm<m>(bits, Q, S, sums, x, b, Y, N, K, Kp, G, threads); break;
+        CODEGEN_Q_MM_CASE(1) CODEGEN_Q_MM_CASE(2) CODEGEN_Q_MM_CASE(3) CODEGEN_Q_MM_CASE(4) CODEGEN_Q_MM_CASE(5)
+        CODEGEN_Q_MM_CASE(6) CODEGEN_Q_MM_CASE(7) CODEGEN_Q_MM_CASE(8) CODEGEN_Q_MM_CASE(9) CODEGEN_Q_MM_CASE(10)
+        CODEGEN_Q_MM_CASE(11) CODEGEN_Q_MM_CASE(12) CODEGEN_Q_MM_CASE(13) CODEGEN_Q_MM_CASE(14) CODEGEN_Q_MM_CASE(15)
+        default: q_mm<16>(bits, Q, S, sums, x, b, Y, N, K, Kp, G, threads); break;
+#undef CODEGEN_Q_MM_CASE
     }
     return 0;
 }
@@ -119,15 +144,17 @@ int q_mm_rows(int bits, const void* Q, const float* S, const float* X, const flo
 
 // Return 0, or 1 when M is outside 1..16 or the layout is inconsistent (the caller then dequantizes
 // and uses torch), 2 when memory for the quantized activations ran out.
-extern "C" int codegen_q8_mm(const int8_t* Q, const float* s, const float* X, const float* b, float* Y, int64_t M, int64_t N,
-                             int64_t K, int threads) {
-    return q_mm_rows(8, Q, s, X, b, Y, M, N, K, K, 0, threads);
+// sums: null, or Q's row sums (N int32, sum_k Q[n, k]), which the VNNI tier's products then take
+// instead of adding them up (other tiers ignore them).
+extern "C" int codegen_q8_mm(const int8_t* Q, const float* s, const int32_t* sums, const float* X, const float* b, float* Y,
+                             int64_t M, int64_t N, int64_t K, int threads) {
+    return q_mm_rows(8, Q, s, sums, X, b, Y, M, N, K, K, 0, threads);
 }
 
 extern "C" int codegen_q4_mm(const uint8_t* Q, const float* S, const float* X, const float* b, float* Y, int64_t M,
                              int64_t N, int64_t K, int64_t Kp, int64_t G, int threads) {
     if (G < 32 || (G & (G - 1)) != 0 || Kp % G != 0 || Kp < K) return 1;  // G: 32, 64, 128, ...
-    return q_mm_rows(4, Q, S, X, b, Y, M, N, K, Kp, G, threads);
+    return q_mm_rows(4, Q, S, nullptr, X, b, Y, M, N, K, Kp, G, threads);
 }
 
 // The activation quantization of qdot.h, row by row (the prefill route's; tests compare it with the

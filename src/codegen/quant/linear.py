@@ -123,9 +123,10 @@ class QuantLinear(nn.Module):
                 y = kernels.q4_gemm(self.weight, scale, xf, bias, self.spec.group_size)
             else:
                 parts = []
+                sums = self._row_sums() if rows > 1 else None  # one row: memory-bound, the kernel sums
                 for r in range(0, rows, DECODE_ROWS):  # one pass over the packed weights per 16 rows
                     part = kernels.quant_mm(self.weight, scale, xf[r:r + DECODE_ROWS], bias, self.spec.bits,
-                                            self.spec.group_size)
+                                            self.spec.group_size, sums)
                     if part is None:
                         break
                     parts.append(part)
@@ -134,6 +135,24 @@ class QuantLinear(nn.Module):
         if y is None:
             y = self._blockwise(x2)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _row_sums(self) -> torch.Tensor | None:
+        """The int8 weight's row sums (out_features,) int32 for the VNNI products of several rows, made
+        once per weight and kept on the weight tensor itself (a replaced weight has none, an updated one
+        a newer version); None where the kernels do not take them or an inference tensor, which has no
+        version counter, could have changed unseen."""
+        w = self.weight
+        if self.spec.bits != 8 or w.device.type != "cpu" or not kernels.vnni_takes_row_sums():
+            return None
+        try:
+            version = w._version
+        except RuntimeError:
+            return None
+        cached = getattr(w, "_codegen_row_sums", None)
+        if cached is None or cached[0] != version:
+            cached = (version, w.sum(1, dtype=torch.int32))
+            w._codegen_row_sums = cached
+        return cached[1]
 
     def _blockwise(self, x: torch.Tensor) -> torch.Tensor:
         cpu = x.device.type == "cpu"
@@ -170,6 +189,7 @@ class QuantEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+        self._reader = None  # (reader, the weight it reads for): see read_rows_with
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding) -> QuantEmbedding:
@@ -191,10 +211,15 @@ class QuantEmbedding(nn.Module):
         weight is indexed again."""
         self._reader = (reader, self.weight) if reader is not None else None
 
+    def reader(self):
+        """The reader that looks rows up now (see read_rows_with), or None where `weight` is indexed."""
+        r = self._reader
+        return r[0] if r is not None and r[1] is self.weight and self.weight.device.type == "cpu" else None
+
+    def int8_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """weight[ids] (ids.shape + (embedding_dim,), int8), through the reader where one applies."""
+        reader = self.reader()
+        return reader(ids) if reader is not None and ids.device.type == "cpu" else self.weight[ids]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        reader = getattr(self, "_reader", None)
-        if reader is not None and reader[1] is self.weight and ids.device.type == "cpu":
-            rows = reader[0](ids)
-        else:
-            rows = self.weight[ids]
-        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
+        return self.int8_rows(ids).float() * self.weight_scale[ids].unsqueeze(-1)
