@@ -2,6 +2,7 @@
 with one request at a time (--max-batch 1), over real HTTP on a loopback port.
 
     python benchmarks/serve.py [--preset 350M-mono] [--tokens 32] [--clients 1 4 16] [--dtype float32] [--quantize int8|int4]
+    python benchmarks/serve.py --clients 16 --modes float32 int8     # modes side by side in one run, ratios to the first
 
 The model is a random checkpoint of the preset shape (the speed does not depend on the weights);
 each client sends requests back to back (greedy, `--tokens` new tokens, EOS suppressed by a
@@ -84,38 +85,58 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantized model (int8 activations)")
     ap.add_argument("--tokenizer", default=TOKENIZER)
+    ap.add_argument("--modes", nargs="+", choices=["float32", "bfloat16", "int8", "int4"],
+                    help="serve each in turn in this run (int8/int4: weight-only quantized from fp32); overrides --dtype/--quantize")
     args = ap.parse_args()
+
+    import copy
 
     import torch
 
     import codegen
+    from codegen.native import kernels
 
     torch.manual_seed(0)
-    model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig.preset(args.preset)).eval().to(getattr(torch, args.dtype))
-    if args.quantize:
-        from codegen.quant import QuantSpec
-        from codegen.quant.convert import quantize_model
-
-        quantize_model(model, QuantSpec.parse(args.quantize))
+    base = codegen.CodeGenForCausalLM(codegen.CodeGenConfig.preset(args.preset)).eval()
+    modes = args.modes or [args.quantize or args.dtype]
+    if not args.modes and args.quantize:
+        base = base.to(getattr(torch, args.dtype))
     tok = codegen.CodeGenTokenizerFast.from_pretrained(args.tokenizer)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, threads {torch.get_num_threads()}; {args.preset} {args.dtype}{' ' + args.quantize if args.quantize else ''}; "
-          f"{args.tokens} new tokens per request, {args.requests_per_client} requests per client")
-    print(f"{'server':<22}{'clients':>8}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    kernels.load()
+    print(f"machine: {cpu}, {os.cpu_count()} cpus, threads {torch.get_num_threads()}, native tier {kernels.tier()[1]}; "
+          f"{args.preset} {' / '.join(modes)}; {args.tokens} new tokens per request, {args.requests_per_client} requests per client")
+    print(f"{'mode':<10}{'server':<22}{'clients':>8}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}")
     results = {}
-    for label, max_batch in (("one at a time", 1), ("continuous batching", 16)):
-        server, thread, batcher, url = start(model, tok, max_batch)
-        try:
-            for clients in args.clients:
-                r = asyncio.run(load(url, clients, args.requests_per_client, args.tokens))
-                results[(label, clients)] = r
-                print(f"{label:<22}{clients:>8}{r['tok_s']:>10.1f}{r['p50']:>8.2f}{r['p95']:>8.2f}")
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            batcher.close()
+    for mode in modes:
+        if mode in ("int8", "int4"):
+            from codegen.quant import QuantSpec
+            from codegen.quant.convert import quantize_model
+
+            model = quantize_model(copy.deepcopy(base), QuantSpec.parse(mode))
+        else:
+            model = copy.deepcopy(base).to(getattr(torch, mode))
+        for label, max_batch in (("one at a time", 1), ("continuous batching", 16)):
+            server, thread, batcher, url = start(model, tok, max_batch)
+            try:
+                for clients in args.clients:
+                    r = asyncio.run(load(url, clients, args.requests_per_client, args.tokens))
+                    results[(mode, label, clients)] = r
+                    print(f"{mode:<10}{label:<22}{clients:>8}{r['tok_s']:>10.1f}{r['p50']:>8.2f}{r['p95']:>8.2f}")
+            finally:
+                server.should_exit = True
+                thread.join(timeout=10)
+                batcher.close()
+        del model
     top = max(args.clients)
-    gain = results[("continuous batching", top)]["tok_s"] / results[("one at a time", top)]["tok_s"]
-    print(f"throughput gain of batching at {top} clients: {gain:.2f}x")
+    for mode in modes:
+        gain = results[(mode, "continuous batching", top)]["tok_s"] / results[(mode, "one at a time", top)]["tok_s"]
+        line = f"{mode}: throughput gain of batching at {top} clients {gain:.2f}x"
+        if mode != modes[0]:
+            ratio = results[(mode, "continuous batching", top)]["tok_s"] / results[(modes[0], "continuous batching", top)]["tok_s"]
+            line += f"; {ratio:.2f}x {modes[0]}'s batched throughput"
+        print(line)
     sys.stdout.flush()
 
 

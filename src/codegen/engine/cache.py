@@ -129,9 +129,14 @@ class KVCache:
         shift = length - self.length  # these rows move right when the new ones are longer
         cap = max(capacity or 0, self.capacity + shift, length)
         B = self.batch_size
-        grown = self._empty_like(B + other.batch_size, cap)
+        # not zeroed as a whole: each row's columns are copied and its left padding (before a shorter
+        # source) zeroed, for attention reads it masked; columns from `length` on are written before
+        # they are read (as in _move)
+        grown = self._empty_like(B + other.batch_size, cap, empty=True)
         for src, dst in ((self, slice(0, B)), (other, slice(B, None))):
             off = length - src.length
+            grown.key[:, dst, :, :off].zero_()
+            grown.value[:, dst, :, :off].zero_()
             grown.key[:, dst, :, off:length] = src.key[:, :, :, :src.length]
             grown.value[:, dst, :, off:length] = src.value[:, :, :, :src.length]
             grown.mask[dst, off:length] = src.mask[:, :src.length]
