@@ -214,6 +214,16 @@ class StoredRows:
     def __reduce__(self):  # a pickled module opens the file again
         return StoredRows, (self.file, self.key)
 
+    def row_into(self, row: int, out) -> None:
+        """Row `row` (an int; negative counts from the end) into `out`, a writable buffer of one row's
+        bytes (a numpy array): the one-row decode step's lookup, without torch ops."""
+        n_rows = self.shape[0]
+        r = row + n_rows if row < 0 else row
+        if not 0 <= r < n_rows:
+            raise IndexError(f"index {row} is out of range for the {n_rows} rows of {self.key!r}")
+        if os.preadv(self._fd, [out], self.offset + r * self.row_bytes) != self.row_bytes:
+            raise SafetensorsFormatError(f"{self.file}: tensor {self.key!r} ends early (truncated?)")
+
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (any shape, integer) -> (*ids.shape, cols) rows in the stored dtype."""
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():

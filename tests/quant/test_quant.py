@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -451,6 +452,12 @@ def test_stored_rows_equal_indexing_and_keep_the_table_out_of_the_process(tmp_pa
     with pytest.raises(TypeError, match="integers"):
         rows(torch.tensor([1.0]))
     assert copy.deepcopy(rows) is rows and torch.equal(pickle.loads(pickle.dumps(rows))(ids), table[ids])
+    buffer = np.zeros(1024, dtype=np.uint8)
+    for r in (0, 25599, -1, 77):
+        rows.row_into(r, buffer)
+        assert torch.equal(torch.from_numpy(buffer.view(np.int8)), table[r])
+    with pytest.raises(IndexError, match="index -25601 is out of range for the 25600 rows of 'emb'"):
+        rows.row_into(-25601, buffer)
     with pytest.raises(KeyError, match="no tensor 'nope'"):
         StoredRows(file, "nope")
 
@@ -510,6 +517,8 @@ def test_the_native_step_reads_a_quantized_embedding_as_the_module_path_does(tmp
     kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
     fused = loaded.generate(ids, **kwargs)
     assert calls.count(()) == 11  # the prefill's (1, 7), then one row per native step after the first token
+    wte.read_rows_with(reader)  # StoredRows itself: single rows into the decoder's buffer (row_into)
+    assert Backend.for_model(loaded)._fused is not None and torch.equal(loaded.generate(ids, **kwargs), fused)
     wte.read_rows_with(None)  # the table indexed in place by the step
     assert torch.equal(loaded.generate(ids, **kwargs), fused)
     hook = loaded.lm_head.register_forward_hook(lambda *a: None)  # a hook: the module path

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 
+import numpy as np
 import torch
 
 from torch import nn
@@ -83,6 +84,7 @@ class FusedDecoder:
         # an int8 table's scales, read through numpy: a torch op right after a step's weight stream
         # costs ~10-90 us (its code and data evicted from the caches), numpy's indexing ~1-3
         self.embed_scales = None if self.dense_embedding else self.wte.weight_scale.numpy()
+        self.row_buffer = np.empty(self.row_bytes, dtype=np.uint8)
         spec = _spec(model.lm_head)
         ptrs = []
         for block in t.h:
@@ -181,10 +183,18 @@ class FusedDecoder:
             self.scratch_for = cache.capacity
         logits = torch.empty(1, self.vocab, dtype=torch.float32)
         off = position * self.sin.shape[1] * 4
-        # the token's row in place, or an int8 table's as its reader gives it (and the row's scale)
+        # the token's row in place, or an int8 table's as its reader gives it (and the row's scale):
+        # into a buffer of this decoder's where the reader reads single rows (StoredRows.row_into)
         reader = None if self.dense_embedding else self.wte.reader()
-        row = None if reader is None else reader(torch.tensor(token))  # kept alive through the step
-        a.embed = self.embed_w + token * self.row_bytes if row is None else row.data_ptr()
+        row = None
+        if reader is None:
+            a.embed = self.embed_w + token * self.row_bytes
+        elif hasattr(reader, "row_into"):
+            reader.row_into(token, self.row_buffer)
+            a.embed = self.row_buffer.ctypes.data
+        else:
+            row = reader(torch.tensor(token))  # kept alive through the step
+            a.embed = row.data_ptr()
         if self.embed_scales is not None:
             a.embed_scale = float(self.embed_scales[token])
         a.key, a.value = cache.key.data_ptr(), cache.value.data_ptr()
