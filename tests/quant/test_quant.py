@@ -347,11 +347,17 @@ def test_fused_quantized_step_equals_the_module_path(tier, spec):
     assert Backend.for_model(q)._fused is not None  # the whole one-row step in one native call
     ids = torch.randint(0, 51200, (1, 10))
     kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
-    fused = q.generate(ids, **kwargs)
-    hook = q.lm_head.register_forward_hook(lambda *a: None)  # a hook: the module path
+    _module_path_gives(q, ids, kwargs, q.generate(ids, **kwargs))
+
+
+def _module_path_gives(model, ids, kwargs, fused):
+    """With a hook on lm_head (the module path, not the native step) `model` generates `fused` too."""
+    from codegen.engine.backend import Backend
+
+    hook = model.lm_head.register_forward_hook(lambda *a: None)
     try:
-        assert Backend.for_model(q)._fused is None
-        assert torch.equal(q.generate(ids, **kwargs), fused)
+        assert Backend.for_model(model)._fused is None
+        assert torch.equal(model.generate(ids, **kwargs), fused)
     finally:
         hook.remove()
 
@@ -521,9 +527,4 @@ def test_the_native_step_reads_a_quantized_embedding_as_the_module_path_does(tmp
     assert Backend.for_model(loaded)._fused is not None and torch.equal(loaded.generate(ids, **kwargs), fused)
     wte.read_rows_with(None)  # the table indexed in place by the step
     assert torch.equal(loaded.generate(ids, **kwargs), fused)
-    hook = loaded.lm_head.register_forward_hook(lambda *a: None)  # a hook: the module path
-    try:
-        assert Backend.for_model(loaded)._fused is None
-        assert torch.equal(loaded.generate(ids, **kwargs), fused)
-    finally:
-        hook.remove()
+    _module_path_gives(loaded, ids, kwargs, fused)
