@@ -229,15 +229,9 @@ class StoredRows:
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
             raise TypeError(f"row indices must be integers, not {ids.dtype}")
         flat = ids.reshape(-1).tolist()
-        n_rows = self.shape[0]
         out = torch.empty(len(flat), self.shape[1], dtype=self.dtype)
         view = memoryview(out.view(torch.uint8).numpy()).cast("B") if flat else None
         rb = self.row_bytes
         for i, r in enumerate(flat):
-            if r < 0:
-                r += n_rows
-            if not 0 <= r < n_rows:
-                raise IndexError(f"index {flat[i]} is out of range for the {n_rows} rows of {self.key!r}")
-            if os.preadv(self._fd, [view[i * rb:(i + 1) * rb]], self.offset + r * rb) != rb:
-                raise SafetensorsFormatError(f"{self.file}: tensor {self.key!r} ends early (truncated?)")
+            self.row_into(r, view[i * rb:(i + 1) * rb])
         return out.view(*ids.shape, self.shape[1])

@@ -12,6 +12,8 @@
 // weight instead of 2 or 4. Rows are split across OpenMP threads, as in kernels.cpp.
 #include <stdlib.h>
 
+#include <type_traits>
+
 #include "qdot.h"
 
 namespace {
@@ -63,56 +65,47 @@ void blocks_mm(const float* b, float* Y, int64_t N, int threads, Block block) {
 // 9..16 activation rows: two products per block of weight rows, with the first 8 rows and then the
 // rest (the accumulators of more do not fit the registers), the second reading the block from L1: one
 // pass over the weights where two passes of at most 8 rows read them twice (batch-16 int8 decode of
-// the 350M shape was memory-bound at twice the weights' bytes).
+// the 350M shape was memory-bound at twice the weights' bytes). product(rows, x, out) runs one block
+// product of `rows` activation rows (a std::integral_constant) into out[R][rows].
 template <int M> constexpr int first_rows() { return M > 8 ? 8 : M; }
-template <int M> constexpr int rest_rows() { return M > 8 ? M - 8 : 1; }  // 1: unused (M <= 8)
 
-// out[r][0..M) from the halves' products (a block of R rows).
-template <int M, int R, int M1, int M2>
-inline void join(float (*out)[M], float (*a)[M1], float (*b)[M2]) {
-    for (int r = 0; r < R; ++r) {
-        for (int m = 0; m < M1; ++m) out[r][m] = a[r][m];
-        for (int m = M1; m < M; ++m) out[r][m] = b[r][m - M1];
+template <int M, int R, typename Product>
+inline void in_halves(const QRow* x, float (*out)[M], Product product) {
+    constexpr int M1 = first_rows<M>();
+    if constexpr (M == M1) {
+        product(std::integral_constant<int, M>{}, x, out);
+    } else {
+        float a[R][M1], c[R][M - M1];
+        product(std::integral_constant<int, M1>{}, x, a);
+        product(std::integral_constant<int, M - M1>{}, x + M1, c);
+        for (int r = 0; r < R; ++r) {
+            for (int m = 0; m < M1; ++m) out[r][m] = a[r][m];
+            for (int m = M1; m < M; ++m) out[r][m] = c[r][m - M1];
+        }
     }
 }
 
 template <int M, bool SUMS>
 void q8_mm(const int8_t* Q, const float* s, const int32_t* sums, const QRow* x, const float* b, float* Y, int64_t N,
            int64_t K, int threads) {
-    constexpr int M1 = first_rows<M>(), M2 = rest_rows<M>();
-    constexpr int R = q_rows_per_block<M1>();
+    constexpr int R = q_rows_per_block<first_rows<M>()>();
     blocks_mm<M, R>(b, Y, N, threads, [&](int64_t, auto row_of, float (*out)[M]) {
         const int8_t* w[R];
         float sw[R];
         int32_t ws[R] = {};
         for (int r = 0; r < R; ++r) w[r] = Q + row_of(r) * K, sw[r] = s[row_of(r)], ws[r] = SUMS ? sums[row_of(r)] : 0;
-        if constexpr (M <= 8) {
-            q8_block<M, R, SUMS>(w, sw, K, x, out, ws);
-        } else {
-            float a[R][M1], c[R][M2];
-            q8_block<M1, R, SUMS>(w, sw, K, x, a, ws);
-            q8_block<M2, R, SUMS>(w, sw, K, x + M1, c, ws);
-            join<M, R, M1, M2>(out, a, c);
-        }
+        in_halves<M, R>(x, out, [&](auto rows, const QRow* xs, auto o) { q8_block<rows(), R, SUMS>(w, sw, K, xs, o, ws); });
     });
 }
 template <int M>
 void q4_mm(const uint8_t* Q, const float* S, const QRow* x, const float* b, float* Y, int64_t N, int64_t K, int64_t Kp,
            int64_t G, int threads) {
-    constexpr int M1 = first_rows<M>(), M2 = rest_rows<M>();
-    constexpr int R = q_rows_per_block<M1>();
+    constexpr int R = q_rows_per_block<first_rows<M>()>();
     blocks_mm<M, R>(b, Y, N, threads, [&](int64_t, auto row_of, float (*out)[M]) {
         const uint8_t* w[R];
         const float* sc[R];
         for (int r = 0; r < R; ++r) w[r] = Q + row_of(r) * (Kp / 2), sc[r] = S + row_of(r) * (Kp / G);
-        if constexpr (M <= 8) {
-            q4_block<M, R>(w, sc, K, Kp, G, x, out);
-        } else {
-            float a[R][M1], c[R][M2];
-            q4_block<M1, R>(w, sc, K, Kp, G, x, a);
-            q4_block<M2, R>(w, sc, K, Kp, G, x + M1, c);
-            join<M, R, M1, M2>(out, a, c);
-        }
+        in_halves<M, R>(x, out, [&](auto rows, const QRow* xs, auto o) { q4_block<rows(), R>(w, sc, K, Kp, G, xs, o); });
     });
 }
 template <int M>

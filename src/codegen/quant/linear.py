@@ -216,10 +216,7 @@ class QuantEmbedding(nn.Module):
         r = self._reader
         return r[0] if r is not None and r[1] is self.weight and self.weight.device.type == "cpu" else None
 
-    def int8_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """weight[ids] (ids.shape + (embedding_dim,), int8), through the reader where one applies."""
-        reader = self.reader()
-        return reader(ids) if reader is not None and ids.device.type == "cpu" else self.weight[ids]
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.int8_rows(ids).float() * self.weight_scale[ids].unsqueeze(-1)
+        reader = self.reader()
+        rows = reader(ids) if reader is not None and ids.device.type == "cpu" else self.weight[ids]
+        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
