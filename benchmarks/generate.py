@@ -31,10 +31,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scratch import remove, scratch_dir  # noqa: E402
 
 
 def read_bandwidth_gbs() -> float:
@@ -104,6 +106,7 @@ class CT2Process:
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--ct2-child", model_dir, dtype, str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = json.loads(self.proc.stdout.readline() or '{"ok": false}')["ok"]
+        self.model_dir = model_dir
 
     def generate_batch(self, tokens, **kwargs) -> float:
         """Seconds the child's generate_batch took."""
@@ -114,6 +117,7 @@ class CT2Process:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+        remove(self.model_dir)
 
 
 def ct2_child(model_dir: str, dtype: str, threads: str) -> None:
@@ -142,11 +146,12 @@ def ct2_generator(ours, dtype: str, threads: int) -> CT2Process | None:
         return None
     import codegen
 
-    src, out = tempfile.mkdtemp(prefix="codegen-ct2-src-"), tempfile.mkdtemp(prefix="codegen-ct2-")
+    src, out = scratch_dir("ct2-src"), scratch_dir(f"ct2-{dtype}")
     ours.float().save_pretrained(src)
     here = os.path.dirname(os.path.abspath(__file__))
     codegen.CodeGenTokenizerFast.from_pretrained(os.path.join(here, "..", "src", "codegen", "demo")).save_pretrained(src)
     ctranslate2.converters.TransformersConverter(src).convert(out, quantization=dtype, force=True)
+    remove(src)
     child = CT2Process(out, dtype, threads)
     if not child.ready:
         child.close()
@@ -245,7 +250,7 @@ print(json.dumps({"peak_rss_mb": hwm}))
 
 
 def rss_section(ours, args) -> None:
-    path = tempfile.mkdtemp(prefix="codegen-bench-")
+    path = scratch_dir("rss")
     ours.save_pretrained(path)
     print(f"\npeak RSS of loading {args.preset} and generating {args.new} tokens, each library in a fresh process:")
     print(f"{'dtype':<10}{'batch':>6}{'ours MB':>10}{'transformers MB':>17}{'ratio':>8}")
@@ -255,7 +260,7 @@ def rss_section(ours, args) -> None:
     for dtype in args.dtype:
         paths = {"ours": path, "transformers": path}
         if dtype in ("int8", "int4"):  # ours loads a `codegen quantize` checkpoint of the same weights
-            paths["ours"] = tempfile.mkdtemp(prefix=f"codegen-bench-{dtype}-")
+            paths["ours"] = scratch_dir(f"rss-{dtype}")
             quantize_checkpoint(path, paths["ours"], QuantSpec.parse(dtype), progress=False)
         for batch in args.batch:
             peaks = {}
@@ -264,6 +269,8 @@ def rss_section(ours, args) -> None:
                                     str(args.new), str(args.threads)], capture_output=True, text=True)
                 peaks[lib] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"] if r.returncode == 0 else float("nan")
             print(f"{dtype:<10}{batch:>6}{peaks['ours']:>10.0f}{peaks['transformers']:>17.0f}{peaks['ours'] / peaks['transformers']:>8.2f}")
+        if paths["ours"] != path:
+            remove(paths["ours"])
 
 
 def main() -> None:
@@ -355,6 +362,10 @@ def main() -> None:
                   f"({p['transformers'] / p['ours']:.2f}x){c}")
         if not quantized:
             ours32, hf32 = ours.float(), hf.float()
+            if ct2 is not None:
+                ct2.close()  # its converted model (GBs on disk) goes with it
+    if ct2_int8 is not None:
+        ct2_int8.close()
     if args.rss:
         rss_section(ours32, args)
 

@@ -14,7 +14,8 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
+
+from scratch import scratch_dir
 
 CHILD = r"""
 import json, sys, time, torch
@@ -54,7 +55,7 @@ def main() -> None:
 
     path = args.dir
     if path is None:
-        path = tempfile.mkdtemp(prefix="codegen-load-")
+        path = scratch_dir("load")
         torch.manual_seed(0)
         with torch.device("cpu"):
             model = codegen.CodeGenForCausalLM(codegen.CodeGenConfig.preset(args.preset)).to(getattr(torch, args.dtype))

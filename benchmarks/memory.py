@@ -19,7 +19,8 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
+
+from scratch import scratch_dir
 
 CHILD = r"""
 import json, sys, torch
@@ -90,7 +91,7 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cpus, threads {args.threads}; native tier {kernels.tier()[1]}")
-    root = args.dir or tempfile.mkdtemp(prefix="codegen-memory-")
+    root = args.dir or scratch_dir("memory")
     base = os.path.join(root, f"{args.preset}-bf16")
     if not os.path.exists(os.path.join(base, "config.json")):
         random_checkpoint(args.preset, base)

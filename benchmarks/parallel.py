@@ -20,10 +20,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from scratch import scratch_dir  # noqa: E402
 TOKENIZER = os.path.join(HERE, "..", "..", "shared", "data", "codegen-tokenizer")
 
 CHILD = r"""
@@ -93,7 +93,7 @@ def main() -> None:
     from codegen.native import kernels
 
     kernels.load()
-    root = args.dir or tempfile.mkdtemp(prefix="codegen-tp-")
+    root = args.dir or scratch_dir("tp")
     path = os.path.join(root, f"{args.preset}-{args.dtype}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         subprocess.run([sys.executable, "-m", "codegen", "init", path, "--preset", args.preset, "--dtype", args.dtype,
