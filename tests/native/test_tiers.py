@@ -151,12 +151,13 @@ def test_greedy_decode_with_each_tier_equals_torchs_path(monkeypatch, tier, batc
 def test_decode_attention_with_each_tier_equals_sdpa(tier, dtype):
     """One query per row and head over a cache's filled columns (strided views, capacity past L), with
     no mask, a per-row additive padding mask and one broadcast row; head sizes that are and are not
-    multiples of the vector width. fp32: within summation order; bf16: a bf16 step."""
+    multiples of the vector width, and past one register slice of the value sum (256: 6B / 16B's; 200:
+    a partial slice). fp32: within summation order; bf16: a bf16 step."""
     g = torch.Generator().manual_seed(7)
     before = kernels._active_tier
     try:
         kernels.activate(tier)
-        for D, L in ((64, 37), (40, 1), (80, 130)):
+        for D, L in ((64, 37), (40, 1), (80, 130), (256, 20), (200, 9)):
             B, H, cap = 3, 4, L + 9
             kc, vc = (torch.randn(B, H, cap, D, generator=g).to(dtype) for _ in range(2))
             q = torch.randn(B, H, 1, D, generator=g).to(dtype)

@@ -315,11 +315,14 @@ inline void attend_cached(const float* q, const T* k, int64_t kt, const T* v, in
                           int64_t D, float scale, float* scores, T* out) {
     float acc[MAX_HEAD_DIM];
     float mx = -INFINITY;
+    const int64_t whole = D / W * W;  // D's whole vectors: plain loads (CodeGen's head_dim 64, 80, 256)
     for (int64_t t = 0; t < n; ++t) {
         const T* kr = k + t * kt;
         if (t + ATTEND_PREFETCH_ROWS < n) prefetch_row(kr + ATTEND_PREFETCH_ROWS * kt, D);
         vf s = vzero();
-        for (int64_t i = 0; i < D; i += W) s = vfma(vload(q + i, D - i), vload(kr + i, D - i), s);
+        int64_t i = 0;
+        for (; i < whole; i += W) s = vfma(vload(q + i), vload(kr + i), s);
+        if (i < D) s = vfma(vload(q + i, D - i), vload(kr + i, D - i), s);
         scores[t] = vsum(s) * scale + (mask ? get(mask + t) : 0.0f);
         mx = scores[t] > mx ? scores[t] : mx;
     }
@@ -331,12 +334,23 @@ inline void attend_cached(const float* q, const T* k, int64_t kt, const T* v, in
         sum += vsum(m >= W ? e : vload(scores + t, m));  // lanes past m: zero
     }
     const float inv = 1.0f / sum;
-    for (int64_t i = 0; i < D; ++i) acc[i] = 0.0f;
-    for (int64_t t = 0; t < n; ++t) {
-        const vf p = vset(scores[t]);
-        const T* vr = v + t * vt;
-        if (t + ATTEND_PREFETCH_ROWS < n) prefetch_row(vr + ATTEND_PREFETCH_ROWS * vt, D);
-        for (int64_t i = 0; i < D; i += W) vstore(acc + i, D - i, vfma(p, vload(vr + i, D - i), vload(acc + i, D - i)));
+    // sum_t p_t v_t, a slice of up to SLICE vectors of D at a time in registers: accumulating in
+    // memory (a masked store, then a load of it, per row) ran ~4x slower once the rows were in cache
+    // (350M shape, int4, AVX-512 Xeon: 0.4 ms of a 10 ms step). Each lane adds in t order as before.
+    constexpr int SLICE = W == 8 ? 4 : 8;  // AVX2: 16 registers; AVX-512, NEON, generic: 32 (or pairs)
+    for (int64_t i0 = 0; i0 < D; i0 += SLICE * W) {
+        const int64_t nv = D - i0 < SLICE * W ? D - i0 : SLICE * W;  // values in this slice
+        vf a[SLICE];
+        for (int j = 0; j < SLICE; ++j) a[j] = vzero();
+        for (int64_t t = 0; t < n; ++t) {
+            const vf p = vset(scores[t]);
+            const T* vr = v + t * vt + i0;
+            if (i0 == 0 && t + ATTEND_PREFETCH_ROWS < n) prefetch_row(vr + ATTEND_PREFETCH_ROWS * vt, D);
+            for (int j = 0; j < SLICE; ++j)
+                if (j * W < nv) a[j] = vfma(p, vload(vr + j * W, nv - j * W), a[j]);
+        }
+        for (int j = 0; j < SLICE; ++j)
+            if (j * W < nv) vstore(acc + i0 + j * W, nv - j * W, a[j]);
     }
     for (int64_t i = 0; i < D; ++i) put(out + i, acc[i] * inv);
 }
