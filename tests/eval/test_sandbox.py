@@ -98,6 +98,21 @@ def test_unavailable_isolation_fails_closed(monkeypatch):
         sandbox.Sandbox(workers=1)
 
 
+def test_a_sandbox_never_closed_leaves_no_directory():
+    """A program that drops its Sandbox without close() (or ends with it open) still removes the
+    sandbox's scratch directory: at collection or at interpreter exit."""
+    child = ("import sys\nfrom codegen.eval import sandbox\n"
+             "kept = sandbox.Sandbox(workers=1, mode='unsafe', allow_unsafe=True)\n"
+             "dropped = sandbox.Sandbox(workers=1, mode='unsafe', allow_unsafe=True)\n"
+             "print(kept._root, dropped._root, flush=True)\n"
+             "root = dropped._root; del dropped\nimport gc, os; gc.collect()\n"
+             "print(os.path.exists(root), flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    roots, dropped_exists = out.stdout.split("\n")[0].split(), out.stdout.split("\n")[1]
+    assert dropped_exists == "False" and not any(os.path.exists(r) for r in roots), out.stdout
+
+
 # ----------------------------------------------------------------------------- the hostile suite
 class _Host:
     """Things on the host a program must not reach: files to write, secrets to read, listeners."""

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -143,6 +144,8 @@ class Sandbox:
         self.preload, self.python, self.allow_unsafe = tuple(preload), python or sys.executable, allow_unsafe
         self._mode = "unsafe" if sys.platform != "linux" else mode
         self._root = tempfile.mkdtemp(prefix="codegen-jail-")
+        # removed by close(), else when this object is collected or at interpreter exit
+        self._remove_root = weakref.finalize(self, shutil.rmtree, self._root, True)
         self._idle: queue.Queue[_Zygote] = queue.Queue()
         self._all: list[_Zygote] = []
         self._lock = threading.Lock()
@@ -232,7 +235,7 @@ class Sandbox:
             zygotes, self._all = self._all, []
         for z in zygotes:
             z.close()
-        shutil.rmtree(self._root, ignore_errors=True)
+        self._remove_root()
 
     def __enter__(self):
         return self
