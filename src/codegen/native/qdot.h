@@ -216,9 +216,13 @@ inline int32_t isum(ivec v) {
     return _mm_cvtsi128_si32(s);
 }
 inline vf group_scales(const float* s, int64_t k0, int gs, int64_t groups) {
+    // A chunk is 2 units of 32: groups of 32 give its two halves their two scales (one 8-byte load and a
+    // permute: an interleaved A/B, one row, 262144 x 1024, 2 threads, Xeon, avx2 tier: 18.8 -> 19.5
+    // GB/s, in cache 20.7 -> 22.2, where two broadcasts and an insert were); larger groups one.
     const int64_t g0 = k0 >> gs;
-    const float a = s[g0], b = gs == 5 && g0 + 1 < groups ? s[g0 + 1] : a;
-    return (vf)_mm256_setr_m128(_mm_set1_ps(a), _mm_set1_ps(b));
+    if (gs != 5) return (vf)_mm256_set1_ps(s[g0]);
+    const __m128 v = g0 + 1 < groups ? _mm_castpd_ps(_mm_load_sd((const double*)(s + g0))) : _mm_set1_ps(s[g0]);
+    return (vf)_mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
 }
 
 #elif defined(__ARM_FEATURE_DOTPROD)
