@@ -286,7 +286,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="batch 1, greedy only")
-    ap.add_argument("--isa", choices=["generic", "avx2", "avx512", "avx512bf16"],
+    ap.add_argument("--isa", choices=["generic", "avx2", "avxvnni", "avx512", "avx512bf16"],
                     help="force this tier of the native kernels (default: the CPU's highest)")
     ap.add_argument("--prefill-2048", action="store_true", help="also time a 2048-token prefill")
     ap.add_argument("--rss", action="store_true", help="also measure peak RSS in fresh processes")

@@ -35,7 +35,7 @@ def main() -> None:
     from codegen.native import kernels
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    tiers = [t for t in kernels.TIERS if kernels.TIERS.index(t) <= kernels.TIERS.index(kernels.cpu_tier())]
+    tiers = kernels.runnable_tiers()
     print(f"machine: {cpu}, tier {kernels.cpu_tier()}, threads {args.threads}; torch {torch.__version__}; "
           f"W {args.n} x {args.k}, best of {args.repeats}")
     print(f"{'dtype':<10}{'torch mv':>10}" + "".join(f"{t:>12}" for t in tiers) + "   (GB/s)")

@@ -21,15 +21,31 @@ from codegen.native.fused import FusedDecoder
 
 if not kernels.supported() or kernels._compiler() is None:
     pytest.skip("no native build on this platform or no C++ compiler", allow_module_level=True)
-RUNNABLE = [t for t in kernels.TIERS if kernels.TIERS.index(t) <= kernels.TIERS.index(kernels.cpu_tier())]
+RUNNABLE = kernels.runnable_tiers()
 
 
 @pytest.mark.parametrize("tier", kernels.TIERS)
 def test_every_tier_compiles(tier):
     lib = kernels.library(tier)
     if tier in RUNNABLE:
-        assert lib.codegen_simd_width() == {"generic": 4, "avx2": 8, "avx512": 16, "avx512bf16": 16, "dotprod": 4}[tier]
+        assert lib.codegen_simd_width() == {"generic": 4, "avx2": 8, "avxvnni": 8, "avx512": 16, "avx512bf16": 16, "dotprod": 4}[tier]
         assert lib.codegen_native_bf16_dot() == (tier == "avx512bf16")
+
+
+def test_tiers_run_only_where_the_cpu_has_all_their_features():
+    """The tiers are ordered, but runnable by feature set: AVX-VNNI and AVX-512 come on different CPUs."""
+    base = {"avx2", "fma", "f16c"}
+    avx512 = base | {"avx512f", "avx512bw", "avx512vl"}
+    cases = {"Zen 3": (base, "avx2"), "Alder Lake": (base | {"avx_vnni"}, "avxvnni"),
+             "Ice Lake server": (avx512 | {"avx512_vnni"}, "avx512"),
+             "Zen 4": (avx512 | {"avx512_vnni", "avx512_bf16"}, "avx512bf16"),
+             "Sapphire Rapids": (avx512 | {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16"}, "avx512bf16")}
+    if kernels.is_arm():
+        pytest.skip("x86 feature sets")
+    for cpu, (flags, best) in cases.items():
+        assert kernels.cpu_tier(flags) == best, cpu
+    assert "avxvnni" not in kernels.runnable_tiers(avx512 | {"avx512_vnni"})
+    assert kernels.runnable_tiers(base | {"avx_vnni"}) == ["generic", "avx2", "avxvnni"]
 
 
 CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_check.cpp")

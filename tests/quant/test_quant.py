@@ -19,7 +19,7 @@ from codegen.quant.linear import DECODE_ROWS, INT4_PASS_ROWS
 from helpers import TOKENIZER_DIR, sharp_lm
 
 SPECS = [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64), QuantSpec(4, 128)]
-TIERS = [t for t in kernels.TIERS if kernels.supported() and kernels.TIERS.index(t) <= kernels.TIERS.index(kernels.cpu_tier())]
+TIERS = kernels.runnable_tiers() if kernels.supported() else []
 
 
 # ----------------------------------------------------------------------------- formats

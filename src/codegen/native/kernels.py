@@ -10,10 +10,13 @@ The sources are compiled for one tier of the CPU, on first use, with the system'
     generic     the baseline of x86-64 or aarch64 (4 fp32 lanes: SSE2 / NEON)   every Linux CPU
     dotprod     aarch64 NEON + the dot-product extension (SDOT int8 products)     Cortex-A55/A76+, Neoverse, Apple M
     avx2        AVX2 + FMA + F16C (8 lanes; int8 products by VPMADDUBSW)          Haswell+, Zen 1+
+    avxvnni     avx2 + AVX-VNNI (256-bit VPDPBUSD int8 products)                  Alder Lake+ (12th gen Core), Sapphire Rapids+, Zen 5
     avx512      AVX-512 F/BW/VL (16 lanes, masked tails; VPMADDUBSW)              Skylake-SP+, Zen 4
     avx512bf16  avx512 + AVX512-BF16 and VNNI (VDPBF16PS bf16 dot products,     Cooper Lake, Sapphire Rapids+, Zen 4
                 VPDPBUSD int8 ones)
 
+Tiers are listed lowest first, but a tier runs only where the CPU has every feature it needs
+(`runnable`): an Ice Lake server has AVX-512 VNNI without AVX-VNNI, so it gets avx512, not avxvnni.
 The highest tier the CPU has is used (`tier()` says which, and why); `CODEGEN_ISA=<tier>` forces a
 lower one (a higher one is refused with a warning and the CPU's own tier kept). With no compiler, a
 failed build or CODEGEN_NATIVE=0, the functions here return None and the caller keeps torch's
@@ -41,14 +44,14 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp", "qgemm.cpp", "attention.cpp")]
 HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h")]
 
-X86_TIERS = ("generic", "avx2", "avx512", "avx512bf16")  # lowest first
+X86_TIERS = ("generic", "avx2", "avxvnni", "avx512", "avx512bf16")  # lowest first
 ARM_TIERS = ("generic", "dotprod")
 _AVX2 = {"avx2", "fma", "f16c"}
-REQUIRES = {"generic": set(), "avx2": _AVX2, "avx512": _AVX2 | {"avx512f", "avx512bw", "avx512vl"},
+REQUIRES = {"generic": set(), "avx2": _AVX2, "avxvnni": _AVX2 | {"avx_vnni"}, "avx512": _AVX2 | {"avx512f", "avx512bw", "avx512vl"},
             "avx512bf16": _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"},
             "dotprod": {"asimddp"}}  # aarch64 hwcaps as /proc/cpuinfo's Features line names them
 _X86 = ["-mavx2", "-mfma", "-mf16c"]
-FLAGS = {"generic": [], "avx2": _X86, "avx512": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl"],
+FLAGS = {"generic": [], "avx2": _X86, "avxvnni": _X86 + ["-mavxvnni"], "avx512": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl"],
          "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"],
          "dotprod": ["-march=armv8.2-a+dotprod"]}
 
@@ -101,10 +104,15 @@ def supported() -> bool:
     return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64")
 
 
+def runnable_tiers(flags: set[str] | None = None) -> list[str]:
+    """The tiers whose every feature the CPU has (`flags`: its feature flags), lowest first."""
+    flags = cpu_flags() if flags is None else flags
+    return [t for t in TIERS if REQUIRES[t] <= flags]
+
+
 def cpu_tier(flags: set[str] | None = None) -> str:
     """The highest tier the CPU has."""
-    flags = cpu_flags() if flags is None else flags
-    return [t for t in TIERS if REQUIRES[t] <= flags][-1]
+    return runnable_tiers(flags)[-1]
 
 
 def wanted_tier() -> str:
@@ -116,8 +124,9 @@ def wanted_tier() -> str:
     if forced not in TIERS:
         logger.warning("CODEGEN_ISA=%s is not a tier (%s); using %s", forced, ", ".join(TIERS), best)
         return best
-    if TIERS.index(forced) > TIERS.index(best):
-        logger.warning("CODEGEN_ISA=%s asks for more than this CPU has (its tier is %s); using %s", forced, best, best)
+    if forced not in runnable_tiers():
+        logger.warning("CODEGEN_ISA=%s asks for more than this CPU has (its tier is %s; %s needs %s); using %s", forced,
+                       best, forced, ", ".join(sorted(REQUIRES[forced] - cpu_flags())), best)
         return best
     return forced
 
@@ -249,7 +258,7 @@ def activate(name: str) -> None:
     global _tried, _why
     if name not in TIERS:
         raise ValueError(f"unknown tier {name!r}; choose one of {', '.join(TIERS)}")
-    if TIERS.index(name) > TIERS.index(cpu_tier()):
+    if name not in runnable_tiers():
         raise ValueError(f"tier {name} needs {', '.join(sorted(REQUIRES[name] - cpu_flags()))}, which this CPU lacks")
     with _lock:
         _activate(name)
@@ -358,10 +367,10 @@ def quant_mm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.
 
 def vnni_takes_row_sums() -> bool:
     """Whether the active tier's int8 products use row sums given to `quant_mm` (VNNI's unsigned
-    activations: the avx512bf16 tier); the others ignore them."""
+    activations: the avx512bf16 and avxvnni tiers); the others ignore them."""
     if not _tried:
         load()
-    return _active_tier == "avx512bf16"
+    return _active_tier in ("avx512bf16", "avxvnni")
 
 
 def q4_gemm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
