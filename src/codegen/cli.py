@@ -117,7 +117,7 @@ def cmd_env(args: argparse.Namespace) -> int:
         except (OSError, IndexError, subprocess.SubprocessError):
             version = None
     amx = kernels.amx()
-    int8 = ("VPDPBUSD" if active in ("avx512bf16", "avxvnni") else "VPMADDUBSW" if active in ("avx2", "avx512")
+    int8 = ("VPDPBUSD" if active in kernels.VNNI_TIERS else "VPMADDUBSW" if active in ("avx2", "avx512")
             else "SDOT" if active == "dotprod" else "plain C")
     in_use = ({"decode step (one row)": "native: fp32, bf16, int8 and int4 weights, every layer in one call",
                "products": "native: fp32 1-8 rows, bf16 1 row" + (" (VDPBF16PS)" if kernels.native_bf16_dot() else "")

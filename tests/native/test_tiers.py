@@ -32,7 +32,7 @@ def test_every_tier_compiles(tier):
         assert lib.codegen_native_bf16_dot() == (tier == "avx512bf16")
 
 
-def test_tiers_run_only_where_the_cpu_has_all_their_features():
+def test_tiers_run_only_where_the_cpu_has_all_their_features(monkeypatch, caplog):
     """The tiers are ordered, but runnable by feature set: AVX-VNNI and AVX-512 come on different CPUs."""
     base = {"avx2", "fma", "f16c"}
     avx512 = base | {"avx512f", "avx512bw", "avx512vl"}
@@ -46,6 +46,14 @@ def test_tiers_run_only_where_the_cpu_has_all_their_features():
         assert kernels.cpu_tier(flags) == best, cpu
     assert "avxvnni" not in kernels.runnable_tiers(avx512 | {"avx512_vnni"})
     assert kernels.runnable_tiers(base | {"avx_vnni"}) == ["generic", "avx2", "avxvnni"]
+    # on an Ice Lake server, avxvnni is refused by name, with the feature it lacks, though avx512 is "higher"
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: avx512 | {"avx512_vnni"})
+    with pytest.raises(ValueError, match="tier avxvnni needs avx_vnni, which this CPU lacks"):
+        kernels.activate("avxvnni")
+    monkeypatch.setenv("CODEGEN_ISA", "avxvnni")
+    with caplog.at_level("WARNING", logger=kernels.__name__):
+        assert kernels.wanted_tier() == "avx512"
+    assert "avxvnni needs avx_vnni" in caplog.text
 
 
 CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_check.cpp")

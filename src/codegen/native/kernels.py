@@ -16,7 +16,7 @@ The sources are compiled for one tier of the CPU, on first use, with the system'
                 VPDPBUSD int8 ones)
 
 Tiers are listed lowest first, but a tier runs only where the CPU has every feature it needs
-(`runnable`): an Ice Lake server has AVX-512 VNNI without AVX-VNNI, so it gets avx512, not avxvnni.
+(`runnable_tiers`): an Ice Lake server has AVX-512 VNNI without AVX-VNNI, so it gets avx512, not avxvnni.
 The highest tier the CPU has is used (`tier()` says which, and why); `CODEGEN_ISA=<tier>` forces a
 lower one (a higher one is refused with a warning and the CPU's own tier kept). With no compiler, a
 failed build or CODEGEN_NATIVE=0, the functions here return None and the caller keeps torch's
@@ -47,13 +47,16 @@ HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h")]
 X86_TIERS = ("generic", "avx2", "avxvnni", "avx512", "avx512bf16")  # lowest first
 ARM_TIERS = ("generic", "dotprod")
 _AVX2 = {"avx2", "fma", "f16c"}
-REQUIRES = {"generic": set(), "avx2": _AVX2, "avxvnni": _AVX2 | {"avx_vnni"}, "avx512": _AVX2 | {"avx512f", "avx512bw", "avx512vl"},
+REQUIRES = {"generic": set(), "avx2": _AVX2, "avxvnni": _AVX2 | {"avx_vnni"},
+            "avx512": _AVX2 | {"avx512f", "avx512bw", "avx512vl"},
             "avx512bf16": _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"},
             "dotprod": {"asimddp"}}  # aarch64 hwcaps as /proc/cpuinfo's Features line names them
 _X86 = ["-mavx2", "-mfma", "-mf16c"]
-FLAGS = {"generic": [], "avx2": _X86, "avxvnni": _X86 + ["-mavxvnni"], "avx512": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl"],
+FLAGS = {"generic": [], "avx2": _X86, "avxvnni": _X86 + ["-mavxvnni"],
+         "avx512": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl"],
          "avx512bf16": _X86 + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"],
          "dotprod": ["-march=armv8.2-a+dotprod"]}
+VNNI_TIERS = ("avx512bf16", "avxvnni")  # int8 products by VPDPBUSD, on unsigned activations and the weights' row sums
 
 
 def is_arm() -> bool:
@@ -370,7 +373,7 @@ def vnni_takes_row_sums() -> bool:
     activations: the avx512bf16 and avxvnni tiers); the others ignore them."""
     if not _tried:
         load()
-    return _active_tier in ("avx512bf16", "avxvnni")
+    return _active_tier in VNNI_TIERS
 
 
 def q4_gemm(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,

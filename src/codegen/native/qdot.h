@@ -8,8 +8,8 @@
 //   int4 weights (one scale per group of G):  y = sx * sum_g sw[n, g] * sum_{k in g} (u[n, k] - 8) xq[k]
 // A vector instruction multiplies VB bytes of weights with VB bytes of activations and adds each 4
 // neighbouring products into an int32 lane: VPDPBUSD where the CPU has AVX512-VNNI (the avx512bf16
-// tier) or AVX-VNNI (the avxvnni tier, 256 bits), VPMADDUBSW + VPMADDWD on AVX2 and plain AVX-512, SDOT on ARM with the dot-product extension
-// (the dotprod tier), plain C on the generic tier. VPMADDUBSW
+// tier) or AVX-VNNI (the avxvnni tier, 256 bits), VPMADDUBSW + VPMADDWD on AVX2 and plain AVX-512,
+// SDOT on ARM with the dot-product extension (the dotprod tier), plain C on the generic tier. VPMADDUBSW
 // multiplies unsigned by signed bytes and saturates pairs at 16 bits, so
 //   int8: |q| (unsigned, <= 128) times xq with q's sign (|xq| <= 127): pairs <= 32512, no saturation
 //         (with VNNI, which does not saturate: xq + 128 (unsigned) times q, less 128 * sum q, summed by
