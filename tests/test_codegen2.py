@@ -13,7 +13,7 @@ import torch
 import codegen
 from codegen import CodeGenConfig, CodeGenForCausalLM
 from codegen.fim import fim_prompt, fim_tokens
-from helpers import TOKENIZER_DIR, hf_model
+from helpers import TOKENIZER_DIR, count_native_passes, hf_model
 
 needs_tokenizer = pytest.mark.skipif(not os.path.isdir(TOKENIZER_DIR), reason="CodeGen tokenizer files not in ../shared")
 
@@ -103,9 +103,7 @@ def test_the_native_step_follows_the_shard_count(monkeypatch, shards):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     x = torch.randint(0, 300, (1, 6), generator=torch.Generator().manual_seed(1))
-    calls = []
-    real = FusedDecoder.__call__
-    monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    calls = count_native_passes(monkeypatch)
     fast = model.generate(x, max_new_tokens=20, eos_token_id=[])
     assert len(calls) == 19
     monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))

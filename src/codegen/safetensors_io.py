@@ -214,6 +214,11 @@ class StoredRows:
     def __reduce__(self):  # a pickled module opens the file again
         return StoredRows, (self.file, self.key)
 
+    def fileno(self) -> int:
+        """The open file's descriptor: row r's bytes lie at `offset + r * row_bytes` (the native decode
+        step reads picked tokens' rows itself)."""
+        return self._fd
+
     def row_into(self, row: int, out) -> None:
         """Row `row` (an int; negative counts from the end) into `out`, a writable buffer of one row's
         bytes (a numpy array): the one-row decode step's lookup, without torch ops."""

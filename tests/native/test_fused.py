@@ -14,7 +14,7 @@ from codegen.engine.batcher import ContinuousBatcher
 from codegen.lora import apply_lora
 from codegen.native import kernels
 from codegen.native.fused import FusedDecoder
-from helpers import TINY_CONFIGS
+from helpers import TINY_CONFIGS, count_native_passes
 
 kernels.load()
 native = pytest.mark.skipif(kernels.decode_step is None, reason="no AVX-512 CPU or no C++ compiler here")
@@ -86,9 +86,7 @@ def test_bf16_step_follows_the_module_path(shape):
 @native
 def test_engine_uses_it_for_one_row_only(monkeypatch):
     model = make(SHAPES["h4_d32_r32"])
-    calls = []
-    real = FusedDecoder.__call__
-    monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    calls = count_native_passes(monkeypatch)
     x = torch.randint(0, 1000, (1, 6), generator=torch.Generator().manual_seed(1))
     fast = model.generate(x, max_new_tokens=30, pad_token_id=0, eos_token_id=[])
     assert len(calls) == 29  # every step after the prefill
@@ -156,9 +154,7 @@ def test_server_batcher_uses_it_for_a_lone_request(monkeypatch):
         batcher.close()
         return out
 
-    calls = []
-    real = FusedDecoder.__call__
-    monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    calls = count_native_passes(monkeypatch)
     fast = run()
     assert len(calls) == 11 and len(fast) == 12
     monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
@@ -172,18 +168,18 @@ def test_a_batch_that_shrinks_to_one_row_continues_natively(monkeypatch):
 
     def run():
         s = Scheduler(model)
-        s.add(Request(x[:1], SamplingParams(max_new_tokens=1, temperature=0)))  # leaves after one token
-        s.add(Request(x[1:], SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=())))
-        return [[e.token for e in step] for step in s.run()]
+        requests = [s.add(Request(x[:1], SamplingParams(max_new_tokens=1, temperature=0))),  # leaves after one token
+                    s.add(Request(x[1:], SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=())))]
+        steps = list(s.run())
+        return [[e.token for step in steps for e in step if e.request is r] for r in requests], len(steps)
 
-    calls = []
-    real = FusedDecoder.__call__
-    monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
-    fast = run()
-    assert len(calls) == 11
+    calls = count_native_passes(monkeypatch)
+    (first, second), steps = run()
+    assert len(calls) == 11  # the second request's steps after the first left, natively
+    assert steps < 12  # in bursts: several tokens a step
     monkeypatch.setattr(FusedDecoder, "create", classmethod(lambda cls, *a, **k: None))
-    slow = run()
-    assert fast == slow and len(fast) == 12 and len(fast[0]) == 2 and len(fast[1]) == 1
+    (slow_first, slow_second), slow_steps = run()
+    assert (first, second) == (slow_first, slow_second) and len(first) == 1 and len(second) == 12 and slow_steps == 12
 
 
 @native
@@ -216,7 +212,7 @@ def test_bad_arguments_name_the_problem():
         fused(1, 0, KVCache.for_model(model, 2, 2))
     fused(1, 0, cache)
     fused(2, 1, cache)
-    with pytest.raises(ValueError, match="KVCache holds 2 positions; all are used"):
+    with pytest.raises(ValueError, match="KVCache holds 2 positions; 2 used \\+ 1 new do not fit"):
         fused(3, 2, cache)
     model.to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="the model's weights moved"):

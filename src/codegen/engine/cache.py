@@ -86,6 +86,16 @@ class KVCache:
         else:
             self.mask[:, self.length:self.length + T] = True if isinstance(new, int) else new.bool()
 
+    def unmark(self, column: int) -> None:
+        """Unmark the columns from `column` on, which must not be written yet (marked for decode passes
+        that did not run)."""
+        if not self.length <= column <= self.capacity:
+            raise ValueError(f"unmark: column must be in [{self.length}, {self.capacity}], got {column}")
+        if self.mask.device.type == "cpu":
+            self.mask.numpy()[:, column:] = False
+        else:
+            self.mask[:, column:] = False
+
     def attention_mask(self, T: int) -> torch.Tensor | None:
         """The model's attention mask (B, length + T) for T marked new columns, or None when every row
         attends to every column."""

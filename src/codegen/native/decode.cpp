@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "qdot.h"
 
@@ -122,7 +123,7 @@ void attend(const float* q, const float* v, const float* k, const float* sin, co
 // The arguments of codegen_decode_step, declared here once: codegen/native/fused.py mirrors them as a
 // ctypes.Structure and checks it against codegen_decode_layout() (every field's name and offset) when
 // the library loads; the step itself checks abi and size.
-constexpr int64_t DECODE_ABI = 3;
+constexpr int64_t DECODE_ABI = 4;
 struct DecodeArgs {
     int64_t abi, size;  // DECODE_ABI, sizeof(DecodeArgs)
     int64_t n_layer, embd, heads, head_dim, inner, vocab;
@@ -138,13 +139,29 @@ struct DecodeArgs {
     const float* head_s;  // lm_head's scales (quantized) or null
     const void* head_b;
     void *key, *value;            // the cache, (n_layer, 1, heads, capacity, head_dim) of T
-    const float *sin, *cos;       // head_dim values for this position
+    const float *sin, *cos;       // head_dim values for this position (the next positions' follow)
     float *scratch, *logits;      // codegen_decode_scratch floats; vocab fp32 logits
+    // Greedy decoding in this call (picks > 0): after each forward pass the next token is the first
+    // index of the largest logit in [0, limit) (a NaN counts as the largest, as numpy's argmax), with the
+    // `banned` ids, and the `stop` ids for the first `ban_stop` picks, set to -inf in the logits first;
+    // the pass for it follows, at the next position, until `picks` tokens are picked, a stop id is picked,
+    // or *interrupt is nonzero (another thread queued work). Each pass writes one more cache column.
+    // picks == 0: one pass, the logits only.
+    int64_t picks, limit, n_banned, n_stop, ban_stop;
+    int64_t embed_fd, embed_offset;  // the picks' embedding rows: pread from this file at this offset (fd >= 0),
+    const void* embed_table;         // else from this table (rows of `embed`'s type)
+    const float* embed_scales;       // an int8 table's scale per row
+    const int64_t *banned, *stop;
+    const int32_t* interrupt;  // may be null
+    int64_t* tokens;           // out: the picks
+    int64_t picked;            // out: how many (every one but the last has had its pass)
 };
 #define CODEGEN_DECODE_FIELDS(X)                                                                                       \
     X(abi) X(size) X(n_layer) X(embd) X(heads) X(head_dim) X(inner) X(vocab) X(shards) X(qformat) X(group) X(bf16)     \
     X(capacity) X(length) X(start) X(threads) X(embed_int8) X(eps) X(embed_scale) X(layers) X(embed) X(lnf_w)          \
-    X(lnf_b) X(head_w) X(head_s) X(head_b) X(key) X(value) X(sin) X(cos) X(scratch) X(logits)
+    X(lnf_b) X(head_w) X(head_s) X(head_b) X(key) X(value) X(sin) X(cos) X(scratch) X(logits) X(picks) X(limit)        \
+    X(n_banned) X(n_stop) X(ban_stop) X(embed_fd) X(embed_offset) X(embed_table) X(embed_scales) X(banned) X(stop)     \
+    X(interrupt) X(tokens) X(picked)
 // Per layer: ln_1 weight and bias, qkv_proj, out_proj, fc_in weight and bias, fc_out weight and bias,
 // then the four products' scales (*_S, null when dense).
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, QKV_S, OUT_S, FC_IN_S, FC_OUT_S, PER_LAYER };
@@ -163,13 +180,58 @@ inline int chunk(int64_t row_bytes, int64_t unit = 1) {
     return (int)(n > 1 ? n : 1);
 }
 
+// The greedy pick after pass j of a call (DecodeArgs): the bans written into the logits, then the
+// first index of the largest value in [0, limit), a NaN counting as the largest (numpy's argmax, which
+// the engine's Python path takes over the same banned logits).
+inline int64_t pick(const DecodeArgs& A, float* logits, int64_t j) {
+    for (int64_t i = 0; i < A.n_banned; ++i) logits[A.banned[i]] = -INFINITY;
+    if (j < A.ban_stop)
+        for (int64_t i = 0; i < A.n_stop; ++i) logits[A.stop[i]] = -INFINITY;
+    int64_t best = 0;
+    float top = logits[0];
+    if (isnan(top)) return 0;
+    for (int64_t i = 1; i < A.limit; ++i) {
+        const float v = logits[i];
+        if (isnan(v)) return i;
+        if (v > top) top = v, best = i;
+    }
+    return best;
+}
+
+inline bool is_stop(const DecodeArgs& A, int64_t token) {
+    for (int64_t i = 0; i < A.n_stop; ++i)
+        if (A.stop[i] == token) return true;
+    return false;
+}
+
+// The embedding row of a picked token into h (E floats), through `buf` (row bytes) when read from the
+// file; false when the file ends early.
 template <typename T>
-void decode_step(const DecodeArgs& A) {
+bool embed_pick(const DecodeArgs& A, int64_t token, float* h, void* buf) {
+    const int64_t E = A.embd, bytes = E * (A.embed_int8 ? 1 : (int64_t)sizeof(T));
+    const void* row = (const char*)A.embed_table + token * bytes;
+    if (A.embed_fd >= 0) {
+        if (pread((int)A.embed_fd, buf, (size_t)bytes, (off_t)(A.embed_offset + token * bytes)) != (ssize_t)bytes)
+            return false;
+        row = buf;
+    }
+    if (A.embed_int8)  // as QuantEmbedding: the int8 value in fp32 times the row's scale
+        for (int64_t i = 0; i < E; ++i) h[i] = (float)((const int8_t*)row)[i] * A.embed_scales[token];
+    else
+        for (int64_t i = 0; i < E; ++i) h[i] = get((const T*)row + i);
+    return true;
+}
+
+// One forward pass of the token in A.embed, then (A.picks > 0) greedy picks and their passes; returns
+// 0, or 3 when a pick's embedding row could not be read (the picks before it stand).
+template <typename T>
+int decode_step(DecodeArgs& A) {
     const int fmt = (int)A.qformat;
     const bool quant = sizeof(T) == 4 && fmt != 0;
     const int QR = fmt == 8 ? Q8_ROWS : Q4_ROWS;
     const int64_t G = A.group;
-    const int64_t E = A.embd, H = A.heads, D = A.head_dim, I = A.inner, cap = A.capacity, len = A.length;
+    const int64_t E = A.embd, H = A.heads, D = A.head_dim, I = A.inner, cap = A.capacity;
+    int64_t len = A.length;  // cache columns before this pass (each pass of a call writes one more)
     // bytes of a weight row of K columns: T values, int8, or int4 pairs with their group scales
     auto row_bytes = [&](int64_t K) -> int64_t {
         return !quant ? K * (int64_t)sizeof(T) : fmt == 8 ? K : round_up(K, G) / 2 + round_up(K, G) / G * 4;
@@ -179,7 +241,8 @@ void decode_step(const DecodeArgs& A) {
     const void* const* layers = A.layers;
     const T *lnf_w = (const T*)A.lnf_w, *lnf_b = (const T*)A.lnf_b, *head_b = (const T*)A.head_b;
     const void* head_w = A.head_w;
-    const float *head_s = A.head_s, *sin = A.sin, *cos = A.cos;
+    const float* head_s = A.head_s;
+    const float *sin = A.sin, *cos = A.cos;  // this pass's position
     T *key = (T*)A.key, *value = (T*)A.value;
     float *scratch = A.scratch, *logits = A.logits;
     const float eps = A.eps;
@@ -194,6 +257,7 @@ void decode_step(const DecodeArgs& A) {
     int32_t* lanes = (int32_t*)(inner + I + 16);
     int8_t* bytes = (int8_t*)(lanes + 2 * act_lanes(E) + act_lanes(I));
     const int64_t nb = 2 * act_bytes(E) + act_bytes(I);  // the unsigned copies after the signed bytes
+    void* row_buf = (uint8_t*)bytes + 2 * nb + 64;              // a picked token's embedding row read from the file
     QBuf xa{{}, bytes, lanes, (uint8_t*)bytes + nb};
     QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
     QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
@@ -208,92 +272,110 @@ void decode_step(const DecodeArgs& A) {
         for (int64_t n = 0; n < E; ++n) h[n] = rnd<T>(rnd<T>(out_o[n] + out_f[n]) + h[n]);
     };
 
+    int64_t picked = 0;
+    int rc = 0;
+    bool more = true;  // another pass (the picks so far allow it)
 #pragma omp parallel num_threads((int)A.threads)
     {
-        for (int64_t l = 0; l < A.n_layer; ++l) {
-            const void* const* w = layers + l * PER_LAYER;
-            const Lin wqkv{w[QKV], (const float*)w[QKV_S]}, wout{w[OUT], (const float*)w[OUT_S]};
-            const Lin win{w[FC_IN], (const float*)w[FC_IN_S]}, wfo{w[FC_OUT], (const float*)w[FC_OUT_S]};
-            const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
+        for (;;) {  // a pass of the token in h, then (picks) the next token's
+            for (int64_t l = 0; l < A.n_layer; ++l) {
+                const void* const* w = layers + l * PER_LAYER;
+                const Lin wqkv{w[QKV], (const float*)w[QKV_S]}, wout{w[OUT], (const float*)w[OUT_S]};
+                const Lin win{w[FC_IN], (const float*)w[FC_IN_S]}, wfo{w[FC_OUT], (const float*)w[FC_OUT_S]};
+                const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
+#pragma omp single
+                {
+                    if (l > 0) residual();
+                    layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
+                    if (quant) xa.set((const float*)a, E, fmt);
+                }
+                if (quant) {
+#pragma omp for schedule(dynamic, chunk_e)
+                    for (int64_t blk = 0; blk < blocks(QR, 3 * E) + blocks(QR, I); ++blk) {
+                        float o[QR_MAX];
+                        const bool first = blk < blocks(QR, 3 * E);
+                        const int64_t n0 = QR * (first ? blk : blk - blocks(QR, 3 * E)), N = first ? 3 * E : I;
+                        const int rows = (int)(N - n0 < QR ? N - n0 : QR);
+                        qrows(fmt, G, first ? wqkv : win, n0, rows, E, xa.row, o);
+                        for (int r = 0; r < rows; ++r)
+                            if (first) qkv[n0 + r] = o[r];
+                            else pre[n0 + r] = o[r] + get(bin + n0 + r);
+                    }
+                } else {
+#pragma omp for schedule(dynamic, chunk_e)
+                    for (int64_t n = 0; n < 3 * E + I; ++n) {
+                        if (n < 3 * E) qkv[n] = rnd<T>(dot((const T*)wqkv.w + n * E, a, E));
+                        else pre[n - 3 * E] = rnd<T>(dot((const T*)win.w + (n - 3 * E) * E, a, E) + get(bin + n - 3 * E));
+                    }
+                }
+#pragma omp for schedule(static) nowait
+                for (int64_t hd = 0; hd < H; ++hd) {
+                    const float* q = qkv + (hd / per_shard) * 3 * L + (hd % per_shard) * D;
+                    const int64_t row = ((l * H) + hd) * cap * D;
+                    attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, A.start, len, D, scores + hd * cap, attn + hd * D);
+                }
+#pragma omp for schedule(static)
+                for (int64_t i = 0; i < I; i += W) vstore(inner + i, I - i, vgelu(vload(pre + i, I - i)));
+                if (quant) {
+#pragma omp single
+                    {
+                        xo.set((const float*)attn, E, fmt);
+                        xi.set((const float*)inner, I, fmt);
+                    }
+#pragma omp for schedule(dynamic, chunk_i)
+                    for (int64_t blk = 0; blk < 2 * blocks(QR, E); ++blk) {
+                        float o[QR_MAX];
+                        const bool fc = blk < blocks(QR, E);  // fc_out's rows first: the larger blocks
+                        const int64_t n0 = QR * (fc ? blk : blk - blocks(QR, E));
+                        const int rows = (int)(E - n0 < QR ? E - n0 : QR);
+                        qrows(fmt, G, fc ? wfo : wout, n0, rows, fc ? I : E, fc ? xi.row : xo.row, o);
+                        for (int r = 0; r < rows; ++r)
+                            if (fc) out_f[n0 + r] = o[r] + get(bfo + n0 + r);
+                            else out_o[n0 + r] = o[r];
+                    }
+                } else {
+#pragma omp for schedule(dynamic, chunk_i)
+                    for (int64_t n = 0; n < 2 * E; ++n) {
+                        if (n < E) out_f[n] = rnd<T>(dot((const T*)wfo.w + n * I, inner, I) + get(bfo + n));
+                        else out_o[n - E] = rnd<T>(dot((const T*)wout.w + (n - E) * E, attn, E));
+                    }
+                }
+            }
 #pragma omp single
             {
-                if (l > 0) residual();
-                layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
+                if (A.n_layer > 0) residual();
+                layer_norm(h, lnf_w, lnf_b, a, E, eps);
                 if (quant) xa.set((const float*)a, E, fmt);
             }
             if (quant) {
 #pragma omp for schedule(dynamic, chunk_e)
-                for (int64_t blk = 0; blk < blocks(QR, 3 * E) + blocks(QR, I); ++blk) {
+                for (int64_t blk = 0; blk < blocks(QR, V); ++blk) {
                     float o[QR_MAX];
-                    const bool first = blk < blocks(QR, 3 * E);
-                    const int64_t n0 = QR * (first ? blk : blk - blocks(QR, 3 * E)), N = first ? 3 * E : I;
-                    const int rows = (int)(N - n0 < QR ? N - n0 : QR);
-                    qrows(fmt, G, first ? wqkv : win, n0, rows, E, xa.row, o);
-                    for (int r = 0; r < rows; ++r)
-                        if (first) qkv[n0 + r] = o[r];
-                        else pre[n0 + r] = o[r] + get(bin + n0 + r);
+                    const int64_t n0 = QR * blk;
+                    const int rows = (int)(V - n0 < QR ? V - n0 : QR);
+                    qrows(fmt, G, Lin{head_w, head_s}, n0, rows, E, xa.row, o);
+                    for (int r = 0; r < rows; ++r) logits[n0 + r] = o[r] + (head_b ? get(head_b + n0 + r) : 0.0f);
                 }
             } else {
 #pragma omp for schedule(dynamic, chunk_e)
-                for (int64_t n = 0; n < 3 * E + I; ++n) {
-                    if (n < 3 * E) qkv[n] = rnd<T>(dot((const T*)wqkv.w + n * E, a, E));
-                    else pre[n - 3 * E] = rnd<T>(dot((const T*)win.w + (n - 3 * E) * E, a, E) + get(bin + n - 3 * E));
-                }
+                for (int64_t n = 0; n < V; ++n)
+                    logits[n] = rnd<T>(dot((const T*)head_w + n * E, a, E) + (head_b ? get(head_b + n) : 0.0f));
             }
-#pragma omp for schedule(static) nowait
-            for (int64_t hd = 0; hd < H; ++hd) {
-                const float* q = qkv + (hd / per_shard) * 3 * L + (hd % per_shard) * D;
-                const int64_t row = ((l * H) + hd) * cap * D;
-                attend<T>(q, q + L, q + 2 * L, sin, cos, key + row, value + row, A.start, len, D, scores + hd * cap, attn + hd * D);
-            }
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < I; i += W) vstore(inner + i, I - i, vgelu(vload(pre + i, I - i)));
-            if (quant) {
+            if (A.picks == 0) break;
 #pragma omp single
-                {
-                    xo.set((const float*)attn, E, fmt);
-                    xi.set((const float*)inner, I, fmt);
-                }
-#pragma omp for schedule(dynamic, chunk_i)
-                for (int64_t blk = 0; blk < 2 * blocks(QR, E); ++blk) {
-                    float o[QR_MAX];
-                    const bool fc = blk < blocks(QR, E);  // fc_out's rows first: the larger blocks
-                    const int64_t n0 = QR * (fc ? blk : blk - blocks(QR, E));
-                    const int rows = (int)(E - n0 < QR ? E - n0 : QR);
-                    qrows(fmt, G, fc ? wfo : wout, n0, rows, fc ? I : E, fc ? xi.row : xo.row, o);
-                    for (int r = 0; r < rows; ++r)
-                        if (fc) out_f[n0 + r] = o[r] + get(bfo + n0 + r);
-                        else out_o[n0 + r] = o[r];
-                }
-            } else {
-#pragma omp for schedule(dynamic, chunk_i)
-                for (int64_t n = 0; n < 2 * E; ++n) {
-                    if (n < E) out_f[n] = rnd<T>(dot((const T*)wfo.w + n * I, inner, I) + get(bfo + n));
-                    else out_o[n - E] = rnd<T>(dot((const T*)wout.w + (n - E) * E, attn, E));
-                }
+            {
+                const int64_t token = pick(A, logits, picked);
+                A.tokens[picked++] = token;
+                ++len, sin += D, cos += D;  // the pass wrote cache column len
+                const int32_t* stop_now = A.interrupt;
+                more = picked < A.picks && !is_stop(A, token) && !(stop_now && __atomic_load_n(stop_now, __ATOMIC_RELAXED));
+                if (more && !embed_pick<T>(A, token, h, row_buf)) more = false, rc = 3;
             }
-        }
-#pragma omp single
-        {
-            if (A.n_layer > 0) residual();
-            layer_norm(h, lnf_w, lnf_b, a, E, eps);
-            if (quant) xa.set((const float*)a, E, fmt);
-        }
-        if (quant) {
-#pragma omp for schedule(dynamic, chunk_e)
-            for (int64_t blk = 0; blk < blocks(QR, V); ++blk) {
-                float o[QR_MAX];
-                const int64_t n0 = QR * blk;
-                const int rows = (int)(V - n0 < QR ? V - n0 : QR);
-                qrows(fmt, G, Lin{head_w, head_s}, n0, rows, E, xa.row, o);
-                for (int r = 0; r < rows; ++r) logits[n0 + r] = o[r] + (head_b ? get(head_b + n0 + r) : 0.0f);
-            }
-        } else {
-#pragma omp for schedule(dynamic, chunk_e)
-            for (int64_t n = 0; n < V; ++n)
-                logits[n] = rnd<T>(dot((const T*)head_w + n * E, a, E) + (head_b ? get(head_b + n) : 0.0f));
+            if (!more) break;
         }
     }
+    A.picked = picked;
+    return rc;
 }
 
 }  // namespace
@@ -301,7 +383,9 @@ void decode_step(const DecodeArgs& A) {
 // Floats of scratch that codegen_decode_step needs.
 extern "C" int64_t codegen_decode_scratch(const DecodeArgs* a) {
     const int64_t E = a->embd, I = a->inner;  // + the quantized activations' lanes and bytes (decode_step)
-    return 8 * E + 2 * I + a->heads * a->capacity + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 2 + 16;
+    // + E + 16 for a picked token's embedding row read from its file
+    return 8 * E + 2 * I + a->heads * a->capacity + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 2 + 16 +
+           E + 16;
 }
 
 // "name:offset,..." for every field of DecodeArgs, then "sizeof:N" (fused.py compares its mirror).
@@ -319,8 +403,11 @@ extern "C" const char* codegen_decode_layout() {
 
 // Returns 0; 1 for arguments it does not take (a head_dim over MAX_HEAD_DIM, shards that do not divide
 // the heads, quantized weights or an int8 embedding row with bf16 activations, int4 groups not a power
-// of two >= 32, a start past the length); 2 for a caller built against another DecodeArgs (abi or size differ).
-extern "C" int codegen_decode_step(const DecodeArgs* a) {
+// of two >= 32, a start past the length, picks past the cache's room, a limit outside [1, vocab], a ban
+// outside the vocabulary, picks without their table); 2 for a caller built against another DecodeArgs
+// (abi or size differ); 3 when a pick's embedding row could not be read from its file. Sets a->picked.
+extern "C" int codegen_decode_step(DecodeArgs* a) {
+    a->picked = 0;
     if (a->abi != DECODE_ABI || a->size != (int64_t)sizeof(DecodeArgs)) return 2;
     if (a->head_dim > MAX_HEAD_DIM || a->shards < 1 || a->embd % a->shards || a->heads % a->shards || a->start < 0 ||
         a->start > a->length)
@@ -329,7 +416,16 @@ extern "C" int codegen_decode_step(const DecodeArgs* a) {
     if (a->qformat != 0 && ((a->qformat != 8 && a->qformat != 4) ||
                             (a->qformat == 4 && (a->group < 32 || (a->group & (a->group - 1))))))
         return 1;
-    if (a->bf16) decode_step<uint16_t>(*a);
-    else decode_step<float>(*a);
-    return 0;
+    if (a->picks < 0 || a->length + (a->picks > 0 ? a->picks : 1) > a->capacity) return 1;
+    if (a->picks > 0) {
+        if (a->limit < 1 || a->limit > a->vocab || !a->tokens || a->n_banned < 0 || a->n_stop < 0 ||
+            (a->n_banned && !a->banned) || (a->n_stop && !a->stop) || (a->embed_fd < 0 && !a->embed_table) ||
+            (a->embed_int8 && !a->embed_scales))
+            return 1;
+        for (int64_t i = 0; i < a->n_banned; ++i)
+            if (a->banned[i] < 0 || a->banned[i] >= a->vocab) return 1;
+        for (int64_t i = 0; i < a->n_stop; ++i)
+            if (a->stop[i] < 0 || a->stop[i] >= a->vocab) return 1;
+    }
+    return a->bf16 ? decode_step<uint16_t>(*a) : decode_step<float>(*a);
 }

@@ -8,13 +8,15 @@ in inference, with the gelu_new activation, and plain `Linear` modules (no LoRA 
 weight-only quantized ones (int8 / int4, `codegen.quant`: fp32 activations, quantized to int8 per product), decoding one
 sequence (left padding allowed) into a KVCache. `FusedDecoder.create` returns None
 otherwise, and the caller keeps the module path; results are those of the module path up to fp32
-summation order.
+summation order. `FusedDecoder.greedy` also picks the next tokens (argmax, with bans: `GreedyPicks`)
+and runs them, several steps in one call: the scheduler's bursts for a lone greedy row.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from . import kernels
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
-DECODE_ABI = 3
+DECODE_ABI = 4
 
 
 class DecodeArgs(ctypes.Structure):
@@ -38,7 +40,24 @@ class DecodeArgs(ctypes.Structure):
         "capacity", "length", "start", "threads", "embed_int8")] + [
         ("eps", ctypes.c_float), ("embed_scale", ctypes.c_float)] + [
         (name, ctypes.c_void_p) for name in ("layers", "embed", "lnf_w", "lnf_b", "head_w", "head_s", "head_b", "key",
-                                            "value", "sin", "cos", "scratch", "logits")]
+                                            "value", "sin", "cos", "scratch", "logits")] + [
+        (name, ctypes.c_int64) for name in ("picks", "limit", "n_banned", "n_stop", "ban_stop", "embed_fd", "embed_offset")] + [
+        (name, ctypes.c_void_p) for name in ("embed_table", "embed_scales", "banned", "stop", "interrupt", "tokens")] + [
+        ("picked", ctypes.c_int64)]
+
+
+@dataclass(frozen=True)
+class GreedyPicks:
+    """The greedy choice the native step makes itself (`FusedDecoder.greedy`), as the engine's Python
+    path makes it: the first largest logit in [0, limit) (a NaN counts as the largest), `banned` ids
+    excluded, and `stop` ids excluded from the first `ban_stop` picks; at most `count` picks, the last
+    one a stop id if any is."""
+
+    count: int
+    limit: int
+    banned: tuple[int, ...] = ()
+    stop: tuple[int, ...] = ()
+    ban_stop: int = 0
 
 
 def layout() -> str:
@@ -156,9 +175,75 @@ class FusedDecoder:
             return None
         return cls(model)
 
+    @property
+    def can_pick(self) -> bool:
+        """Whether `greedy` applies: the step reads the picked tokens' embedding rows itself, from the
+        table in memory or (an int8 table read from its checkpoint file) with positional reads."""
+        reader = None if self.dense_embedding else self.wte.reader()
+        return reader is None or hasattr(reader, "fileno")
+
     def __call__(self, token: int, position: int, cache, start: int = 0) -> torch.Tensor:
         """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`. Cache
         positions before `start` are padding, not attended to (see `KVCache.suffix_start`)."""
+        logits, _row = self._setup(token, position, cache, start, 1)
+        self.args.picks = 0
+        self._run()
+        cache.advance(1)
+        return logits
+
+    def greedy(self, token: int, position: int, cache, start: int, picks: GreedyPicks,
+               interrupt: np.ndarray | None = None) -> tuple[list[int], torch.Tensor]:
+        """Feed `token` at `position`, pick the next token greedily (`picks`), feed it at the next
+        position, and so on, in one native call: (the picked ids, the last pass's logits (1, vocab)).
+        Every pick but the last has had its pass: the cache grows by as many columns as there are
+        picks. A nonzero `interrupt[0]` (an int32 array another thread may set) ends the run after the
+        current pick. Needs `can_pick`."""
+        n = picks.count
+        if n < 1:
+            raise ValueError(f"picks.count must be >= 1, got {n}")
+        if not 1 <= picks.limit <= min(self.vocab, self.n_tokens):
+            raise ValueError(f"picks.limit {picks.limit} outside [1, {min(self.vocab, self.n_tokens)}]")
+        for name in ("banned", "stop"):
+            ids = getattr(picks, name)
+            if any(not 0 <= t < self.vocab for t in ids):
+                raise ValueError(f"picks.{name} holds ids outside [0, {self.vocab}): {list(ids)}")
+        if not self.can_pick:
+            raise ValueError("this model's token embedding is read through a reader the native step cannot call")
+        if interrupt is not None and (interrupt.dtype != np.int32 or interrupt.size < 1):
+            raise ValueError("interrupt must be an int32 numpy array")
+        logits, _row = self._setup(token, position, cache, start, n)
+        a = self.args
+        banned, stop = np.asarray(picks.banned, dtype=np.int64), np.asarray(picks.stop, dtype=np.int64)
+        out = np.empty(n, dtype=np.int64)
+        a.picks, a.limit, a.ban_stop = n, picks.limit, picks.ban_stop
+        a.n_banned, a.banned = banned.size, banned.ctypes.data if banned.size else None
+        a.n_stop, a.stop = stop.size, stop.ctypes.data if stop.size else None
+        a.tokens = out.ctypes.data
+        a.interrupt = None if interrupt is None else interrupt.ctypes.data
+        reader = None if self.dense_embedding else self.wte.reader()
+        if reader is None:
+            a.embed_fd, a.embed_offset, a.embed_table = -1, 0, self.embed_w
+        else:
+            a.embed_fd, a.embed_offset, a.embed_table = reader.fileno(), reader.offset, None
+        a.embed_scales = None if self.embed_scales is None else self.embed_scales.ctypes.data
+        rc = self._run(allow={3})
+        picked = int(a.picked)
+        cache.advance(picked)
+        if rc == 3:
+            raise OSError(f"{reader.file}: the embedding row of token {int(out[picked - 1])} could not be read "
+                          f"(the file ends early: truncated?)")
+        return out[:picked].tolist(), logits
+
+    def _run(self, allow: set[int] = frozenset()) -> int:
+        rc = kernels.decode_step(ctypes.byref(self.args))
+        if rc != 0 and rc not in allow:
+            raise RuntimeError(f"native decode step refused its arguments (code {rc}): "
+                               + ", ".join(f"{n}={getattr(self.args, n)}" for n, _ in DecodeArgs._fields_[:16]))
+        return rc
+
+    def _setup(self, token: int, position: int, cache, start: int, passes: int) -> tuple[torch.Tensor, object]:
+        """Check the call and fill the arguments for up to `passes` passes from `token` at `position`:
+        (the logits tensor the step writes, a row the step reads that must stay alive meanwhile)."""
         first_qkv = self.model.transformer.h[0].attn.qkv_proj.weight
         if (self.model.lm_head.weight.data_ptr() != self.head_w or first_qkv.data_ptr() != self.layers[2]
                 or self.wte.weight.data_ptr() != self.embed_w
@@ -166,12 +251,13 @@ class FusedDecoder:
             raise RuntimeError("the model's weights moved (.to() or a new state dict) since this FusedDecoder was created")
         if cache.batch_size != 1 or cache.key.dtype != self.dtype or not cache.key.is_contiguous():
             raise ValueError("the fused decode step takes a contiguous batch-1 KVCache of the model's dtype")
-        if cache.length >= cache.capacity:
-            raise ValueError(f"KVCache holds {cache.capacity} positions; all are used")
+        if cache.length + passes > cache.capacity:
+            raise ValueError(f"KVCache holds {cache.capacity} positions; {cache.length} used + {passes} new do not fit")
         if not 0 <= token < self.n_tokens:
             raise ValueError(f"token id {token} outside the embedding's [0, {self.n_tokens})")
-        if not 0 <= position < self.sin.shape[0]:
-            raise ValueError(f"position {position} outside [0, n_positions = {self.sin.shape[0]})")
+        if not 0 <= position <= self.sin.shape[0] - passes:
+            where = f"position {position}" if passes == 1 else f"positions {position}..{position + passes - 1}"
+            raise ValueError(f"{where} outside [0, n_positions = {self.sin.shape[0]})")
         if not 0 <= start <= cache.length:
             raise ValueError(f"start {start} outside [0, cache length {cache.length}]")
         a = self.args
@@ -200,9 +286,4 @@ class FusedDecoder:
         a.key, a.value = cache.key.data_ptr(), cache.value.data_ptr()
         a.sin, a.cos = self.sin.data_ptr() + off, self.cos.data_ptr() + off
         a.scratch, a.logits = self.scratch.data_ptr(), logits.data_ptr()
-        rc = kernels.decode_step(ctypes.byref(a))
-        if rc != 0:
-            raise RuntimeError(f"native decode step refused its arguments (code {rc}): "
-                               + ", ".join(f"{n}={getattr(a, n)}" for n, _ in DecodeArgs._fields_[:16]))
-        cache.advance(1)
-        return logits
+        return logits, row
