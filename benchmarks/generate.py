@@ -6,6 +6,9 @@
     python benchmarks/generate.py --rss                # also peak RSS of load + generate, each library in a fresh process
     python benchmarks/generate.py --hf-compile         # also transformers' StaticCache + torch.compile (slow to compile)
 
+After the cases, our dtypes run once more side by side (batch 1 greedy, interleaved round by round), for
+ratios between them taken over the same minutes: bf16 / fp32, int8 / fp32, int4 / int8.
+
 One random checkpoint of a preset shape (default 350M-mono) is built once; transformers'
 CodeGenForCausalLM gets the same weights. Prompt 64 tokens, 128 new tokens, EOS disabled
 (min_new_tokens = max_new_tokens in both). For each case and repeat, ours and transformers run
@@ -63,6 +66,17 @@ def kv_bytes_per_step(config, batch: int, prompt: int, new: int, element_size: i
     attends prompt + j positions) of every layer and head, for `batch` rows."""
     positions = prompt + new / 2
     return 2 * config.n_layer * config.n_embd * positions * element_size * batch
+
+
+def weight_bytes(model, streamed: int) -> int:
+    """Weight bytes a batch-1 decode step streams: `streamed` parameters (all but the token embedding)
+    in the model's dtype, or a quantized model's packed weights and their scales."""
+    from codegen.quant import QuantLinear
+
+    quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    if quantized:
+        return sum(b.numel() * b.element_size() for m in quantized for b in (m.weight, m.weight_scale))
+    return streamed * model.lm_head.weight.element_size()
 
 
 def build(preset: str):
@@ -273,6 +287,46 @@ def rss_section(ours, args) -> None:
             remove(paths["ours"])
 
 
+def modes_section(ours32, streamed: int, args) -> None:
+    """Our dtypes side by side: batch 1 greedy decode of each, interleaved round by round (so that a
+    ratio between two of them, e.g. bf16 / fp32 or int4 / int8, is taken over the same minutes of the
+    host's bandwidth), with a read ceiling measured before and after."""
+    import copy
+
+    from codegen.quant import QuantSpec
+    from codegen.quant.convert import quantize_model
+
+    models = {}
+    for dtype in args.dtype:
+        if dtype in ("int8", "int4"):
+            models[dtype] = quantize_model(copy.deepcopy(ours32), QuantSpec.parse(dtype))
+        else:
+            models[dtype] = copy.deepcopy(ours32).to(getattr(torch, dtype))
+    x = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(1))
+    rounds = max(3, args.repeats)
+    pre = {k: [] for k in models}
+    full = {k: [] for k in models}
+    before = read_bandwidth_gbs()
+    with torch.inference_mode():
+        for m in models.values():
+            m.generate(x, **gen_kwargs("greedy", 2))
+        for _ in range(rounds):
+            for dtype, m in models.items():
+                pre[dtype].append(timed(lambda: m.generate(x, **gen_kwargs("greedy", 1))))
+                full[dtype].append(timed(lambda: m.generate(x, **gen_kwargs("greedy", args.new))))
+    ceiling = max(before, read_bandwidth_gbs())
+    print(f"\nours side by side, batch 1 greedy, {rounds} interleaved rounds (median), read ceiling {ceiling:.1f} GB/s:")
+    print(f"{'dtype':<10}{'tok/s':>8}{'GB/s':>7}{'of ceiling':>12}")
+    speed = {}
+    for dtype, m in models.items():
+        speed[dtype] = (args.new - 1) / (statistics.median(full[dtype]) - statistics.median(pre[dtype]))
+        gbs = weight_bytes(m, streamed) * speed[dtype] / 1e9
+        print(f"{dtype:<10}{speed[dtype]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}")
+    pairs = [(a, b) for a, b in (("bfloat16", "float32"), ("int8", "float32"), ("int4", "int8")) if a in speed and b in speed]
+    if pairs:
+        print("ratios: " + ", ".join(f"{a} / {b} {speed[a] / speed[b]:.2f}x" for a, b in pairs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="350M-mono")
@@ -326,17 +380,15 @@ def main() -> None:
         if quantized:  # ours weight-only quantized (int8 activations) against transformers fp32 and CTranslate2 int8
             import copy
 
-            from codegen.quant import QuantLinear, QuantSpec
+            from codegen.quant import QuantSpec
             from codegen.quant.convert import quantize_model
 
             ct2 = ct2_int8
             ours, hf = quantize_model(copy.deepcopy(ours32), QuantSpec.parse(dtype)), hf32
-            nbytes = sum(b.numel() * b.element_size() for m in ours.modules() if isinstance(m, QuantLinear)
-                         for b in (m.weight, m.weight_scale))
         else:
             ct2 = ct2_generator(ours32, dtype, args.threads) if not args.no_ct2 else None
             ours, hf = ours32.to(getattr(torch, dtype)), hf32.to(getattr(torch, dtype))
-            nbytes = streamed * ours.lm_head.weight.element_size()
+        nbytes = weight_bytes(ours, streamed)
         for batch in args.batch:
             for mode in args.mode:
                 before = read_bandwidth_gbs()  # the host's bandwidth drifts over minutes: the case's own ceiling
@@ -366,6 +418,8 @@ def main() -> None:
                 ct2.close()  # its converted model (GBs on disk) goes with it
     if ct2_int8 is not None:
         ct2_int8.close()
+    if len(args.dtype) > 1 and 1 in args.batch and "greedy" in args.mode:
+        modes_section(ours32, streamed, args)
     if args.rss:
         rss_section(ours32, args)
 
