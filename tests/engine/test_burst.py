@@ -263,3 +263,25 @@ def test_greedy_refuses_bad_picks():
         late.length = 94
         with pytest.raises(ValueError, match=r"positions 94..96 outside \[0, n_positions = 96\)"):
             fused.greedy(5, 94, late, 0, GreedyPicks(count=3, limit=300))
+
+
+def test_an_interrupt_from_another_thread_ends_a_running_burst():
+    """The server's case: the batcher's thread is in a burst (the GIL released) when a request is
+    queued from a request thread; the burst ends after its current token."""
+    import threading
+    import time
+
+    model = make(n_embd=512, n_layer=8, n_head=8, rotary_dim=32, n_positions=64)  # ~5 ms a pass
+    fused = FusedDecoder.create(model)
+    cache = KVCache.for_model(model, 1, 40)
+    flag = np.zeros(1, dtype=np.int32)
+    with torch.inference_mode():
+        model.transformer(input_ids=torch.tensor([[3, 4, 5]]), past_key_values=cache)
+        began = time.perf_counter()
+        fused.greedy(6, 3, cache, 0, GreedyPicks(count=4, limit=300))
+        per_pass = (time.perf_counter() - began) / 4
+        setter = threading.Timer(2 * per_pass, lambda: flag.__setitem__(0, 1))
+        setter.start()
+        picks, _ = fused.greedy(7, 7, cache, 0, GreedyPicks(count=30, limit=300), interrupt=flag)
+        setter.join()
+    assert 1 <= len(picks) < 30 and cache.length == 7 + len(picks)

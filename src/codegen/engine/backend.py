@@ -222,7 +222,7 @@ class Backend:
         return self.model.lm_head(hidden).float()
 
     @property
-    def picks(self) -> bool:
+    def can_pick(self) -> bool:
         """Whether `decode_greedy` may apply (the model's one-row step is native and picks tokens itself)."""
         return self._fused is not None and self._fused.can_pick
 
@@ -230,9 +230,9 @@ class Backend:
                       interrupt=None) -> tuple[list[int], torch.Tensor] | None:
         """One row's decode steps from `token` at `position`, each next token picked greedily
         (`picks`), in one native call: (the picks, the last step's logits (1, V)); the cache gains a
-        column per pick (the last pick is not run). None where it does not apply (see `picks`; a
+        column per pick (the last pick is not run). None where it does not apply (see `can_pick`; a
         mask with holes), with the cache as it was."""
-        if not self.picks:
+        if not self.can_pick:
             return None
         start = cache.suffix_start(0)
         if start is None or cache.length + picks.count > cache.capacity:

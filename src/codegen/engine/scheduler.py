@@ -345,7 +345,7 @@ class Scheduler:
     def _burst(self) -> GreedyPicks | None:
         """The native greedy picks of the next steps, when they can run in one call: one greedy row
         running and none waiting, no repetition penalty or logprobs, the native step available."""
-        if self.burst < 2 or len(self.rows) != 1 or self.waiting or not self.backend.picks:
+        if self.burst < 2 or len(self.rows) != 1 or self.waiting or not self.backend.can_pick:
             return None
         row = self.rows[0]
         p = row.request.params
