@@ -285,3 +285,23 @@ def test_an_interrupt_from_another_thread_ends_a_running_burst():
         picks, _ = fused.greedy(7, 7, cache, 0, GreedyPicks(count=30, limit=300), interrupt=flag)
         setter.join()
     assert 1 <= len(picks) < 30 and cache.length == 7 + len(picks)
+
+
+def test_a_cancel_from_another_thread_ends_a_running_burst(monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(Scheduler, "BURST_SECONDS", 1e9)  # bursts as long as `burst` allows
+    model = make(n_embd=512, n_layer=8, n_head=8, rotary_dim=32, n_positions=64)  # ~5 ms a pass
+    s = Scheduler(model, burst=32)
+    request = s.add(Request([[3, 4, 5]], SamplingParams(max_new_tokens=40, temperature=0, stop_token_ids=())))
+    s.step()  # the prefill and the first token
+    began = time.perf_counter()
+    s.step()  # a burst of 2 (the first is unmeasured): this one's time per token
+    per_token = (time.perf_counter() - began) / 2
+    canceller = threading.Timer(3 * per_token, request.cancel)
+    canceller.start()
+    got = s.step()
+    canceller.join()
+    assert 1 <= len(got) < 30  # the burst ended after the token it was on
+    assert s.step() == [] and not s.has_work  # then the request left

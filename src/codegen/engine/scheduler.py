@@ -61,6 +61,7 @@ class Request:
         # ends alone in the batch, `kv` is that row's cache and `kv_ids` its tokens.
         self.kv, self.kv_ids = kv, None
         self.cancelled = False
+        self._interrupt = None  # the scheduler's burst interrupt (Scheduler.add): a cancel ends a burst too
         self.error: str | None = None
         self.finished = 0  # outputs that have had their last token
         self.seed: int | None = None  # set by Scheduler.add for sampled requests
@@ -92,8 +93,11 @@ class Request:
         return self.finished == self.rows or self.error is not None or self.cancelled
 
     def cancel(self) -> None:
-        """Drop this request's rows at the next step (e.g. its client went away)."""
+        """Drop this request's rows at the next step (e.g. its client went away); a burst running
+        meanwhile ends after its current token."""
         self.cancelled = True
+        if self._interrupt is not None:
+            self._interrupt[0] = 1
 
 
 @dataclass
@@ -225,6 +229,7 @@ class Scheduler:
         return request
 
     def _queue(self, request: Request) -> None:
+        request._interrupt = self._interrupt
         self.waiting.append(request)
         self._interrupt[0] = 1  # after the append (see step)
 
@@ -273,9 +278,9 @@ class Scheduler:
     def step(self) -> list:
         events: list = []
         self._store_prompts()
+        self._interrupt[0] = 0  # cleared before the queue and the cancels are read: those from now end a burst
         cancelled = self._cancelled()
         self._keep([i for i, r in enumerate(self.rows) if r.request.id not in cancelled])
-        self._interrupt[0] = 0  # cleared before the queue is looked at: a request queued from now ends a burst
         if self.rows and not self.waiting:
             picks = self._burst()
             if picks is not None and self._step_burst(picks, events):
