@@ -252,7 +252,7 @@ daemon = "import posix, time\\nif posix.fork() == 0:\\n    posix.setsid()\\n    
 threading.Thread(target=box.run, args=(daemon, sandbox.Limits(timeout=100.0)), daemon=True).start()
 time.sleep(1.5)
 zygote = box._all[0].info["pid"]
-print(json.dumps(sandbox.zygote._tree(zygote)), flush=True)
+print(json.dumps({"pids": sandbox.zygote._tree(zygote), "root": box._root}), flush=True)
 time.sleep(120)
 """
 
@@ -268,13 +268,17 @@ def _gone(pid: int) -> bool:
 def test_killing_the_harness_ends_everything():
     """SIGKILL to the harness mid-program: the zygote, the program and its daemon all end."""
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_HARNESS], stdout=subprocess.PIPE, text=True)
+    root = None
     try:
-        pids = json.loads(proc.stdout.readline())
+        started = json.loads(proc.stdout.readline())
+        pids, root = started["pids"], started["root"]
         assert len(pids) >= 3, pids  # zygote, program, daemon (and a supervisor in user mode)
         assert not any(_gone(p) for p in pids)
     finally:
         proc.kill()
         proc.wait()
+        if root is not None:  # a SIGKILLed harness cannot remove its jail directory: the test does
+            shutil.rmtree(root, ignore_errors=True)
     deadline = time.monotonic() + 10
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
