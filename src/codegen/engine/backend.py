@@ -235,9 +235,9 @@ class Backend:
         if not self.can_pick:
             return None
         start = cache.suffix_start(0)
-        if start is None or cache.length + picks.count > cache.capacity:
+        if start is None:
             return None
-        cache.mark(picks.count)
+        cache.mark(picks.count)  # raises where the cache has no room for the picks
         try:
             chosen, logits = self._fused.greedy(token, position, cache, start, picks, interrupt)
         finally:

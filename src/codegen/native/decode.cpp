@@ -204,6 +204,16 @@ inline bool is_stop(const DecodeArgs& A, int64_t token) {
     return false;
 }
 
+// An embedding row into h (E floats): E values of T, or (int8) E int8 values times the row's scale, as
+// QuantEmbedding gives them.
+template <typename T>
+void embed_row(const DecodeArgs& A, const void* row, float scale, float* h) {
+    if (A.embed_int8)
+        for (int64_t i = 0; i < A.embd; ++i) h[i] = (float)((const int8_t*)row)[i] * scale;
+    else
+        for (int64_t i = 0; i < A.embd; ++i) h[i] = get((const T*)row + i);
+}
+
 // The embedding row of a picked token into h (E floats), through `buf` (row bytes) when read from the
 // file; false when the file ends early.
 template <typename T>
@@ -215,10 +225,7 @@ bool embed_pick(const DecodeArgs& A, int64_t token, float* h, void* buf) {
             return false;
         row = buf;
     }
-    if (A.embed_int8)  // as QuantEmbedding: the int8 value in fp32 times the row's scale
-        for (int64_t i = 0; i < E; ++i) h[i] = (float)((const int8_t*)row)[i] * A.embed_scales[token];
-    else
-        for (int64_t i = 0; i < E; ++i) h[i] = get((const T*)row + i);
+    embed_row<T>(A, row, A.embed_int8 ? A.embed_scales[token] : 1.0f, h);
     return true;
 }
 
@@ -261,10 +268,7 @@ int decode_step(DecodeArgs& A) {
     QBuf xa{{}, bytes, lanes, (uint8_t*)bytes + nb};
     QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
     QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
-    if (A.embed_int8)  // as QuantEmbedding: the int8 value in fp32 times the row's scale
-        for (int64_t i = 0; i < E; ++i) h[i] = (float)((const int8_t*)A.embed)[i] * A.embed_scale;
-    else
-        for (int64_t i = 0; i < E; ++i) h[i] = get((const T*)A.embed + i);
+    embed_row<T>(A, A.embed, A.embed_scale, h);
     // The last products' outputs, out_proj's and fc_out's (with its bias), in qkv's first 2E floats (the
     // attention has read qkv by then); the residual sum is taken by the next single section.
     float *out_o = qkv, *out_f = qkv + E;

@@ -179,8 +179,12 @@ class FusedDecoder:
     def can_pick(self) -> bool:
         """Whether `greedy` applies: the step reads the picked tokens' embedding rows itself, from the
         table in memory or (an int8 table read from its checkpoint file) with positional reads."""
-        reader = None if self.dense_embedding else self.wte.reader()
+        reader = self._reader()
         return reader is None or hasattr(reader, "fileno")
+
+    def _reader(self):
+        """The int8 table's row reader (QuantEmbedding.reader), or None where the table is indexed in memory."""
+        return None if self.dense_embedding else self.wte.reader()
 
     def __call__(self, token: int, position: int, cache, start: int = 0) -> torch.Tensor:
         """Logits (1, vocab) in fp32 after feeding `token` at `position`; appends to `cache`. Cache
@@ -220,7 +224,7 @@ class FusedDecoder:
         a.n_stop, a.stop = stop.size, stop.ctypes.data if stop.size else None
         a.tokens = out.ctypes.data
         a.interrupt = None if interrupt is None else interrupt.ctypes.data
-        reader = None if self.dense_embedding else self.wte.reader()
+        reader = self._reader()
         if reader is None:
             a.embed_fd, a.embed_offset, a.embed_table = -1, 0, self.embed_w
         else:
@@ -271,7 +275,7 @@ class FusedDecoder:
         off = position * self.sin.shape[1] * 4
         # the token's row in place, or an int8 table's as its reader gives it (and the row's scale):
         # into a buffer of this decoder's where the reader reads single rows (StoredRows.row_into)
-        reader = None if self.dense_embedding else self.wte.reader()
+        reader = self._reader()
         row = None
         if reader is None:
             a.embed = self.embed_w + token * self.row_bytes
