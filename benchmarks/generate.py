@@ -203,10 +203,17 @@ def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeat
         sampling = dict(sampling_topk=50, sampling_topp=0.95, sampling_temperature=0.8) if mode == "sample" else dict(sampling_topk=1)
         runners["ctranslate2"] = lambda n: ct2.generate_batch(tokens, max_length=n, min_length=n, end_token=[],
                                                               include_prompt_in_result=False, **sampling)
+    return interleave(runners, batch, new, repeats, warm_twice={"compiled"})
+
+
+def interleave(runners: dict, batch: int, new: int, repeats: int, warm_twice=frozenset()) -> dict:
+    """Each runner (new tokens -> a generation) timed round by round, a prefill (1 new token) and a
+    full generation each: {name: prefill_ms, decode_tok_s, steps_s} from the medians. Runners in
+    `warm_twice` warm up with a full generation too (compilation: the static cache's size changes)."""
     with torch.inference_mode():
-        for name, run in runners.items():  # warm-up; compilation (twice: the static cache's size changes)
+        for name, run in runners.items():
             run(2)
-            if name == "compiled":
+            if name in warm_twice:
                 run(new)
         pre = {k: [] for k in runners}
         full = {k: [] for k in runners}
@@ -304,22 +311,15 @@ def modes_section(ours32, streamed: int, args) -> None:
             models[dtype] = copy.deepcopy(ours32).to(getattr(torch, dtype))
     x = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     rounds = max(3, args.repeats)
-    pre = {k: [] for k in models}
-    full = {k: [] for k in models}
+    runners = {dtype: (lambda m: lambda n: m.generate(x, **gen_kwargs("greedy", n)))(m) for dtype, m in models.items()}
     before = read_bandwidth_gbs()
-    with torch.inference_mode():
-        for m in models.values():
-            m.generate(x, **gen_kwargs("greedy", 2))
-        for _ in range(rounds):
-            for dtype, m in models.items():
-                pre[dtype].append(timed(lambda: m.generate(x, **gen_kwargs("greedy", 1))))
-                full[dtype].append(timed(lambda: m.generate(x, **gen_kwargs("greedy", args.new))))
+    r = interleave(runners, 1, args.new, rounds)
     ceiling = max(before, read_bandwidth_gbs())
     print(f"\nours side by side, batch 1 greedy, {rounds} interleaved rounds (median), read ceiling {ceiling:.1f} GB/s:")
     print(f"{'dtype':<10}{'tok/s':>8}{'GB/s':>7}{'of ceiling':>12}")
     speed = {}
     for dtype, m in models.items():
-        speed[dtype] = (args.new - 1) / (statistics.median(full[dtype]) - statistics.median(pre[dtype]))
+        speed[dtype] = r[dtype]["decode_tok_s"]
         gbs = weight_bytes(m, streamed) * speed[dtype] / 1e9
         print(f"{dtype:<10}{speed[dtype]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}")
     pairs = [(a, b) for a, b in (("bfloat16", "float32"), ("int8", "float32"), ("int4", "int8")) if a in speed and b in speed]
