@@ -18,7 +18,9 @@ compete with torch's in one) the same weights converted with its transformers
 converter (the same prompt tokens). Medians over repeats are reported, with the ratio ours / transformers, the weight
 bytes streamed per decode step times steps/s (GB/s), and that as a fraction of this machine's
 measured read bandwidth (the decode ceiling at batch 1), measured before and after each case (a shared
-host's bandwidth drifts by 20-40 % over minutes) and the higher taken. "+KV" counts, besides the weights,
+host's bandwidth drifts by 20-40 % over minutes) and the higher taken. "per round" sets each round's
+speed against a ceiling measured in the same seconds instead (just before and just after that runner's
+timings, the higher of the two) and gives the median over rounds of that fraction. "+KV" counts, besides the weights,
 the KV cache each step reads (keys and values of every layer up to its position, the mean over the
 decode steps, in the activations' dtype): the memory-bandwidth utilisation (MBU) of Databricks' LLM
 inference guide, what the hardware's bandwidth allows at this length. Run it on an idle machine: decode
@@ -42,23 +44,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scratch import remove, scratch_dir  # noqa: E402
 
 
-def read_bandwidth_gbs() -> float:
-    """Best of 7 reads of 1 GiB of fp32, by torch's sum and (when built) by our native matrix-vector
-    kernel, whose software prefetch reads faster than torch's sum on some machines."""
-    from codegen.native import kernels
+class ReadProbe:
+    """The read bandwidth ceiling: the best of `reps` reads of 1 GiB of fp32, by torch's sum and (when
+    built) by our native matrix-vector kernel, whose software prefetch reads faster than torch's sum on
+    some machines. One probe holds its GiB, so that probing between the rounds of a case costs reads only."""
 
-    a = torch.ones(2**28)  # 1 GiB of fp32
-    x = torch.ones(1024)
-    readers = [lambda: a.sum()]
-    if kernels.load() and kernels.gemv(a[:1024].view(1, 1024), x, None) is not None:
-        readers.append(lambda: kernels.gemv(a.view(-1, 1024), x, None))
-    best = float("inf")
-    for read in readers:
-        for _ in range(7):
-            t = time.perf_counter()
-            read()
-            best = min(best, time.perf_counter() - t)
-    return a.numel() * 4 / best / 1e9
+    def __init__(self) -> None:
+        from codegen.native import kernels
+
+        self.a = torch.ones(2**28)  # 1 GiB of fp32
+        x = torch.ones(1024)
+        self.readers = [lambda: self.a.sum()]
+        if kernels.load() and kernels.gemv(self.a[:1024].view(1, 1024), x, None) is not None:
+            self.readers.append(lambda: kernels.gemv(self.a.view(-1, 1024), x, None))
+
+    def __call__(self, reps: int = 7) -> float:
+        best = float("inf")
+        for read in self.readers:
+            for _ in range(reps):
+                t = time.perf_counter()
+                read()
+                best = min(best, time.perf_counter() - t)
+        return self.a.numel() * 4 / best / 1e9
 
 
 def kv_bytes_per_step(config, batch: int, prompt: int, new: int, element_size: int) -> float:
@@ -188,7 +195,8 @@ def compiled_kwargs() -> dict:
     return dict(cache_implementation="static", compile_config=cc)
 
 
-def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeats: int, hf_compile: bool = False) -> dict:
+def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeats: int, hf_compile: bool = False,
+             probe=None) -> dict:
     x = torch.randint(0, 50000, (batch, prompt), generator=torch.Generator().manual_seed(1))
     runners = {
         "ours": lambda n: ours.generate(x, **gen_kwargs(mode, n)),
@@ -203,13 +211,17 @@ def run_case(ours, hf, ct2, batch: int, prompt: int, new: int, mode: str, repeat
         sampling = dict(sampling_topk=50, sampling_topp=0.95, sampling_temperature=0.8) if mode == "sample" else dict(sampling_topk=1)
         runners["ctranslate2"] = lambda n: ct2.generate_batch(tokens, max_length=n, min_length=n, end_token=[],
                                                               include_prompt_in_result=False, **sampling)
-    return interleave(runners, batch, new, repeats, warm_twice={"compiled"})
+    return interleave(runners, batch, new, repeats, warm_twice={"compiled"}, probe=probe)
 
 
-def interleave(runners: dict, batch: int, new: int, repeats: int, warm_twice=frozenset()) -> dict:
+def interleave(runners: dict, batch: int, new: int, repeats: int, warm_twice=frozenset(), probe=None) -> dict:
     """Each runner (new tokens -> a generation) timed round by round, a prefill (1 new token) and a
     full generation each: {name: prefill_ms, decode_tok_s, steps_s} from the medians. Runners in
-    `warm_twice` warm up with a full generation too (compilation: the static cache's size changes)."""
+    `warm_twice` warm up with a full generation too (compilation: the static cache's size changes).
+    With a `probe` (a ReadProbe), the read ceiling is measured between any two timings as well, and
+    each runner gets `rounds`: per round (steps/s, the higher of the ceilings just before and just
+    after): the host's bandwidth drifts over minutes, and a round's speed is set against the
+    bandwidth of the same seconds."""
     with torch.inference_mode():
         for name, run in runners.items():
             run(2)
@@ -217,15 +229,30 @@ def interleave(runners: dict, batch: int, new: int, repeats: int, warm_twice=fro
                 run(new)
         pre = {k: [] for k in runners}
         full = {k: [] for k in runners}
+        ceilings, at = [], {k: [] for k in runners}  # probe readings; each timing's reading before it
         for _ in range(repeats):
             for name, run in runners.items():
+                if probe is not None:
+                    at[name].append(len(ceilings))
+                    ceilings.append(probe(3))
                 pre[name].append(timed(lambda: run(1)))
                 full[name].append(timed(lambda: run(new)))
+        if probe is not None:
+            ceilings.append(probe(3))
     out = {}
     for name in runners:
         p, f = statistics.median(pre[name]), statistics.median(full[name])
         out[name] = {"prefill_ms": p * 1e3, "decode_tok_s": batch * (new - 1) / (f - p), "steps_s": (new - 1) / (f - p)}
+        if probe is not None:
+            out[name]["rounds"] = [((new - 1) / (fr - pr), max(ceilings[i], ceilings[i + 1]))
+                                   for pr, fr, i in zip(pre[name], full[name], at[name])]
     return out
+
+
+def round_share(rounds: list, nbytes: float) -> float:
+    """The median over rounds of nbytes * steps/s / that round's ceiling (GB/s): the fraction of the
+    read ceiling a decode step's `nbytes` reach."""
+    return statistics.median(nbytes * steps / 1e9 / ceiling for steps, ceiling in rounds)
 
 
 def prefill_case(ours, hf, ct2, length: int, repeats: int) -> dict:
@@ -294,10 +321,11 @@ def rss_section(ours, args) -> None:
             remove(paths["ours"])
 
 
-def modes_section(ours32, streamed: int, args) -> None:
+def modes_section(ours32, streamed: int, args, probe) -> None:
     """Our dtypes side by side: batch 1 greedy decode of each, interleaved round by round (so that a
     ratio between two of them, e.g. bf16 / fp32 or int4 / int8, is taken over the same minutes of the
-    host's bandwidth), with a read ceiling measured before and after."""
+    host's bandwidth), with a read ceiling measured before and after, and between any two timings
+    (the "per round" shares of weights and of weights + KV)."""
     import copy
 
     from codegen.quant import QuantSpec
@@ -312,16 +340,19 @@ def modes_section(ours32, streamed: int, args) -> None:
     x = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     rounds = max(3, args.repeats)
     runners = {dtype: (lambda m: lambda n: m.generate(x, **gen_kwargs("greedy", n)))(m) for dtype, m in models.items()}
-    before = read_bandwidth_gbs()
-    r = interleave(runners, 1, args.new, rounds)
-    ceiling = max(before, read_bandwidth_gbs())
+    before = probe()
+    r = interleave(runners, 1, args.new, rounds, probe=probe)
+    ceiling = max(before, probe())
     print(f"\nours side by side, batch 1 greedy, {rounds} interleaved rounds (median), read ceiling {ceiling:.1f} GB/s:")
-    print(f"{'dtype':<10}{'tok/s':>8}{'GB/s':>7}{'of ceiling':>12}")
+    print(f"{'dtype':<10}{'tok/s':>8}{'GB/s':>7}{'of ceiling':>12}{'per round':>11}{'+KV':>6}")
     speed = {}
     for dtype, m in models.items():
         speed[dtype] = r[dtype]["decode_tok_s"]
-        gbs = weight_bytes(m, streamed) * speed[dtype] / 1e9
-        print(f"{dtype:<10}{speed[dtype]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}")
+        nbytes = weight_bytes(m, streamed)
+        kv = kv_bytes_per_step(m.config, 1, args.prompt, args.new, m.transformer.ln_f.weight.element_size())
+        gbs = nbytes * speed[dtype] / 1e9
+        print(f"{dtype:<10}{speed[dtype]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}"
+              f"{round_share(r[dtype]['rounds'], nbytes):>11.0%}{round_share(r[dtype]['rounds'], nbytes + kv):>6.0%}")
     pairs = [(a, b) for a, b in (("bfloat16", "float32"), ("int8", "float32"), ("int4", "int8")) if a in speed and b in speed]
     if pairs:
         print("ratios: " + ", ".join(f"{a} / {b} {speed[a] / speed[b]:.2f}x" for a, b in pairs))
@@ -356,7 +387,8 @@ def main() -> None:
 
     import transformers
 
-    bw = read_bandwidth_gbs()
+    probe = ReadProbe()
+    bw = probe()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     from codegen.native import kernels
 
@@ -371,7 +403,7 @@ def main() -> None:
     streamed = sum(p.numel() for n, p in ours32.named_parameters() if n != "transformer.wte.weight")
 
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
-          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling GB/s':>17}{'+KV':>6}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
+          f"{'GB/s ours':>11}{'hf':>7}{'of ceiling GB/s':>17}{'+KV':>6}{'per round':>11}{'+KV':>6}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
     # CTranslate2 int8: the quantized rows' and every 2048-token prefill's comparison (built while fp32)
     wants_int8 = args.prefill_2048 or any(d in ("int8", "int4") for d in args.dtype)
     ct2_int8 = ct2_generator(ours32, "int8", args.threads) if wants_int8 and not args.no_ct2 else None
@@ -391,20 +423,21 @@ def main() -> None:
         nbytes = weight_bytes(ours, streamed)
         for batch in args.batch:
             for mode in args.mode:
-                before = read_bandwidth_gbs()  # the host's bandwidth drifts over minutes: the case's own ceiling
-                r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats, args.hf_compile)
-                ceiling = max(before, read_bandwidth_gbs())
+                before = probe()  # the host's bandwidth drifts over minutes: the case's own ceiling
+                r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats, args.hf_compile, probe)
+                ceiling = max(before, probe())
                 o, h = r["ours"], r["transformers"]
                 gbs_o, gbs_h = nbytes * o["steps_s"] / 1e9, nbytes * h["steps_s"] / 1e9
                 kv = kv_bytes_per_step(ours.config, batch, args.prompt, args.new, ours.transformer.ln_f.weight.element_size())
                 mbu = (nbytes + kv) * o["steps_s"] / 1e9 / ceiling
+                rounds = f"{round_share(o['rounds'], nbytes):>11.0%}{round_share(o['rounds'], nbytes + kv):>6.0%}"
                 c = r.get("ctranslate2")
                 ct2_cols = f"{c['decode_tok_s']:>11.1f}{o['decode_tok_s'] / c['decode_tok_s']:>9.2f}x" if c else f"{'-':>11}{'-':>10}"
                 hc = r.get("compiled")
                 hc_cols = f"{hc['decode_tok_s']:>12.1f}{o['decode_tok_s'] / hc['decode_tok_s']:>9.2f}x" if hc else f"{'-':>12}{'-':>10}"
                 print(f"{dtype:<10}{batch:>6}{mode:>8}{o['prefill_ms']:>12.0f} / {h['prefill_ms']:<7.0f}"
                       f"{o['decode_tok_s']:>19.1f}{h['decode_tok_s']:>8.1f}{o['decode_tok_s'] / h['decode_tok_s']:>6.2f}x"
-                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / ceiling:>12.0%} {ceiling:>4.0f}{mbu:>6.0%}{ct2_cols}{hc_cols}")
+                      f"{gbs_o:>11.1f}{gbs_h:>7.1f}{gbs_o / ceiling:>12.0%} {ceiling:>4.0f}{mbu:>6.0%}{rounds}{ct2_cols}{hc_cols}")
         if args.prefill_2048:  # against transformers in this dtype (fp32 for int8/int4) and CTranslate2 int8
             length = min(2048, ours.config.n_positions) - 1
             p = prefill_case(ours, hf, ct2_int8, length, max(1, args.repeats - 1))
@@ -419,7 +452,7 @@ def main() -> None:
     if ct2_int8 is not None:
         ct2_int8.close()
     if len(args.dtype) > 1 and 1 in args.batch and "greedy" in args.mode:
-        modes_section(ours32, streamed, args)
+        modes_section(ours32, streamed, args, probe)
     if args.rss:
         rss_section(ours32, args)
 

@@ -49,3 +49,32 @@ def test_weight_bytes_are_what_a_step_streams():
         # per layer qkv (3E rows of E), out (E of E), fc_in (I of E), fc_out (E of I); lm_head (V of E)
         rows = cfg.n_layer * ((3 * E + E + I) * per_row(E) + E * per_row(I)) + V * per_row(E)
         assert bench.weight_bytes(q, streamed) == rows
+
+
+def test_per_round_ceilings_are_the_probes_beside_each_timing():
+    """interleave(probe=...) probes before every runner's timings and once at the end; each round of a
+    runner gets the higher of the readings just before and just after it, and round_share is the
+    median of bytes * steps/s / that ceiling."""
+    import itertools
+    import time
+
+    bench = _bench()
+    readings = itertools.count(10.0, 10.0)  # 10, 20, 30, ... GB/s: the order of the probes is visible
+    calls = []
+
+    def probe(reps):
+        calls.append(reps)
+        return next(readings)
+
+    runners = {"a": lambda n: time.sleep(0.002 * n), "b": lambda n: time.sleep(0.004 * n)}
+    out = bench.interleave(runners, batch=1, new=9, repeats=3, probe=probe)
+    assert len(calls) == 3 * 2 + 1
+    # probes: a0 10, b0 20, a1 30, b1 40, a2 50, b2 60, end 70: a's rounds are after 10/30/50, before 20/40/60
+    assert [c for _, c in out["a"]["rounds"]] == [20.0, 40.0, 60.0]
+    assert [c for _, c in out["b"]["rounds"]] == [30.0, 50.0, 70.0]
+    for name, per_step in (("a", 0.002), ("b", 0.004)):
+        for steps, _ in out[name]["rounds"]:
+            assert 0.5 / per_step < steps < 1.05 / per_step, (name, steps)  # (new - 1) steps of per_step seconds
+    rounds = [(100.0, 20.0), (100.0, 40.0), (100.0, 80.0)]
+    assert bench.round_share(rounds, 4e8) == 4e8 * 100 / 1e9 / 40.0
+    assert "rounds" not in bench.interleave(runners, batch=1, new=3, repeats=1)["a"]
