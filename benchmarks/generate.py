@@ -234,11 +234,11 @@ def interleave(runners: dict, batch: int, new: int, repeats: int, warm_twice=fro
             for name, run in runners.items():
                 if probe is not None:
                     at[name].append(len(ceilings))
-                    ceilings.append(probe(3))
+                    ceilings.append(probe())
                 pre[name].append(timed(lambda: run(1)))
                 full[name].append(timed(lambda: run(new)))
         if probe is not None:
-            ceilings.append(probe(3))
+            ceilings.append(probe())
     out = {}
     for name in runners:
         p, f = statistics.median(pre[name]), statistics.median(full[name])

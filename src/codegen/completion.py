@@ -18,7 +18,8 @@ import torch
 from . import fim
 from .engine.params import CompletionOptions, SamplingParams
 from .engine.prefix import PrefixCache
-from .engine.scheduler import ErrorEvent, Request, Scheduler, TokenEvent
+from .engine.request import ErrorEvent, Request, TokenEvent
+from .engine.scheduler import Scheduler
 
 CompletionDelta = TokenEvent  # what stream_complete yields
 

@@ -62,7 +62,7 @@ def test_per_round_ceilings_are_the_probes_beside_each_timing():
     readings = itertools.count(10.0, 10.0)  # 10, 20, 30, ... GB/s: the order of the probes is visible
     calls = []
 
-    def probe(reps):
+    def probe(reps=7):
         calls.append(reps)
         return next(readings)
 

@@ -25,7 +25,7 @@ from codegen.engine.batcher import ContinuousBatcher
 from codegen.engine.cache import KVCache
 from codegen.engine.params import SamplingParams
 from codegen.engine.prefix import PrefixCache
-from codegen.engine.scheduler import Request, TokenEvent
+from codegen.engine.request import Request, TokenEvent
 from codegen.parallel.group import init, shutdown
 from codegen.parallel.load import load_rank
 from codegen.parallel.run import run_ranks

@@ -16,11 +16,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..completion import token_events
 from ..engine.cache import KVCache
 from ..engine.params import CompletionOptions, SamplingParams, sample_seed
 from ..engine.prefix import common_length
-from ..completion import token_events
-from ..engine.scheduler import Request, Scheduler, TokenEvent
+from ..engine.request import Request, TokenEvent
+from ..engine.scheduler import Scheduler
 from ..paradigm import TRUNCATE, TURN_TOKENS, Conversation, Turn
 
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int, "repetition_penalty": float,

@@ -7,7 +7,8 @@ It never imports the model: it drives whatever `CodeGenForCausalLM`-shaped netwo
 from .cache import KVCache
 from .params import CompletionOptions, SamplingParams
 from .prefix import Prefix, PrefixCache
-from .scheduler import ErrorEvent, PromptLogprobs, Request, Scheduler, TokenEvent
+from .request import ErrorEvent, PromptLogprobs, Request, TokenEvent
+from .scheduler import Scheduler
 
 __all__ = ["CompletionOptions", "ErrorEvent", "KVCache", "Prefix", "PrefixCache", "PromptLogprobs", "Request",
            "SamplingParams", "Scheduler", "TokenEvent"]

@@ -14,7 +14,8 @@ import threading
 from collections.abc import Callable
 
 from .prefix import PrefixCache
-from .scheduler import ErrorEvent, PromptLogprobs, Request, Scheduler, TokenEvent
+from .request import ErrorEvent, PromptLogprobs, Request, TokenEvent
+from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from .params import SamplingParams
-from .scheduler import ErrorEvent, Request, Scheduler
+from .request import ErrorEvent, Request
+from .scheduler import Scheduler
 
 
 def generate(

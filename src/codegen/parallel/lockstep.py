@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from ..engine.prefix import PrefixCache
-from ..engine.scheduler import ErrorEvent, Request, Scheduler, TokenEvent
+from ..engine.request import ErrorEvent, Request, TokenEvent
+from ..engine.scheduler import Scheduler
 from . import RankError
 from .group import Layout
 

@@ -24,14 +24,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.batcher import ContinuousBatcher
-from ..fim import FimTokens, fim_prompt, fim_tokens
 from ..engine.params import SamplingParams
-from ..engine.scheduler import ErrorEvent, PromptLogprobs, TokenEvent
+from ..engine.request import ErrorEvent, PromptLogprobs, TokenEvent
+from ..fim import FimTokens, fim_prompt, fim_tokens
 from .chat import add_chat_routes
 from .flow import failure, next_event, submit, usage
 from .guard import Guard
-from .web import add_web_routes
 from .schemas import APIError, CompletionRequest
+from .web import add_web_routes
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.batcher import ContinuousBatcher
 from ..engine.params import SamplingParams
-from ..engine.scheduler import PromptLogprobs
+from ..engine.request import PromptLogprobs
 from ..paradigm import HEADER, TRUNCATE, TURN_TOKENS, Conversation, Turn, comment
 from .flow import failure, next_event, submit, usage
 from .schemas import APIError, SamplingRequest

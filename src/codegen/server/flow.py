@@ -10,7 +10,8 @@ from fastapi import Request
 
 from ..engine.batcher import ContinuousBatcher, QueueFull
 from ..engine.params import SamplingParams
-from ..engine.scheduler import ErrorEvent, Request as EngineRequest
+from ..engine.request import ErrorEvent
+from ..engine.request import Request as EngineRequest
 from .schemas import APIError
 
 
