@@ -75,6 +75,21 @@ def kv_bytes_per_step(config, batch: int, prompt: int, new: int, element_size: i
     return 2 * config.n_layer * config.n_embd * positions * element_size * batch
 
 
+QUANTIZED = ("int8", "int4", "int8-bf16", "int4-bf16")  # "-bf16": bf16 activations and KV cache
+
+
+def quantized_copy(ours32, dtype: str):
+    """A copy of our fp32 model weight-only quantized as `dtype` names (one of QUANTIZED)."""
+    import copy
+
+    from codegen.quant import QuantSpec
+    from codegen.quant.convert import quantize_model
+
+    bits, _, act = dtype.partition("-")
+    q = quantize_model(copy.deepcopy(ours32), QuantSpec.parse(bits))
+    return q.to(torch.bfloat16) if act == "bf16" else q
+
+
 def weight_bytes(model, streamed: int) -> int:
     """Weight bytes a batch-1 decode step streams: `streamed` parameters (all but the token embedding)
     in the model's dtype, or a quantized model's packed weights and their scales."""
@@ -282,7 +297,8 @@ RSS_CHILD = r"""
 import json, sys, torch
 lib, path, dtype, batch, prompt, new, threads = sys.argv[1:8]
 torch.set_num_threads(int(threads))
-dtype = getattr(torch, dtype) if dtype in ("float32", "bfloat16") else torch.float32  # int8 / int4: a quantized checkpoint
+# int8 / int4: a quantized checkpoint loaded with fp32 activations, int8-bf16 / int4-bf16 with bf16 ones
+dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype, torch.bfloat16 if dtype.endswith("-bf16") else torch.float32)
 if lib == "ours":
     import codegen
     m = codegen.CodeGenForCausalLM.from_pretrained(path, torch_dtype=dtype)
@@ -307,9 +323,9 @@ def rss_section(ours, args) -> None:
 
     for dtype in args.dtype:
         paths = {"ours": path, "transformers": path}
-        if dtype in ("int8", "int4"):  # ours loads a `codegen quantize` checkpoint of the same weights
+        if dtype in QUANTIZED:  # ours loads a `codegen quantize` checkpoint of the same weights
             paths["ours"] = scratch_dir(f"rss-{dtype}")
-            quantize_checkpoint(path, paths["ours"], QuantSpec.parse(dtype), progress=False)
+            quantize_checkpoint(path, paths["ours"], QuantSpec.parse(dtype.partition("-")[0]), progress=False)
         for batch in args.batch:
             peaks = {}
             for lib in ("ours", "transformers"):
@@ -328,13 +344,10 @@ def modes_section(ours32, streamed: int, args, probe) -> None:
     (the "per round" shares of weights and of weights + KV)."""
     import copy
 
-    from codegen.quant import QuantSpec
-    from codegen.quant.convert import quantize_model
-
     models = {}
     for dtype in args.dtype:
-        if dtype in ("int8", "int4"):
-            models[dtype] = quantize_model(copy.deepcopy(ours32), QuantSpec.parse(dtype))
+        if dtype in QUANTIZED:
+            models[dtype] = quantized_copy(ours32, dtype)
         else:
             models[dtype] = copy.deepcopy(ours32).to(getattr(torch, dtype))
     x = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(1))
@@ -353,7 +366,8 @@ def modes_section(ours32, streamed: int, args, probe) -> None:
         gbs = nbytes * speed[dtype] / 1e9
         print(f"{dtype:<10}{speed[dtype]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}"
               f"{round_share(r[dtype]['rounds'], nbytes):>11.0%}{round_share(r[dtype]['rounds'], nbytes + kv):>6.0%}")
-    pairs = [(a, b) for a, b in (("bfloat16", "float32"), ("int8", "float32"), ("int4", "int8")) if a in speed and b in speed]
+    pairs = [(a, b) for a, b in (("bfloat16", "float32"), ("int8", "float32"), ("int4", "int8"), ("int8-bf16", "int8"),
+                                 ("int4-bf16", "int4")) if a in speed and b in speed]
     if pairs:
         print("ratios: " + ", ".join(f"{a} / {b} {speed[a] / speed[b]:.2f}x" for a, b in pairs))
 
@@ -365,8 +379,9 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "int8", "int4"],
-                    choices=["float32", "bfloat16", "int8", "int4"],
-                    help="int8 / int4: ours weight-only quantized (int8 activations) beside transformers fp32 and CTranslate2 int8")
+                    choices=["float32", "bfloat16", *QUANTIZED],
+                    help="int8 / int4: ours weight-only quantized (fp32 activations, quantized to int8 per product; "
+                         "int8-bf16 / int4-bf16: bf16 activations and KV cache) beside transformers fp32 and CTranslate2 int8")
     ap.add_argument("--mode", nargs="+", default=["greedy", "sample"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -405,18 +420,13 @@ def main() -> None:
     print(f"\n{'dtype':<10}{'batch':>6}{'mode':>8}{'prefill ms ours/hf':>22}{'decode tok/s ours':>19}{'hf':>8}{'ratio':>7}"
           f"{'GB/s ours':>11}{'hf':>7}{'of ceiling GB/s':>17}{'+KV':>6}{'per round':>11}{'+KV':>6}{'ct2 tok/s':>11}{'ours/ct2':>10}{'hf-compile':>12}{'ours/hfc':>10}")
     # CTranslate2 int8: the quantized rows' and every 2048-token prefill's comparison (built while fp32)
-    wants_int8 = args.prefill_2048 or any(d in ("int8", "int4") for d in args.dtype)
+    wants_int8 = args.prefill_2048 or any(d in QUANTIZED for d in args.dtype)
     ct2_int8 = ct2_generator(ours32, "int8", args.threads) if wants_int8 and not args.no_ct2 else None
     for dtype in args.dtype:
-        quantized = dtype in ("int8", "int4")
-        if quantized:  # ours weight-only quantized (int8 activations) against transformers fp32 and CTranslate2 int8
-            import copy
-
-            from codegen.quant import QuantSpec
-            from codegen.quant.convert import quantize_model
-
+        quantized = dtype in QUANTIZED
+        if quantized:  # ours weight-only quantized against transformers fp32 and CTranslate2 int8
             ct2 = ct2_int8
-            ours, hf = quantize_model(copy.deepcopy(ours32), QuantSpec.parse(dtype)), hf32
+            ours, hf = quantized_copy(ours32, dtype), hf32
         else:
             ct2 = ct2_generator(ours32, dtype, args.threads) if not args.no_ct2 else None
             ours, hf = ours32.to(getattr(torch, dtype)), hf32.to(getattr(torch, dtype))

@@ -292,7 +292,7 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
         raise CheckpointError(f"{directory}: could not assign {result.missing_keys or result.unexpected_keys}")
     if tied:
         model.lm_head.weight = model.transformer.wte.weight
-    _rows_from_files(model, mapped_from)
+    _rows_from_files(model, mapped_from, dtype)
     model.eval()
     release_free_memory()  # what reading and relaying freed, before the model runs
     if hasattr(model, "tokenizer_size"):  # what generate may produce: ids the tokenizer can decode
@@ -306,14 +306,17 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     return model
 
 
-def _rows_from_files(model, mapped_from: dict[str, tuple[str, str]]) -> None:
-    """A quantized token embedding kept as stored in a safetensors file looks its rows up with reads of
-    the file (safetensors_io.StoredRows), so that its table is not made resident through the map."""
+def _rows_from_files(model, mapped_from: dict[str, tuple[str, str]], dtype: torch.dtype | None) -> None:
+    """A quantized token embedding returns its rows in the float weights' `dtype` (the activations'),
+    and, kept as stored in a safetensors file, looks them up with reads of the file
+    (safetensors_io.StoredRows), so that its table is not made resident through the map."""
     from .quant import QuantEmbedding
 
     for name, module in model.named_modules():
-        if isinstance(module, QuantEmbedding) and name + ".weight" in mapped_from:
-            module.read_rows_with(StoredRows(*mapped_from[name + ".weight"]))
+        if isinstance(module, QuantEmbedding):
+            module.dtype = dtype if dtype is not None else torch.float32
+            if name + ".weight" in mapped_from:
+                module.read_rows_with(StoredRows(*mapped_from[name + ".weight"]))
 
 
 def _quantized_key(model, key: str) -> bool:

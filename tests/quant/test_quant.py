@@ -337,17 +337,53 @@ def test_a_library_with_other_decode_args_disables_the_native_step(monkeypatch, 
     assert "DecodeArgs" in caplog.text and "differ" in caplog.text
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64)], ids=lambda s: s.name)
-def test_fused_quantized_step_equals_the_module_path(tier, spec):
+def test_fused_quantized_step_equals_the_module_path(tier, spec, dtype):
     import copy
 
     from codegen.engine.backend import Backend
 
-    q = quantize_model(copy.deepcopy(sharp_lm(6)), spec)
+    q = quantize_model(copy.deepcopy(sharp_lm(6)), spec).to(dtype)
     assert Backend.for_model(q)._fused is not None  # the whole one-row step in one native call
     ids = torch.randint(0, 51200, (1, 10))
     kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
     _module_path_gives(q, ids, kwargs, q.generate(ids, **kwargs))
+
+
+def test_a_cast_quantized_model_keeps_fp32_scales_and_takes_the_activations_dtype(tmp_path):
+    """`.to(torch.bfloat16)` on a quantized model casts its activations (layer norms, the embedding's
+    output, so the KV cache) and keeps every scale and bias fp32; loading a quantized checkpoint with
+    torch_dtype=bfloat16 gives the same model, and saving it writes the fp32 scales unchanged."""
+    import copy
+
+    from codegen.engine.cache import KVCache
+
+    q = quantize_model(copy.deepcopy(sharp_lm(6)), QuantSpec(4, 32))
+    scales = {n: b.clone() for n, b in q.named_buffers() if n.endswith(("weight_scale", ".bias"))}
+    b = copy.deepcopy(q).to(torch.bfloat16)
+    assert b.transformer.ln_f.weight.dtype == torch.bfloat16 and b.transformer.wte.dtype == torch.bfloat16
+    for n, t in b.named_buffers():
+        if n in scales:
+            assert t.dtype == torch.float32 and torch.equal(t, scales[n]), n
+    ids = torch.randint(0, 51200, (1, 6))
+    with torch.no_grad():
+        assert b.transformer.wte(ids).dtype == torch.bfloat16
+        assert KVCache.for_model(b, 1, 8).key.dtype == torch.bfloat16
+        out = b(ids, use_cache=True)
+    assert out.past_key_values[0][0].dtype == torch.bfloat16
+    assert b.float().transformer.wte.dtype == torch.float32
+    b.to(torch.bfloat16)
+    b.save_pretrained(str(tmp_path / "q"))
+    loaded = codegen.CodeGenForCausalLM.from_pretrained(str(tmp_path / "q"), torch_dtype="bfloat16")
+    assert loaded.transformer.wte.dtype == torch.bfloat16
+    for n, t in loaded.named_buffers():
+        if n in scales:
+            assert t.dtype == torch.float32 and torch.equal(t, scales[n]), n
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, b(ids).logits)
+    fp32 = codegen.CodeGenForCausalLM.from_pretrained(str(tmp_path / "q"), torch_dtype="float32")
+    assert fp32.transformer.wte.dtype == torch.float32
 
 
 def _module_path_gives(model, ids, kwargs, fused):
@@ -362,17 +398,19 @@ def _module_path_gives(model, ids, kwargs, fused):
         hook.remove()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64)], ids=lambda s: s.name)
-def test_fused_quantized_step_on_odd_shapes_equals_the_module_path(tier, spec):
+def test_fused_quantized_step_on_odd_shapes_equals_the_module_path(tier, spec, dtype):
     """Odd n_inner and vocabulary (the step takes rows in blocks: a last, partial block of each) and
     n_embd % 32 != 0 (partial vectors and groups): the fused step's logits and cache are the module
-    path's up to fp32 summation order (both quantize the same activations and sum in int32)."""
+    path's up to fp32 summation order (both quantize the same activations and sum in int32); with
+    bf16 activations (and KV cache) every value is rounded to bf16 where torch rounds it."""
     from codegen.engine.cache import KVCache
     from codegen.native.fused import FusedDecoder
 
     torch.manual_seed(3)
     cfg = codegen.CodeGenConfig(vocab_size=301, n_embd=40, n_inner=97, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
-    q = quantize_model(codegen.CodeGenForCausalLM(cfg).eval(), spec)
+    q = quantize_model(codegen.CodeGenForCausalLM(cfg).eval(), spec).to(dtype)
     fused = FusedDecoder.create(q, linear_types=(torch.nn.Linear, QuantLinear))
     assert fused is not None
     ids = torch.randint(0, 301, (1, 5))
@@ -383,9 +421,18 @@ def test_fused_quantized_step_on_odd_shapes_equals_the_module_path(tier, spec):
         for step, tok in enumerate([7, 300, 0, 151, 42, 9]):
             ref = q(input_ids=torch.tensor([[tok]]), past_key_values=caches[0]).logits[:, -1]
             got = fused(tok, 5 + step, caches[1])
-            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(caches[1].key, caches[0].key, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(caches[1].value, caches[0].value, rtol=1e-5, atol=1e-5)
+            if dtype == torch.float32:
+                torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+            else:  # a summation-order difference can move a value across a bf16 rounding boundary, or an
+                # activation across a step of its int8 row: a few bf16 ulps of the largest logit
+                assert (got - ref).abs().max() <= 8 * 2 ** -8 * ref.abs().max(), step
+    assert caches[1].key.dtype == caches[0].key.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(caches[1].key, caches[0].key, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(caches[1].value, caches[0].value, rtol=1e-5, atol=1e-5)
+    else:
+        for a, b in ((caches[1].key, caches[0].key), (caches[1].value, caches[0].value)):
+            assert (a.float() - b.float()).abs().max() <= 8 * 2 ** -8 * b.float().abs().max()
 
 
 def test_int4_product_refuses_groups_that_are_not_powers_of_two(tier):

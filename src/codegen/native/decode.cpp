@@ -35,8 +35,8 @@ inline float dot(const float* w, const float* x, int64_t K) { return dot_f32(w, 
 inline float dot(const uint16_t* w, const uint16_t* x, int64_t K) { return dot_bf16(w, x, K); }
 
 // A weight matrix of the step: dense T rows, or int8 (one scale per row) or 4-bit (one scale per group
-// of G) rows; quantized formats take fp32 activations (T = float), quantized to int8 once per product
-// input (qdot.h).
+// of G) rows, whose fp32 scales and biases go with activations of either T: each product input is
+// quantized to int8 once (qdot.h), from fp32 (bf16 widened first), and each output rounded to T.
 struct Lin {
     const void* w;
     const float* s;
@@ -91,6 +91,12 @@ struct QBuf {
         uint8_t* un = fmt == 8 && UNSIGNED_ACTS ? u : nullptr;
         row = QRow{q, bias, quantize_act(x, K, fmt, q, bias, un), un};
     }
+    // bf16 activations: widened into `stage` (K floats; exact) first
+    void set(const uint16_t* x, int64_t K, int fmt, float* stage) {
+        for (int64_t i = 0; i < K; ++i) stage[i] = bf16_to_f32(x[i]);
+        set(stage, K, fmt);
+    }
+    void set(const float* x, int64_t K, int fmt, float*) { set(x, K, fmt); }
 };
 
 // LayerNorm of fp32 x into T out; mean and variance summed in double.
@@ -129,9 +135,9 @@ struct DecodeArgs {
     int64_t n_layer, embd, heads, head_dim, inner, vocab;
     int64_t shards;          // qkv_proj's output is that many shards of [q | v | k] (4; 8 for CodeGen2-1B/3.7B)
     int64_t qformat, group;  // 0 dense, 8 int8, 4 int4 (groups of `group`) for every Linear, lm_head included
-    int64_t bf16;            // the storage type T: 1 bf16, 0 fp32 (quantized: fp32 activations only)
+    int64_t bf16;            // the activations' (and the KV cache's) type T: 1 bf16, 0 fp32
     int64_t capacity, length, start, threads;  // this step: the cache's size and fill, padding before start
-    int64_t embed_int8;                        // 1: `embed` is an int8 row, times embed_scale (fp32 activations)
+    int64_t embed_int8;                        // 1: `embed` is an int8 row, times embed_scale (then rounded to T)
     float eps, embed_scale;
     const void* const* layers;  // PER_LAYER pointers per layer (below)
     const void* embed;          // the token's embedding row: embd values of T, or of int8 (embed_int8)
@@ -163,7 +169,8 @@ struct DecodeArgs {
     X(n_banned) X(n_stop) X(ban_stop) X(embed_fd) X(embed_offset) X(embed_table) X(embed_scales) X(banned) X(stop)     \
     X(interrupt) X(tokens) X(picked)
 // Per layer: ln_1 weight and bias, qkv_proj, out_proj, fc_in weight and bias, fc_out weight and bias,
-// then the four products' scales (*_S, null when dense).
+// then the four products' scales (*_S, null when dense). Biases are T, or fp32 when quantized (as
+// lm_head's head_b).
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, QKV_S, OUT_S, FC_IN_S, FC_OUT_S, PER_LAYER };
 
 // Blocks of qr rows that cover n rows (the quantized products take Q8_ROWS or Q4_ROWS at a time).
@@ -204,12 +211,12 @@ inline bool is_stop(const DecodeArgs& A, int64_t token) {
     return false;
 }
 
-// An embedding row into h (E floats): E values of T, or (int8) E int8 values times the row's scale, as
-// QuantEmbedding gives them.
+// An embedding row into h (E floats): E values of T, or (int8) E int8 values times the row's scale
+// rounded to T, as QuantEmbedding gives them.
 template <typename T>
 void embed_row(const DecodeArgs& A, const void* row, float scale, float* h) {
     if (A.embed_int8)
-        for (int64_t i = 0; i < A.embd; ++i) h[i] = (float)((const int8_t*)row)[i] * scale;
+        for (int64_t i = 0; i < A.embd; ++i) h[i] = rnd<T>((float)((const int8_t*)row)[i] * scale);
     else
         for (int64_t i = 0; i < A.embd; ++i) h[i] = get((const T*)row + i);
 }
@@ -234,7 +241,7 @@ bool embed_pick(const DecodeArgs& A, int64_t token, float* h, void* buf) {
 template <typename T>
 int decode_step(DecodeArgs& A) {
     const int fmt = (int)A.qformat;
-    const bool quant = sizeof(T) == 4 && fmt != 0;
+    const bool quant = fmt != 0;
     const int QR = fmt == 8 ? Q8_ROWS : Q4_ROWS;
     const int64_t G = A.group;
     const int64_t E = A.embd, H = A.heads, D = A.head_dim, I = A.inner, cap = A.capacity;
@@ -246,7 +253,10 @@ int decode_step(DecodeArgs& A) {
     const int chunk_e = chunk(row_bytes(E), quant ? QR : 1), chunk_i = chunk(row_bytes(I), quant ? QR : 1);
     const int64_t L = E / A.shards, per_shard = H / A.shards, V = A.vocab;
     const void* const* layers = A.layers;
-    const T *lnf_w = (const T*)A.lnf_w, *lnf_b = (const T*)A.lnf_b, *head_b = (const T*)A.head_b;
+    const T *lnf_w = (const T*)A.lnf_w, *lnf_b = (const T*)A.lnf_b;
+    // a bias value: T, or fp32 for a quantized product
+    auto bias = [quant](const void* b, int64_t n) -> float { return quant ? ((const float*)b)[n] : get((const T*)b + n); };
+    const void* head_b = A.head_b;
     const void* head_w = A.head_w;
     const float* head_s = A.head_s;
     const float *sin = A.sin, *cos = A.cos;  // this pass's position
@@ -265,6 +275,7 @@ int decode_step(DecodeArgs& A) {
     int8_t* bytes = (int8_t*)(lanes + 2 * act_lanes(E) + act_lanes(I));
     const int64_t nb = 2 * act_bytes(E) + act_bytes(I);  // the unsigned copies after the signed bytes
     void* row_buf = (uint8_t*)bytes + 2 * nb + 64;              // a picked token's embedding row read from the file
+    float* stage = (float*)((uint8_t*)row_buf + E * sizeof(float) + 64);  // max(E, I): bf16 inputs widened to quantize
     QBuf xa{{}, bytes, lanes, (uint8_t*)bytes + nb};
     QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
     QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
@@ -286,12 +297,12 @@ int decode_step(DecodeArgs& A) {
                 const void* const* w = layers + l * PER_LAYER;
                 const Lin wqkv{w[QKV], (const float*)w[QKV_S]}, wout{w[OUT], (const float*)w[OUT_S]};
                 const Lin win{w[FC_IN], (const float*)w[FC_IN_S]}, wfo{w[FC_OUT], (const float*)w[FC_OUT_S]};
-                const T *bin = (const T*)w[FC_IN_B], *bfo = (const T*)w[FC_OUT_B];
+                const void *bin = w[FC_IN_B], *bfo = w[FC_OUT_B];
 #pragma omp single
                 {
                     if (l > 0) residual();
                     layer_norm(h, (const T*)w[LN_W], (const T*)w[LN_B], a, E, eps);
-                    if (quant) xa.set((const float*)a, E, fmt);
+                    if (quant) xa.set(a, E, fmt, stage);
                 }
                 if (quant) {
 #pragma omp for schedule(dynamic, chunk_e)
@@ -302,14 +313,14 @@ int decode_step(DecodeArgs& A) {
                         const int rows = (int)(N - n0 < QR ? N - n0 : QR);
                         qrows(fmt, G, first ? wqkv : win, n0, rows, E, xa.row, o);
                         for (int r = 0; r < rows; ++r)
-                            if (first) qkv[n0 + r] = o[r];
-                            else pre[n0 + r] = o[r] + get(bin + n0 + r);
+                            if (first) qkv[n0 + r] = rnd<T>(o[r]);
+                            else pre[n0 + r] = rnd<T>(o[r] + bias(bin, n0 + r));
                     }
                 } else {
 #pragma omp for schedule(dynamic, chunk_e)
                     for (int64_t n = 0; n < 3 * E + I; ++n) {
                         if (n < 3 * E) qkv[n] = rnd<T>(dot((const T*)wqkv.w + n * E, a, E));
-                        else pre[n - 3 * E] = rnd<T>(dot((const T*)win.w + (n - 3 * E) * E, a, E) + get(bin + n - 3 * E));
+                        else pre[n - 3 * E] = rnd<T>(dot((const T*)win.w + (n - 3 * E) * E, a, E) + bias(bin, n - 3 * E));
                     }
                 }
 #pragma omp for schedule(static) nowait
@@ -323,8 +334,8 @@ int decode_step(DecodeArgs& A) {
                 if (quant) {
 #pragma omp single
                     {
-                        xo.set((const float*)attn, E, fmt);
-                        xi.set((const float*)inner, I, fmt);
+                        xo.set(attn, E, fmt, stage);
+                        xi.set(inner, I, fmt, stage);
                     }
 #pragma omp for schedule(dynamic, chunk_i)
                     for (int64_t blk = 0; blk < 2 * blocks(QR, E); ++blk) {
@@ -334,13 +345,13 @@ int decode_step(DecodeArgs& A) {
                         const int rows = (int)(E - n0 < QR ? E - n0 : QR);
                         qrows(fmt, G, fc ? wfo : wout, n0, rows, fc ? I : E, fc ? xi.row : xo.row, o);
                         for (int r = 0; r < rows; ++r)
-                            if (fc) out_f[n0 + r] = o[r] + get(bfo + n0 + r);
-                            else out_o[n0 + r] = o[r];
+                            if (fc) out_f[n0 + r] = rnd<T>(o[r] + bias(bfo, n0 + r));
+                            else out_o[n0 + r] = rnd<T>(o[r]);
                     }
                 } else {
 #pragma omp for schedule(dynamic, chunk_i)
                     for (int64_t n = 0; n < 2 * E; ++n) {
-                        if (n < E) out_f[n] = rnd<T>(dot((const T*)wfo.w + n * I, inner, I) + get(bfo + n));
+                        if (n < E) out_f[n] = rnd<T>(dot((const T*)wfo.w + n * I, inner, I) + bias(bfo, n));
                         else out_o[n - E] = rnd<T>(dot((const T*)wout.w + (n - E) * E, attn, E));
                     }
                 }
@@ -349,7 +360,7 @@ int decode_step(DecodeArgs& A) {
             {
                 if (A.n_layer > 0) residual();
                 layer_norm(h, lnf_w, lnf_b, a, E, eps);
-                if (quant) xa.set((const float*)a, E, fmt);
+                if (quant) xa.set(a, E, fmt, stage);
             }
             if (quant) {
 #pragma omp for schedule(dynamic, chunk_e)
@@ -358,12 +369,12 @@ int decode_step(DecodeArgs& A) {
                     const int64_t n0 = QR * blk;
                     const int rows = (int)(V - n0 < QR ? V - n0 : QR);
                     qrows(fmt, G, Lin{head_w, head_s}, n0, rows, E, xa.row, o);
-                    for (int r = 0; r < rows; ++r) logits[n0 + r] = o[r] + (head_b ? get(head_b + n0 + r) : 0.0f);
+                    for (int r = 0; r < rows; ++r) logits[n0 + r] = rnd<T>(o[r] + (head_b ? bias(head_b, n0 + r) : 0.0f));
                 }
             } else {
 #pragma omp for schedule(dynamic, chunk_e)
                 for (int64_t n = 0; n < V; ++n)
-                    logits[n] = rnd<T>(dot((const T*)head_w + n * E, a, E) + (head_b ? get(head_b + n) : 0.0f));
+                    logits[n] = rnd<T>(dot((const T*)head_w + n * E, a, E) + (head_b ? bias(head_b, n) : 0.0f));
             }
             if (A.picks == 0) break;
 #pragma omp single
@@ -387,9 +398,9 @@ int decode_step(DecodeArgs& A) {
 // Floats of scratch that codegen_decode_step needs.
 extern "C" int64_t codegen_decode_scratch(const DecodeArgs* a) {
     const int64_t E = a->embd, I = a->inner;  // + the quantized activations' lanes and bytes (decode_step)
-    // + E + 16 for a picked token's embedding row read from its file
+    // + E + 16 for a picked token's embedding row read from its file, + max(E, I) + 16 for the stage
     return 8 * E + 2 * I + a->heads * a->capacity + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 2 + 16 +
-           E + 16;
+           E + 16 + (E > I ? E : I) + 16;
 }
 
 // "name:offset,..." for every field of DecodeArgs, then "sizeof:N" (fused.py compares its mirror).
@@ -406,7 +417,7 @@ extern "C" const char* codegen_decode_layout() {
 }
 
 // Returns 0; 1 for arguments it does not take (a head_dim over MAX_HEAD_DIM, shards that do not divide
-// the heads, quantized weights or an int8 embedding row with bf16 activations, int4 groups not a power
+// the heads, int4 groups not a power
 // of two >= 32, a start past the length, picks past the cache's room, a limit outside [1, vocab], a ban
 // outside the vocabulary, picks without their table); 2 for a caller built against another DecodeArgs
 // (abi or size differ); 3 when a pick's embedding row could not be read from its file. Sets a->picked.
@@ -416,7 +427,6 @@ extern "C" int codegen_decode_step(DecodeArgs* a) {
     if (a->head_dim > MAX_HEAD_DIM || a->shards < 1 || a->embd % a->shards || a->heads % a->shards || a->start < 0 ||
         a->start > a->length)
         return 1;
-    if (a->bf16 && (a->embed_int8 || a->qformat != 0)) return 1;
     if (a->qformat != 0 && ((a->qformat != 8 && a->qformat != 4) ||
                             (a->qformat == 4 && (a->group < 32 || (a->group & (a->group - 1))))))
         return 1;

@@ -5,7 +5,7 @@ A step of the 350M model in fp32 on a 2-core Xeon spends ~50 ms streaming weight
 ~60 other ops per layer that torch dispatches one by one from Python; the native step runs them all
 in one OpenMP region. It applies to a CPU model in fp32 (or bf16 where the CPU has AVX512-BF16),
 in inference, with the gelu_new activation, and plain `Linear` modules (no LoRA adapters, no hooks) or
-weight-only quantized ones (int8 / int4, `codegen.quant`: fp32 activations, quantized to int8 per product), decoding one
+weight-only quantized ones (int8 / int4, `codegen.quant`: fp32 or bf16 activations, quantized to int8 per product), decoding one
 sequence (left padding allowed) into a KVCache. `FusedDecoder.create` returns None
 otherwise, and the caller keeps the module path; results are those of the module path up to fp32
 summation order. `FusedDecoder.greedy` also picks the next tokens (argmax, with bans: `GreedyPicks`)
@@ -144,7 +144,7 @@ class FusedDecoder:
         from ..quant import QuantEmbedding
 
         dtype = model.transformer.ln_f.weight.dtype
-        if not (isinstance(wte, QuantEmbedding) and dtype == torch.float32) and wte.weight.dtype != dtype:
+        if (wte.dtype if isinstance(wte, QuantEmbedding) else wte.weight.dtype) != dtype:
             return None
         if isinstance(wte, QuantEmbedding) and not (
                 wte.weight.dtype == torch.int8 and wte.weight.is_contiguous() and wte.weight.device.type == "cpu"
@@ -162,10 +162,10 @@ class FusedDecoder:
         if any(type(m) not in linear_types for m in linears):  # e.g. LoRA adapters
             return None
         specs = {_spec(m) for m in linears}
-        if len(specs) != 1 or (None not in specs and (dtype != torch.float32 or any(
+        if len(specs) != 1 or (None not in specs and any(
                 m.weight_scale.dtype != torch.float32 or (m.bias is not None and m.bias.dtype != torch.float32)
-                or not m.weight.is_contiguous() for m in linears))):
-            return None  # one format for all (quantized: fp32 activations, scales and biases)
+                or not m.weight.is_contiguous() for m in linears)):
+            return None  # one format for all (quantized: fp32 scales and biases)
         if any(p.device.type != "cpu" or p.dtype != dtype or not p.is_contiguous() for p in model.parameters()):
             return None
         if any(b.mlp.fc_in.bias is None or b.mlp.fc_out.bias is None or b.attn.qkv_proj.bias is not None

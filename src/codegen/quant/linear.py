@@ -13,7 +13,11 @@ row), times the quantized weight, summed in integers, scaled, plus the bias.
   by one native pass. The activations are quantized natively (threaded) where the kernels are built.
   No whole matrix is ever materialised.
 Where the native kernels are unavailable every input takes the blockwise route (dequantized blocks in
-fp32). Returned in the input's dtype."""
+fp32). Returned in the input's dtype.
+
+The scales and biases stay fp32 whatever the activations' dtype: `.to(torch.bfloat16)` on a quantized
+model (bf16 activations, and so a bf16 KV cache) moves them with the model but keeps their dtype.
+`QuantEmbedding` returns its rows in the activations' dtype, which such a cast sets."""
 
 from __future__ import annotations
 
@@ -21,6 +25,24 @@ import torch
 from torch import nn
 
 from ..native import kernels
+
+
+def _move_keeping_dtypes(module: nn.Module, fn) -> torch.dtype | None:
+    """Module._apply for a quantized module's buffers: `fn` (the conversion of `.to()`, `.cuda()`,
+    `.bfloat16()`, ...) for their device only, each keeping its dtype: a cast of the model must not
+    round the fp32 scales or biases (bf16 would shift every weight by up to 0.4 %). Returns the
+    floating dtype the conversion casts to (probed on empty tensors of two dtypes), or None."""
+    wanted = None
+    for probe in (torch.float32, torch.bfloat16):
+        cast = fn(torch.empty(0, dtype=probe)).dtype
+        if cast != probe:
+            wanted = cast
+            break
+    for name, t in module._buffers.items():
+        if t is not None:
+            moved = fn(t)
+            module._buffers[name] = moved if moved.dtype == t.dtype else t.to(device=moved.device)
+    return wanted
 from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_layout, padded, quantize_activations,
                       quantize_int4, quantize_int8, to_kernel_layout)
 
@@ -62,6 +84,10 @@ class QuantLinear(nn.Module):
         if linear.bias is not None:
             q.bias = linear.bias.detach().float().clone()
         return q
+
+    def _apply(self, fn, recurse=True):
+        _move_keeping_dtypes(self, fn)
+        return self
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.spec.name}, bias={self.bias is not None}"
@@ -181,24 +207,31 @@ class QuantLinear(nn.Module):
 
 class QuantEmbedding(nn.Module):
     """nn.Embedding with int8 rows, one fp32 scale per token (`weight`, `weight_scale`); looks rows up
-    and returns them in fp32. A quantized model's token embedding: a quarter of the fp32 table's bytes,
-    and only the rows looked up are ever read."""
+    and returns them in `dtype`, the model's activations' (fp32 unless the model was cast, or loaded,
+    to another: `.to(torch.bfloat16)` sets it and keeps the scales fp32). A quantized model's token
+    embedding: a quarter of the fp32 table's bytes, and only the rows looked up are ever read."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, device=None) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
         self._reader = None  # (reader, the weight it reads for): see read_rows_with
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding) -> QuantEmbedding:
-        q = cls(embedding.num_embeddings, embedding.embedding_dim, device="meta")
+        q = cls(embedding.num_embeddings, embedding.embedding_dim, device="meta", dtype=embedding.weight.dtype)
         q.weight, q.weight_scale = quantize_int8(embedding.weight.detach())
         return q
 
+    def _apply(self, fn, recurse=True):
+        wanted = _move_keeping_dtypes(self, fn)
+        if wanted is not None:
+            self.dtype = wanted
+        return self
+
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8, {str(self.dtype).removeprefix('torch.')}"
 
     def dequantized(self) -> torch.Tensor:
         """The table as fp32 (num_embeddings, embedding_dim) (tests)."""
@@ -219,4 +252,5 @@ class QuantEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         reader = self.reader()
         rows = reader(ids) if reader is not None and ids.device.type == "cpu" else self.weight[ids]
-        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
+        out = rows.float() * self.weight_scale[ids].unsqueeze(-1)
+        return out if self.dtype == torch.float32 else out.to(self.dtype)
