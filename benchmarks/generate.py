@@ -45,7 +45,7 @@ from scratch import remove, scratch_dir  # noqa: E402
 
 
 class ReadProbe:
-    """The read bandwidth ceiling: the best of `reps` reads of 1 GiB of fp32, by torch's sum and (when
+    """The read bandwidth ceiling: the best of REPS reads of 1 GiB of fp32, by torch's sum and (when
     built) by our native matrix-vector kernel, whose software prefetch reads faster than torch's sum on
     some machines. One probe holds its GiB, so that probing between the rounds of a case costs reads only."""
 
@@ -58,10 +58,12 @@ class ReadProbe:
         if kernels.load() and kernels.gemv(self.a[:1024].view(1, 1024), x, None) is not None:
             self.readers.append(lambda: kernels.gemv(self.a.view(-1, 1024), x, None))
 
-    def __call__(self, reps: int = 7) -> float:
+    REPS = 7  # reads per reader and probe: the best of them
+
+    def __call__(self) -> float:
         best = float("inf")
         for read in self.readers:
-            for _ in range(reps):
+            for _ in range(self.REPS):
                 t = time.perf_counter()
                 read()
                 best = min(best, time.perf_counter() - t)
@@ -236,7 +238,7 @@ def interleave(runners: dict, batch: int, new: int, repeats: int, warm_twice=fro
     With a `probe` (a ReadProbe), the read ceiling is measured between any two timings as well, and
     each runner gets `rounds`: per round (steps/s, the higher of the ceilings just before and just
     after): the host's bandwidth drifts over minutes, and a round's speed is set against the
-    bandwidth of the same seconds."""
+    bandwidth of the same seconds; and `ceiling`, the case's: the higher of the first and last readings."""
     with torch.inference_mode():
         for name, run in runners.items():
             run(2)
@@ -261,6 +263,7 @@ def interleave(runners: dict, batch: int, new: int, repeats: int, warm_twice=fro
         if probe is not None:
             out[name]["rounds"] = [((new - 1) / (fr - pr), max(ceilings[i], ceilings[i + 1]))
                                    for pr, fr, i in zip(pre[name], full[name], at[name])]
+            out[name]["ceiling"] = max(ceilings[0], ceilings[-1])
     return out
 
 
@@ -353,9 +356,8 @@ def modes_section(ours32, streamed: int, args, probe) -> None:
     x = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     rounds = max(3, args.repeats)
     runners = {dtype: (lambda m: lambda n: m.generate(x, **gen_kwargs("greedy", n)))(m) for dtype, m in models.items()}
-    before = probe()
     r = interleave(runners, 1, args.new, rounds, probe=probe)
-    ceiling = max(before, probe())
+    ceiling = r[next(iter(r))]["ceiling"]
     print(f"\nours side by side, batch 1 greedy, {rounds} interleaved rounds (median), read ceiling {ceiling:.1f} GB/s:")
     print(f"{'dtype':<10}{'tok/s':>8}{'GB/s':>7}{'of ceiling':>12}{'per round':>11}{'+KV':>6}")
     speed = {}
@@ -433,9 +435,8 @@ def main() -> None:
         nbytes = weight_bytes(ours, streamed)
         for batch in args.batch:
             for mode in args.mode:
-                before = probe()  # the host's bandwidth drifts over minutes: the case's own ceiling
                 r = run_case(ours, hf, ct2, batch, args.prompt, args.new, mode, args.repeats, args.hf_compile, probe)
-                ceiling = max(before, probe())
+                ceiling = r["ours"]["ceiling"]  # the host's bandwidth drifts over minutes: the case's own ceiling
                 o, h = r["ours"], r["transformers"]
                 gbs_o, gbs_h = nbytes * o["steps_s"] / 1e9, nbytes * h["steps_s"] / 1e9
                 kv = kv_bytes_per_step(ours.config, batch, args.prompt, args.new, ours.transformer.ln_f.weight.element_size())

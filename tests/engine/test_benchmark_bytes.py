@@ -53,8 +53,8 @@ def test_weight_bytes_are_what_a_step_streams():
 
 def test_per_round_ceilings_are_the_probes_beside_each_timing():
     """interleave(probe=...) probes before every runner's timings and once at the end; each round of a
-    runner gets the higher of the readings just before and just after it, and round_share is the
-    median of bytes * steps/s / that ceiling."""
+    runner gets the higher of the readings just before and just after it, the case the higher of the
+    first and last, and round_share is the median of bytes * steps/s / that ceiling."""
     import itertools
     import time
 
@@ -62,8 +62,8 @@ def test_per_round_ceilings_are_the_probes_beside_each_timing():
     readings = itertools.count(10.0, 10.0)  # 10, 20, 30, ... GB/s: the order of the probes is visible
     calls = []
 
-    def probe(reps=7):
-        calls.append(reps)
+    def probe():
+        calls.append(1)
         return next(readings)
 
     runners = {"a": lambda n: time.sleep(0.002 * n), "b": lambda n: time.sleep(0.004 * n)}
@@ -72,6 +72,7 @@ def test_per_round_ceilings_are_the_probes_beside_each_timing():
     # probes: a0 10, b0 20, a1 30, b1 40, a2 50, b2 60, end 70: a's rounds are after 10/30/50, before 20/40/60
     assert [c for _, c in out["a"]["rounds"]] == [20.0, 40.0, 60.0]
     assert [c for _, c in out["b"]["rounds"]] == [30.0, 50.0, 70.0]
+    assert out["a"]["ceiling"] == out["b"]["ceiling"] == 70.0
     for name, per_step in (("a", 0.002), ("b", 0.004)):
         for steps, _ in out[name]["rounds"]:
             assert 0.5 / per_step < steps < 1.05 / per_step, (name, steps)  # (new - 1) steps of per_step seconds
