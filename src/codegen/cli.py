@@ -516,7 +516,7 @@ def _add_model_flags(p: argparse.ArgumentParser, what: str = "the model", dtype:
         p.add_argument("--dtype", default="float32", choices=["auto", "stored", "float32", "bfloat16", "float16"],
                        help="weights dtype (default float32; auto = the fastest on this CPU: bfloat16 where it "
                             "multiplies bf16 natively (AVX512-BF16/AMX), else float32; stored = as config.json says; "
-                            "a quantized model: the activations' and KV cache's dtype, auto = float32)")
+                            "a quantized model: the activations' and KV cache's dtype, auto by the same rule)")
         p.add_argument("--quantize", choices=["int8", "int4"],
                        help="quantize the weights at load (weight-only; a `codegen quantize` checkpoint loads as it is)")
         p.add_argument("--group-size", type=int, help="int4 group size (32, 64 or 128; default 32)")

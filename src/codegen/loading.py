@@ -62,19 +62,20 @@ def resolve_model(model: str | None, adapter: str | None = None) -> tuple[str, s
     return model, adapter
 
 
-def fastest_dtype(quantized: bool = False) -> str:
+def fastest_dtype() -> str:
     """The dtype `--dtype auto` picks on this CPU: bfloat16 where the CPU multiplies bf16 natively
     (AVX512-BF16 / AMX: the native decode step's VDPBF16PS reads half the bytes of fp32, and with AMX
     torch's bf16 GEMM prefills several times faster; with AVX512-BF16 alone prefills run in fp32
     (engine.backend widens them), a little faster than an fp32 model's: half the weight bytes), else
-    float32 (on AVX2 and plain AVX-512 CPUs bf16 is widened to fp32 in software). Quantized models:
-    float32. They also run with bf16 activations (`--dtype bfloat16`: the KV cache in bf16, half its
-    bytes), which decode faster (the README's figures: 1.06x after a 64-token prompt, 1.44x after 1500
-    for int4 on a 2-core Xeon with AVX512-BF16) but prefill a little slower (2.59 vs 2.39 s for 1500
-    tokens) and round every activation to bf16; `auto` keeps fp32 until their quality is measured."""
+    float32 (on AVX2 and plain AVX-512 CPUs bf16 is widened to fp32 in software). Quantized models
+    follow the same rule for their activations and KV cache (the weights stay int8 / int4, the scales
+    and biases fp32): bf16 halves the bytes each decode step reads from the cache (the README's
+    figures: 1.06x after a 64-token prompt, 1.44x after 1500 for int4 on a 2-core Xeon with
+    AVX512-BF16), and benchmarks/quant_quality.py finds the perplexity within 0.1 % of fp32
+    activations'."""
     from .native import kernels
 
-    if quantized or not kernels.bf16_native() or kernels.tier()[0] not in (None, "avx512bf16"):
+    if not kernels.bf16_native() or kernels.tier()[0] not in (None, "avx512bf16"):
         return "float32"  # (a tier forced below avx512bf16 stands for a CPU without native bf16 dot products)
     return "bfloat16"
 
@@ -112,10 +113,7 @@ def load_for_inference(model: str | None, tokenizer: str | None = None, dtype: s
 
         spec = QuantSpec.parse(quantize, group_size)  # before loading: a bad flag costs nothing
     if dtype == "auto":
-        from .config import CodeGenConfig
-        from .quant.convert import spec_of
-
-        dtype = fastest_dtype(quantized=spec is not None or spec_of(CodeGenConfig.from_pretrained(model_dir)) is not None)
+        dtype = fastest_dtype()
         logger.info("--dtype auto: %s on this CPU", dtype)
     elif dtype == "stored":
         dtype = "auto"  # from_pretrained's (transformers') name for it

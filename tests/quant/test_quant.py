@@ -386,6 +386,33 @@ def test_a_cast_quantized_model_keeps_fp32_scales_and_takes_the_activations_dtyp
     assert fp32.transformer.wte.dtype == torch.float32
 
 
+def test_a_quantized_model_in_a_dtype_the_native_step_lacks_runs_the_module_path():
+    """fp16 activations (the native step takes fp32 and bf16) or a scale cast by hand to bf16: the
+    fused step declines, and the module path still decodes, close to the fp32 model's logits."""
+    import copy
+
+    from codegen.engine.backend import Backend
+
+    q = quantize_model(copy.deepcopy(sharp_lm(6)), QuantSpec(8))
+    ids = torch.randint(0, 51200, (1, 5))
+    with torch.no_grad():
+        ref = q(ids).logits
+        half = copy.deepcopy(q).to(torch.float16)
+        assert half.transformer.wte.dtype == torch.float16 and half.lm_head.weight_scale.dtype == torch.float32
+        assert Backend.for_model(half)._fused is None
+        run = half(ids, use_cache=True)
+        out = run.logits
+        assert run.past_key_values[0][0].dtype == torch.float16  # the KV cache in the activations' dtype
+        assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+        kwargs = dict(max_new_tokens=4, do_sample=False)
+        assert half.generate(ids, **kwargs).shape == (1, 9)
+        bf = copy.deepcopy(q).to(torch.bfloat16)
+        assert Backend.for_model(bf)._fused is not None or not kernels.load()
+        bf.lm_head.weight_scale = bf.lm_head.weight_scale.to(torch.bfloat16)  # not the format the step reads
+        assert Backend.for_model(bf)._fused is None
+        assert bf.generate(ids, **kwargs).shape == (1, 9)
+
+
 def _module_path_gives(model, ids, kwargs, fused):
     """With a hook on lm_head (the module path, not the native step) `model` generates `fused` too."""
     from codegen.engine.backend import Backend

@@ -254,8 +254,9 @@ int decode_step(DecodeArgs& A) {
     const int64_t L = E / A.shards, per_shard = H / A.shards, V = A.vocab;
     const void* const* layers = A.layers;
     const T *lnf_w = (const T*)A.lnf_w, *lnf_b = (const T*)A.lnf_b;
-    // a bias value: T, or fp32 for a quantized product
-    auto bias = [quant](const void* b, int64_t n) -> float { return quant ? ((const float*)b)[n] : get((const T*)b + n); };
+    // a quantized model's biases are fp32 (the weights' scales' dtype), a dense one's T
+    auto qbias = [](const void* b, int64_t n) -> float { return ((const float*)b)[n]; };
+    auto bias = [](const void* b, int64_t n) -> float { return get((const T*)b + n); };
     const void* head_b = A.head_b;
     const void* head_w = A.head_w;
     const float* head_s = A.head_s;
@@ -314,7 +315,7 @@ int decode_step(DecodeArgs& A) {
                         qrows(fmt, G, first ? wqkv : win, n0, rows, E, xa.row, o);
                         for (int r = 0; r < rows; ++r)
                             if (first) qkv[n0 + r] = rnd<T>(o[r]);
-                            else pre[n0 + r] = rnd<T>(o[r] + bias(bin, n0 + r));
+                            else pre[n0 + r] = rnd<T>(o[r] + qbias(bin, n0 + r));
                     }
                 } else {
 #pragma omp for schedule(dynamic, chunk_e)
@@ -345,7 +346,7 @@ int decode_step(DecodeArgs& A) {
                         const int rows = (int)(E - n0 < QR ? E - n0 : QR);
                         qrows(fmt, G, fc ? wfo : wout, n0, rows, fc ? I : E, fc ? xi.row : xo.row, o);
                         for (int r = 0; r < rows; ++r)
-                            if (fc) out_f[n0 + r] = rnd<T>(o[r] + bias(bfo, n0 + r));
+                            if (fc) out_f[n0 + r] = rnd<T>(o[r] + qbias(bfo, n0 + r));
                             else out_o[n0 + r] = rnd<T>(o[r]);
                     }
                 } else {
@@ -369,7 +370,7 @@ int decode_step(DecodeArgs& A) {
                     const int64_t n0 = QR * blk;
                     const int rows = (int)(V - n0 < QR ? V - n0 : QR);
                     qrows(fmt, G, Lin{head_w, head_s}, n0, rows, E, xa.row, o);
-                    for (int r = 0; r < rows; ++r) logits[n0 + r] = rnd<T>(o[r] + (head_b ? bias(head_b, n0 + r) : 0.0f));
+                    for (int r = 0; r < rows; ++r) logits[n0 + r] = rnd<T>(o[r] + (head_b ? qbias(head_b, n0 + r) : 0.0f));
                 }
             } else {
 #pragma omp for schedule(dynamic, chunk_e)
