@@ -1,13 +1,15 @@
 """Generation speed: ours vs transformers' `generate`, A/B interleaved in one process.
 
-    python benchmarks/generate.py                      # 350M shape, batch 1 and 8, fp32 and bf16, greedy and sampling
-    python benchmarks/generate.py --quick              # batch 1 greedy, fp32 and bf16
+    python benchmarks/generate.py                      # 350M shape, batch 1 and 8, every dtype, greedy and sampling
+    python benchmarks/generate.py --quick              # batch 1 greedy
     python benchmarks/generate.py --prefill-2048       # also a 2048-token prefill
     python benchmarks/generate.py --rss                # also peak RSS of load + generate, each library in a fresh process
     python benchmarks/generate.py --hf-compile         # also transformers' StaticCache + torch.compile (slow to compile)
 
 After the cases, our dtypes run once more side by side (batch 1 greedy, interleaved round by round), for
-ratios between them taken over the same minutes: bf16 / fp32, int8 / fp32, int4 / int8.
+ratios between them taken over the same minutes: bf16 / fp32, int8 / fp32, int4 / int8, and int8-bf16 /
+int8, int4-bf16 / int4 (bf16 activations and KV cache, what `--dtype auto` picks for a quantized model
+where it picks bf16).
 
 One random checkpoint of a preset shape (default 350M-mono) is built once; transformers'
 CodeGenForCausalLM gets the same weights. Prompt 64 tokens, 128 new tokens, EOS disabled
@@ -380,10 +382,10 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "int8", "int4"],
-                    choices=["float32", "bfloat16", *QUANTIZED],
+    ap.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16", *QUANTIZED],
                     help="int8 / int4: ours weight-only quantized (fp32 activations, quantized to int8 per product; "
-                         "int8-bf16 / int4-bf16: bf16 activations and KV cache) beside transformers fp32 and CTranslate2 int8")
+                         "int8-bf16 / int4-bf16: bf16 activations and KV cache) beside transformers fp32 and CTranslate2 int8 "
+                         "(default: float32 bfloat16 int8 int4, and int8-bf16 int4-bf16 where --dtype auto picks bf16)")
     ap.add_argument("--mode", nargs="+", default=["greedy", "sample"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -401,6 +403,10 @@ def main() -> None:
     if args.quick:
         args.batch, args.mode = [1], ["greedy"]
     torch.set_num_threads(args.threads)
+    if args.dtype is None:  # what `--dtype auto` loads a quantized model in, too (after the tier is forced)
+        from codegen.loading import fastest_dtype
+
+        args.dtype = ["float32", "bfloat16", "int8", "int4"] + (["int8-bf16", "int4-bf16"] if fastest_dtype() == "bfloat16" else [])
 
     import transformers
 
