@@ -314,7 +314,7 @@ x = torch.randint(0, 50000, (int(batch), int(prompt)))
 with torch.inference_mode():
     m.generate(x, max_new_tokens=int(new), min_new_tokens=int(new), pad_token_id=0, do_sample=False)
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
-print(json.dumps({"peak_rss_mb": hwm}))
+print(json.dumps({"peak_rss_mib": hwm}))
 """
 
 
@@ -322,7 +322,7 @@ def rss_section(ours, args) -> None:
     path = scratch_dir("rss")
     ours.save_pretrained(path)
     print(f"\npeak RSS of loading {args.preset} and generating {args.new} tokens, each library in a fresh process:")
-    print(f"{'dtype':<10}{'batch':>6}{'ours MB':>10}{'transformers MB':>17}{'ratio':>8}")
+    print(f"{'dtype':<10}{'batch':>6}{'ours MiB':>10}{'transformers MiB':>18}{'ratio':>8}")
     from codegen.quant import QuantSpec
     from codegen.quant.convert import quantize_checkpoint
 
@@ -336,8 +336,8 @@ def rss_section(ours, args) -> None:
             for lib in ("ours", "transformers"):
                 r = subprocess.run([sys.executable, "-c", RSS_CHILD, lib, paths[lib], dtype, str(batch), str(args.prompt),
                                     str(args.new), str(args.threads)], capture_output=True, text=True)
-                peaks[lib] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"] if r.returncode == 0 else float("nan")
-            print(f"{dtype:<10}{batch:>6}{peaks['ours']:>10.0f}{peaks['transformers']:>17.0f}{peaks['ours'] / peaks['transformers']:>8.2f}")
+                peaks[lib] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mib"] if r.returncode == 0 else float("nan")
+            print(f"{dtype:<10}{batch:>6}{peaks['ours']:>10.0f}{peaks['transformers']:>18.0f}{peaks['ours'] / peaks['transformers']:>8.2f}")
         if paths["ours"] != path:
             remove(paths["ours"])
 

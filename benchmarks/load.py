@@ -19,7 +19,7 @@ from scratch import scratch_dir
 
 CHILD = r"""
 import json, sys, time, torch
-def hwm():  # peak RSS of this process in MB (VmHWM starts afresh at exec, unlike ru_maxrss)
+def hwm():  # peak RSS of this process in MiB (VmHWM starts afresh at exec, unlike ru_maxrss)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 lib, path, dtype = sys.argv[1:4]
 torch.set_num_threads(int(sys.argv[4]))
@@ -36,7 +36,7 @@ elapsed = time.perf_counter() - t
 with torch.no_grad():
     m(torch.tensor([[1, 2, 3]]))
 peak = hwm()
-print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak, "import_rss_mb": base,
+print(json.dumps({"seconds": elapsed, "peak_rss_mib": peak, "import_rss_mib": base,
                   "dtype": str(next(m.parameters()).dtype)}))
 """
 
@@ -64,7 +64,7 @@ def main() -> None:
     size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, threads {args.threads}, torch {torch.__version__}")
     print(f"checkpoint: {path} ({size / 1e6:.0f} MB on disk, stored {args.dtype})")
-    print(f"{'library':<14}{'torch_dtype':<13}{'load s':>8}{'peak RSS MB':>13}{'of which import':>17}  params dtype")
+    print(f"{'library':<14}{'torch_dtype':<13}{'load s':>8}{'peak RSS MiB':>13}{'of which import':>17}  params dtype")
     for dtype in ("auto", "float32"):
         for lib in ("ours", "transformers"):
             r = subprocess.run([sys.executable, "-c", CHILD, lib, path, dtype, str(args.threads)],
@@ -73,7 +73,7 @@ def main() -> None:
                 print(f"{lib:<14}{dtype:<13} failed: {r.stderr.strip().splitlines()[-1]}")
                 continue
             res = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"{lib:<14}{dtype:<13}{res['seconds']:>8.2f}{res['peak_rss_mb']:>13.0f}{res['import_rss_mb']:>17.0f}  {res['dtype']}")
+            print(f"{lib:<14}{dtype:<13}{res['seconds']:>8.2f}{res['peak_rss_mib']:>13.0f}{res['import_rss_mib']:>17.0f}  {res['dtype']}")
 
 
 if __name__ == "__main__":
