@@ -3,6 +3,7 @@ with one request at a time (--max-batch 1), over real HTTP on a loopback port.
 
     python benchmarks/serve.py [--preset 350M-mono] [--tokens 32] [--clients 1 4 16] [--dtype float32] [--quantize int8|int4]
     python benchmarks/serve.py --clients 16 --modes float32 int8     # modes side by side in one run, ratios to the first
+    python benchmarks/serve.py --clients 16 --modes float32 int8 int8-bf16   # -bf16: bf16 activations and KV cache
 
 The model is a random checkpoint of the preset shape (the speed does not depend on the weights);
 each client sends requests back to back (greedy, `--tokens` new tokens, EOS suppressed by a
@@ -85,8 +86,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantized model (int8 activations)")
     ap.add_argument("--tokenizer", default=TOKENIZER)
-    ap.add_argument("--modes", nargs="+", choices=["float32", "bfloat16", "int8", "int4"],
-                    help="serve each in turn in this run (int8/int4: weight-only quantized from fp32); overrides --dtype/--quantize")
+    ap.add_argument("--modes", nargs="+", choices=["float32", "bfloat16", "int8", "int4", "int8-bf16", "int4-bf16"],
+                    help="serve each in turn in this run (int8/int4: weight-only quantized from fp32, with fp32 activations; "
+                         "-bf16: with bf16 activations and KV cache, as --dtype auto loads them where it picks bf16); "
+                         "overrides --dtype/--quantize")
     args = ap.parse_args()
 
     import copy
@@ -110,11 +113,14 @@ def main() -> None:
     print(f"{'mode':<10}{'server':<22}{'clients':>8}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}")
     results = {}
     for mode in modes:
-        if mode in ("int8", "int4"):
+        bits, _, activations = mode.partition("-")
+        if bits in ("int8", "int4"):
             from codegen.quant import QuantSpec
             from codegen.quant.convert import quantize_model
 
-            model = quantize_model(copy.deepcopy(base), QuantSpec.parse(mode))
+            model = quantize_model(copy.deepcopy(base), QuantSpec.parse(bits))
+            if activations:
+                model = model.to(torch.bfloat16)  # the activations and KV cache; the scales and biases stay fp32
         else:
             model = copy.deepcopy(base).to(getattr(torch, mode))
         for label, max_batch in (("one at a time", 1), ("continuous batching", 16)):
