@@ -8,7 +8,7 @@
 
 After the cases, our dtypes run once more side by side (batch 1 greedy, interleaved round by round), for
 ratios between them taken over the same minutes: bf16 / fp32, int8 / fp32, int4 / int8, and int8-bf16 /
-int8, int4-bf16 / int4 (bf16 activations and KV cache, what `--dtype auto` picks for a quantized model
+int8, int4-bf16 / int4, int4-bf16 / int8-bf16 (bf16 activations and KV cache, what `--dtype auto` picks for a quantized model
 where it picks bf16).
 
 One random checkpoint of a preset shape (default 350M-mono) is built once; transformers'
@@ -371,7 +371,7 @@ def modes_section(ours32, streamed: int, args, probe) -> None:
         print(f"{dtype:<10}{speed[dtype]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}"
               f"{round_share(r[dtype]['rounds'], nbytes):>11.0%}{round_share(r[dtype]['rounds'], nbytes + kv):>6.0%}")
     pairs = [(a, b) for a, b in (("bfloat16", "float32"), ("int8", "float32"), ("int4", "int8"), ("int8-bf16", "int8"),
-                                 ("int4-bf16", "int4")) if a in speed and b in speed]
+                                 ("int4-bf16", "int4"), ("int4-bf16", "int8-bf16")) if a in speed and b in speed]
     if pairs:
         print("ratios: " + ", ".join(f"{a} / {b} {speed[a] / speed[b]:.2f}x" for a, b in pairs))
 
