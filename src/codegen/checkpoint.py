@@ -191,7 +191,8 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     layout, files = weight_files(directory)
     from .model import no_init_weights
 
-    from .quant.convert import embedding_name, empty_quantized, linear_names, quantize_tensor, spec_of
+    from .quant.convert import (embedding_name, empty_quantized, linear_names, quantize_tensor, spec_of,
+                                take_activations_dtype)
     from .quant.formats import to_kernel_layout
     from .quant.linear import QuantLinear
 
@@ -292,7 +293,8 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
         raise CheckpointError(f"{directory}: could not assign {result.missing_keys or result.unexpected_keys}")
     if tied:
         model.lm_head.weight = model.transformer.wte.weight
-    _rows_from_files(model, mapped_from, dtype)
+    take_activations_dtype(model, dtype)
+    _rows_from_files(model, mapped_from)
     model.eval()
     release_free_memory()  # what reading and relaying freed, before the model runs
     if hasattr(model, "tokenizer_size"):  # what generate may produce: ids the tokenizer can decode
@@ -306,17 +308,14 @@ def load_pretrained(cls, path, *, torch_dtype=None, device=None, config=None, re
     return model
 
 
-def _rows_from_files(model, mapped_from: dict[str, tuple[str, str]], dtype: torch.dtype | None) -> None:
-    """A quantized token embedding returns its rows in the float weights' `dtype` (the activations'),
-    and, kept as stored in a safetensors file, looks them up with reads of the file
-    (safetensors_io.StoredRows), so that its table is not made resident through the map."""
+def _rows_from_files(model, mapped_from: dict[str, tuple[str, str]]) -> None:
+    """A quantized token embedding kept as stored in a safetensors file looks its rows up with reads of
+    the file (safetensors_io.StoredRows), so that its table is not made resident through the map."""
     from .quant import QuantEmbedding
 
     for name, module in model.named_modules():
-        if isinstance(module, QuantEmbedding):
-            module.dtype = dtype if dtype is not None else torch.float32
-            if name + ".weight" in mapped_from:
-                module.read_rows_with(StoredRows(*mapped_from[name + ".weight"]))
+        if isinstance(module, QuantEmbedding) and name + ".weight" in mapped_from:
+            module.read_rows_with(StoredRows(*mapped_from[name + ".weight"]))
 
 
 def _quantized_key(model, key: str) -> bool:

@@ -224,6 +224,24 @@ def test_a_quantized_checkpoint_is_refused_under_tp(lm_dir, tmp_path):
         load_rank(str(tmp_path / "q8"), Layout(0, 2, 2, torch.device("cpu")))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_rank_quantized_at_load_embeds_in_the_activations_dtype(lm_dir, dtype):
+    """load_rank with --quantize: the int8 token table returns rows in the float weights' dtype, as
+    from_pretrained's does (the layer norms and the KV cache take them)."""
+    import torch
+
+    from codegen.parallel.group import Layout
+    from codegen.parallel.load import load_rank
+    from codegen.quant import QuantEmbedding, QuantSpec
+
+    want = getattr(torch, dtype)
+    model = load_rank(lm_dir, Layout(0, 2, 2, torch.device("cpu")), torch_dtype=want, quantize=QuantSpec.parse("int8"))
+    wte = model.transformer.wte
+    assert isinstance(wte, QuantEmbedding) and wte.dtype == want == model.transformer.ln_f.weight.dtype
+    rows = QuantEmbedding.forward(wte, torch.tensor([[1, 2, 3]]))  # this rank's rows, before the all-reduce
+    assert rows.dtype == want and wte.weight_scale.dtype == torch.float32
+
+
 def test_a_process_that_ends_with_its_groups_alive_destroys_them_at_exit(tmp_path):
     """gloo's threads outliving the interpreter abort the process ("terminate called without an active
     exception", SIGABRT; seen in CI on a rank that never shut down): init() tears the group down at exit.

@@ -58,7 +58,8 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
     """This rank's part of the CodeGenForCausalLM in `path` (a checkpoint directory)."""
     directory = ckpt.resolve(path)
     config = CodeGenConfig.from_pretrained(directory)
-    from ..quant.convert import embedding_name, empty_quantized, linear_names, quantize_tensor, spec_of
+    from ..quant.convert import (embedding_name, empty_quantized, linear_names, quantize_tensor, spec_of,
+                                 take_activations_dtype)
 
     if spec_of(config) is not None:
         raise ckpt.CheckpointError(f"{directory} is quantized ({spec_of(config).name}); under --tp load its float "
@@ -121,6 +122,7 @@ def load_rank(path: str | os.PathLike, layout: Layout, *, torch_dtype=None, quan
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ckpt.CheckpointError(f"{directory}: the checkpoint ({layout_name}) lacks {len(missing)} tensor(s): {shown}")
     model.load_state_dict(state, strict=True, assign=True)
+    take_activations_dtype(model, dtype)
     shard.add_collectives(model, layout.tp_group, tp)
     model.eval()
     ckpt.release_free_memory()

@@ -58,6 +58,15 @@ def empty_quantized(model: nn.Module, spec: QuantSpec) -> nn.Module:
     return model
 
 
+def take_activations_dtype(model: nn.Module, dtype: torch.dtype | None) -> None:
+    """After loading: every QuantEmbedding returns its rows in `dtype`, the float weights' (the
+    activations'; None: fp32), as `.to(dtype)` on a loaded model would set it. The loaders build the
+    model on the meta device before the checkpoint has said its dtype."""
+    for module in model.modules():
+        if isinstance(module, QuantEmbedding):
+            module.dtype = dtype if dtype is not None else torch.float32
+
+
 def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
     """Quantize every Linear of a loaded model in place (its float weights are released one by one)."""
     if spec_of(model.config) is not None:
