@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from ..native import kernels
+from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_layout, padded, quantize_activations,
+                      quantize_int4, quantize_int8, to_kernel_layout)
 
 
 def _move_keeping_dtypes(module: nn.Module, fn) -> torch.dtype | None:
@@ -43,8 +45,7 @@ def _move_keeping_dtypes(module: nn.Module, fn) -> torch.dtype | None:
             moved = fn(t)
             module._buffers[name] = moved if moved.dtype == t.dtype else t.to(device=moved.device)
     return wanted
-from .formats import (QuantSpec, dequantize_int4, dequantize_int8, from_kernel_layout, padded, quantize_activations,
-                      quantize_int4, quantize_int8, to_kernel_layout)
+
 
 DECODE_ROWS = 16  # the kernels' row range; more rows take a GEMM, except for int4:
 # below this many rows the passes of 16 beat the int4 GEMM or tie with it (the GEMM unpacks each block
@@ -252,5 +253,4 @@ class QuantEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         reader = self.reader()
         rows = reader(ids) if reader is not None and ids.device.type == "cpu" else self.weight[ids]
-        out = rows.float() * self.weight_scale[ids].unsqueeze(-1)
-        return out if self.dtype == torch.float32 else out.to(self.dtype)
+        return (rows.float() * self.weight_scale[ids].unsqueeze(-1)).to(self.dtype)
