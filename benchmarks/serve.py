@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 
+from generate import QUANTIZED, quantized_copy  # (benchmarks/, the script's directory, is on sys.path)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKENIZER = os.path.join(HERE, "..", "..", "shared", "data", "codegen-tokenizer")
 
@@ -86,7 +88,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantized model (int8 activations)")
     ap.add_argument("--tokenizer", default=TOKENIZER)
-    ap.add_argument("--modes", nargs="+", choices=["float32", "bfloat16", "int8", "int4", "int8-bf16", "int4-bf16"],
+    ap.add_argument("--modes", nargs="+", choices=["float32", "bfloat16", *QUANTIZED],
                     help="serve each in turn in this run (int8/int4: weight-only quantized from fp32, with fp32 activations; "
                          "-bf16: with bf16 activations and KV cache, as --dtype auto loads them where it picks bf16); "
                          "overrides --dtype/--quantize")
@@ -113,14 +115,8 @@ def main() -> None:
     print(f"{'mode':<10}{'server':<22}{'clients':>8}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}")
     results = {}
     for mode in modes:
-        bits, _, activations = mode.partition("-")
-        if bits in ("int8", "int4"):
-            from codegen.quant import QuantSpec
-            from codegen.quant.convert import quantize_model
-
-            model = quantize_model(copy.deepcopy(base), QuantSpec.parse(bits))
-            if activations:
-                model = model.to(torch.bfloat16)  # the activations and KV cache; the scales and biases stay fp32
+        if mode in QUANTIZED:
+            model = quantized_copy(base, mode)
         else:
             model = copy.deepcopy(base).to(getattr(torch, mode))
         for label, max_batch in (("one at a time", 1), ("continuous batching", 16)):
