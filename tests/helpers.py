@@ -89,17 +89,17 @@ def sharp_lm(seed: int = 0, vocab_size: int = 51200, scale: float = 6.0):
 
 def count_native_passes(monkeypatch) -> list[int]:
     """Count the native one-row decode passes (codegen.native.fused): a list that gets a 1 per pass of
-    FusedDecoder.__call__ and of FusedDecoder.greedy (one per token it picks)."""
+    FusedDecoder.__call__ and of FusedDecoder.decode_picks (one per token it picks)."""
     from codegen.native.fused import FusedDecoder
 
     passes: list[int] = []
-    call, greedy = FusedDecoder.__call__, FusedDecoder.greedy
+    call, decode_picks = FusedDecoder.__call__, FusedDecoder.decode_picks
 
-    def counted_greedy(self, *a, **k):
-        out = greedy(self, *a, **k)
+    def counted_picks(self, *a, **k):
+        out = decode_picks(self, *a, **k)
         passes.extend([1] * len(out[0]))
         return out
 
     monkeypatch.setattr(FusedDecoder, "__call__", lambda self, *a: passes.append(1) or call(self, *a))
-    monkeypatch.setattr(FusedDecoder, "greedy", counted_greedy)
+    monkeypatch.setattr(FusedDecoder, "decode_picks", counted_picks)
     return passes

@@ -1,5 +1,5 @@
-"""Bursts: a lone greedy row decoding several tokens per scheduler step in one native call
-(Scheduler._burst, Backend.decode_greedy, FusedDecoder.greedy, decode.cpp's picks). Every test
+"""Bursts: a lone row, greedy or sampled, decoding several tokens per scheduler step in one native call
+(Scheduler._burst, Backend.decode_picks, FusedDecoder.decode_picks, decode.cpp's picks). Every test
 compares against the same scheduler with bursts off (burst=1: one native pass per step, the pick in
 Python), which must give the same tokens, events, cache and prefix-cache contents."""
 
@@ -16,7 +16,7 @@ import codegen
 from codegen.demo import demo_path
 from codegen.engine import KVCache, PrefixCache, Request, SamplingParams, Scheduler, TokenEvent
 from codegen.native import kernels
-from codegen.native.fused import FusedDecoder, GreedyPicks
+from codegen.native.fused import FusedDecoder, Picks
 from codegen.quant import QuantLinear, QuantSpec
 from codegen.quant.convert import quantize_model
 from helpers import count_native_passes, sharp_lm
@@ -78,6 +78,75 @@ def test_bursts_give_the_tokens_of_single_steps(dtype, monkeypatch):
         if params.min_new_tokens:
             assert not {t for _, t, *_ in fast[:20]} & set(stop) and len(fast) > 20
     assert fast_steps <= 1 + -(-29 // Scheduler.BURST) + 1  # the first burst is 2 tokens, then up to BURST
+
+
+SAMPLED = [  # CompletionOptions', OpenAI's default, top-p alone, top-k alone
+    dict(temperature=0.2, top_k=50, top_p=0.95), dict(temperature=1.0), dict(temperature=0.9, top_p=0.8),
+    dict(temperature=1.5, top_k=7),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sampled_bursts_give_the_tokens_of_single_steps(dtype, monkeypatch):
+    """The native sampler draws the row's own uniforms in the row's order: the same tokens as the
+    Python path's one step a token, with bans, a stop id midway and a vocabulary limit too."""
+    model = make(dtype)
+    prompt = [5, 17, 42, 7, 99]
+    passes = count_native_passes(monkeypatch)
+    for i, warp in enumerate(SAMPLED):
+        base = dict(max_new_tokens=40, stop_token_ids=(), seed=100 + i, **warp)
+        free, _, _ = events(model, SamplingParams(**base), prompt, burst=1)
+        stop = tuple(sorted({t for _, t, *_ in free[2:12]}))
+        for params in (SamplingParams(**base),
+                       SamplingParams(**{**base, "max_new_tokens": 60, "min_new_tokens": 20, "stop_token_ids": stop}),
+                       SamplingParams(**base, suppress_tokens=(1, 2, 3, 250, 299), vocab_limit=120)):
+            passes.clear()
+            fast, fast_steps, _ = events(model, params, prompt, burst=None)
+            burst_passes = len(passes)
+            slow, slow_steps, _ = events(model, params, prompt, burst=1)
+            assert fast == slow and len(fast) == slow_steps, (dtype, params)
+            assert burst_passes == len(passes) - burst_passes == len(fast) - 1  # natively both ways
+            assert fast_steps < slow_steps
+            if params.vocab_limit:
+                assert max(t for _, t, *_ in fast) < 120 and not {t for _, t, *_ in fast} & {1, 2, 3}
+            if params.min_new_tokens:
+                assert not {t for _, t, *_ in fast[:20]} & set(stop)
+        assert len({t for _, t, *_ in free}) > 3  # sampled, not stuck on one id
+
+
+def test_an_interrupted_sampled_burst_gives_its_unused_draws_to_the_next_picks(monkeypatch):
+    """A burst cut short (a queued request, here a flag set by hand) leaves draws of the row's stream
+    unused: the next picks, native or in Python, take them first, so the tokens do not change."""
+    from codegen.engine.backend import Backend
+
+    model = make()
+    params = SamplingParams(max_new_tokens=30, stop_token_ids=(), temperature=1.0, top_p=0.9, seed=7)
+    slow, _, _ = events(model, params, [3, 1, 4], burst=1)
+    real, calls = Backend.decode_picks, []
+
+    def interrupted(self, token, position, cache, picks, interrupt=None):
+        calls.append(picks.count)
+        if len(calls) in (2, 3):
+            interrupt[0] = 1  # the burst ends after its first pick
+        return real(self, token, position, cache, picks, interrupt)
+
+    monkeypatch.setattr(Backend, "decode_picks", interrupted)
+    fast, _, _ = events(model, params, [3, 1, 4], burst=None)
+    assert fast == slow and len(calls) > 3 and calls[1] > 1
+
+
+def test_a_sampled_row_with_nan_logits_fails_as_in_python():
+    model = make()
+    with torch.no_grad():
+        model.lm_head.bias[[77]] = float("nan")
+    params = SamplingParams(max_new_tokens=6, stop_token_ids=(), temperature=0.8, top_k=20, seed=1)
+    runs = []
+    for burst in (None, 1):
+        s = Scheduler(model, burst=burst)
+        request = s.add(Request([[4, 5, 6]], params))
+        runs.append([(type(e).__name__, getattr(e, "status", None)) for step in s.run() for e in step])
+        assert "not finite" in request.error
+    assert runs[0] == runs[1] == [("ErrorEvent", 400)]
 
 
 def test_a_stop_id_ends_the_burst_with_its_event():
@@ -150,10 +219,10 @@ def test_a_queued_request_ends_a_burst_after_the_current_token():
     flag = np.ones(1, dtype=np.int32)
     with torch.inference_mode():
         model.transformer(input_ids=torch.tensor([[3, 4, 5]]), past_key_values=cache)
-        picks, _ = fused.greedy(9, 3, cache, 0, GreedyPicks(count=10, limit=300), interrupt=flag)
+        picks, _ = fused.decode_picks(9, 3, cache, 0, Picks(count=10, limit=300), interrupt=flag)
         assert len(picks) == 1 and cache.length == 4
         flag[0] = 0
-        picks, _ = fused.greedy(picks[0], 4, cache, 0, GreedyPicks(count=10, limit=300), interrupt=flag)
+        picks, _ = fused.decode_picks(picks[0], 4, cache, 0, Picks(count=10, limit=300), interrupt=flag)
         assert len(picks) == 10 and cache.length == 14
     s = Scheduler(model)
     s.step()
@@ -164,15 +233,15 @@ def test_a_queued_request_ends_a_burst_after_the_current_token():
     assert s._interrupt[0] == 0
 
 
-def test_greedy_equals_module_steps_with_argmax():
-    """FusedDecoder.greedy's picks and cache against the module path picking by torch's argmax."""
+def test_greedy_picks_equal_module_steps_with_argmax():
+    """FusedDecoder.decode_picks's picks and cache against the module path picking by torch's argmax."""
     model = make(seed=5)
     fused = FusedDecoder.create(model)
     caches = [KVCache.for_model(model, 1, 30) for _ in range(2)]
     with torch.inference_mode():
         for c in caches:
             model.transformer(input_ids=torch.tensor([[8, 9, 10, 11]]), past_key_values=c)
-        picks, logits = fused.greedy(12, 4, caches[0], 0, GreedyPicks(count=12, limit=300))
+        picks, logits = fused.decode_picks(12, 4, caches[0], 0, Picks(count=12, limit=300))
         ref, token = [], 12
         for i in range(12):
             out = model(input_ids=torch.tensor([[token]]), past_key_values=caches[1]).logits[:, -1]
@@ -196,8 +265,8 @@ def test_the_window_end_and_the_burst_size():
 def test_bursts_last_about_burst_seconds(monkeypatch):
     model = make()
     sizes = []
-    real = FusedDecoder.greedy
-    monkeypatch.setattr(FusedDecoder, "greedy", lambda self, t, p, c, s, picks, i=None: sizes.append(picks.count)
+    real = FusedDecoder.decode_picks
+    monkeypatch.setattr(FusedDecoder, "decode_picks", lambda self, t, p, c, s, picks, i=None: sizes.append(picks.count)
                         or real(self, t, p, c, s, picks, i))
     monkeypatch.setattr(Scheduler, "BURST_SECONDS", 0.0)  # one token a burst after the first (2, unmeasured)
     params = SamplingParams(max_new_tokens=8, temperature=0, stop_token_ids=())
@@ -236,33 +305,38 @@ def test_picks_from_an_embedding_read_from_its_file(tmp_path, monkeypatch):
     with torch.inference_mode():
         loaded.transformer(input_ids=torch.tensor([[0]]), past_key_values=cache)
         with pytest.raises(OSError, match=f"{reader.file}: the embedding row of token .* could not be read"):
-            fused.greedy(0, 1, cache, 0, GreedyPicks(count=3, limit=300, banned=(0,)))
+            fused.decode_picks(0, 1, cache, 0, Picks(count=3, limit=300, banned=(0,)))
     assert cache.length == 2  # the failed pick's own pass ran
 
 
-def test_greedy_refuses_bad_picks():
+def test_decode_picks_refuses_bad_picks():
     model = make()
     fused = FusedDecoder.create(model)
     cache = KVCache.for_model(model, 1, 8)
     with torch.inference_mode():
         model.transformer(input_ids=torch.tensor([[3, 4]]), past_key_values=cache)
         for picks, message in [
-            (GreedyPicks(count=0, limit=300), "picks.count must be >= 1"),
-            (GreedyPicks(count=2, limit=301), r"picks.limit 301 outside \[1, 300\]"),
-            (GreedyPicks(count=2, limit=0), r"picks.limit 0 outside"),
-            (GreedyPicks(count=2, limit=300, banned=(300,)), r"picks.banned holds ids outside \[0, 300\)"),
-            (GreedyPicks(count=2, limit=300, stop=(-1,)), r"picks.stop holds ids outside"),
-            (GreedyPicks(count=7, limit=300), "KVCache holds 8 positions; 2 used \\+ 7 new do not fit"),
+            (Picks(count=0, limit=300), "picks.count must be >= 1"),
+            (Picks(count=2, limit=301), r"picks.limit 301 outside \[1, 300\]"),
+            (Picks(count=2, limit=0), r"picks.limit 0 outside"),
+            (Picks(count=2, limit=300, banned=(300,)), r"picks.banned holds ids outside \[0, 300\)"),
+            (Picks(count=2, limit=300, stop=(-1,)), r"picks.stop holds ids outside"),
+            (Picks(count=7, limit=300), "KVCache holds 8 positions; 2 used \\+ 7 new do not fit"),
+            (Picks(count=2, limit=300, temperature=1.0, uniforms=(0.5,)), r"picks.uniforms must be 2 values in \[0, 1\)"),
+            (Picks(count=2, limit=300, temperature=1.0, uniforms=(0.5, 1.0)), r"picks.uniforms must be 2 values"),
+            (Picks(count=1, limit=300, temperature=float("inf"), uniforms=(0.5,)), "temperature inf must be finite"),
+            (Picks(count=1, limit=300, temperature=1.0, top_p=0.0, uniforms=(0.5,)), r"top_p 0.0 in \(0, 1\]"),
+            (Picks(count=1, limit=300, temperature=1.0, top_k=-1, uniforms=(0.5,)), "top_k -1 >= 0"),
         ]:
             with pytest.raises(ValueError, match=message):
-                fused.greedy(5, 2, cache, 0, picks)
+                fused.decode_picks(5, 2, cache, 0, picks)
         with pytest.raises(ValueError, match="interrupt must be an int32 numpy array"):
-            fused.greedy(5, 2, cache, 0, GreedyPicks(count=2, limit=300), interrupt=np.zeros(1))
+            fused.decode_picks(5, 2, cache, 0, Picks(count=2, limit=300), interrupt=np.zeros(1))
         assert cache.length == 2  # nothing ran
         late = KVCache.for_model(model, 1, 200)
         late.length = 94
         with pytest.raises(ValueError, match=r"positions 94..96 outside \[0, n_positions = 96\)"):
-            fused.greedy(5, 94, late, 0, GreedyPicks(count=3, limit=300))
+            fused.decode_picks(5, 94, late, 0, Picks(count=3, limit=300))
 
 
 def test_an_interrupt_from_another_thread_ends_a_running_burst():
@@ -278,11 +352,11 @@ def test_an_interrupt_from_another_thread_ends_a_running_burst():
     with torch.inference_mode():
         model.transformer(input_ids=torch.tensor([[3, 4, 5]]), past_key_values=cache)
         began = time.perf_counter()
-        fused.greedy(6, 3, cache, 0, GreedyPicks(count=4, limit=300))
+        fused.decode_picks(6, 3, cache, 0, Picks(count=4, limit=300))
         per_pass = (time.perf_counter() - began) / 4
         setter = threading.Timer(2 * per_pass, lambda: flag.__setitem__(0, 1))
         setter.start()
-        picks, _ = fused.greedy(7, 7, cache, 0, GreedyPicks(count=30, limit=300), interrupt=flag)
+        picks, _ = fused.decode_picks(7, 7, cache, 0, Picks(count=30, limit=300), interrupt=flag)
         setter.join()
     assert 1 <= len(picks) < 30 and cache.length == 7 + len(picks)
 

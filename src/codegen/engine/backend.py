@@ -8,7 +8,7 @@ for one written over fc_in's output by a native kernel; all fall back to torch's
 where a gradient is needed, off the CPU, or where the native code is unavailable. A new kind of
 linear layer (int8, int4, tensor-parallel) plugs in here, not in the model. `Backend.decode` runs a decode step: the
 whole step in one native call (`native.fused`) when one row is decoding, else the model's modules;
-`Backend.decode_greedy` runs several greedy steps of one row in one native call.
+`Backend.decode_picks` runs several steps of one row, greedy or sampled, in one native call.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..native import kernels
-from ..native.fused import FusedDecoder, GreedyPicks
+from ..native.fused import FusedDecoder, Picks
 from ..ops import GELU_TANH
 from ..quant import QuantLinear
 
@@ -223,15 +223,16 @@ class Backend:
 
     @property
     def can_pick(self) -> bool:
-        """Whether `decode_greedy` may apply (the model's one-row step is native and picks tokens itself)."""
+        """Whether `decode_picks` may apply (the model's one-row step is native and picks tokens itself)."""
         return self._fused is not None and self._fused.can_pick
 
-    def decode_greedy(self, token: int, position: int, cache, picks: GreedyPicks,
-                      interrupt=None) -> tuple[list[int], torch.Tensor] | None:
-        """One row's decode steps from `token` at `position`, each next token picked greedily
-        (`picks`), in one native call: (the picks, the last step's logits (1, V)); the cache gains a
-        column per pick (the last pick is not run). None where it does not apply (see `can_pick`; a
-        mask with holes), with the cache as it was."""
+    def decode_picks(self, token: int, position: int, cache, picks: Picks,
+                     interrupt=None) -> tuple[list[int], torch.Tensor] | None:
+        """One row's decode steps from `token` at `position`, each next token picked natively (`picks`:
+        greedy or sampled), in one native call: (the picks, the last step's logits (1, V)); the cache
+        gains a column per pick (the last pick is not run). None where it does not apply (see
+        `can_pick`; a mask with holes; a first sampled pick whose distribution is not finite, which the
+        Python path then reports), with the cache as it was."""
         if not self.can_pick:
             return None
         start = cache.suffix_start(0)
@@ -239,10 +240,10 @@ class Backend:
             return None
         cache.mark(picks.count)  # raises where the cache has no room for the picks
         try:
-            chosen, logits = self._fused.greedy(token, position, cache, start, picks, interrupt)
+            chosen, logits = self._fused.decode_picks(token, position, cache, start, picks, interrupt)
         finally:
-            cache.unmark(cache.length)  # the columns of passes that did not run
-        return chosen, logits
+            cache.unmark(cache.length)  # the columns of passes that did not run, or whose pick did not
+        return (chosen, logits) if chosen else None
 
     def decode(self, tokens: list[int], positions: torch.Tensor, cache) -> torch.Tensor:
         """One new token per row (B,) at `positions` (B,) into `cache` (which must have room for

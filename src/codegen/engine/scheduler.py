@@ -7,7 +7,7 @@ into one batch, or prompt by prompt after a prefix from the prefix cache, and it
 for the n samples of each prompt, which then join the running batch), selects the next token of
 every running row, reports it, and drops the rows that finished. `model.generate`, `complete`, `stream_complete` and the
 evaluation add their requests at once and step until done; the server's batcher adds requests
-while it steps, so rows join and leave at every step. A lone greedy row may run several of those
+while it steps, so rows join and leave at every step. A lone row may run several of those
 steps as one (a burst: `Scheduler` below), with the same tokens and events.
 
 Each row has its own random stream (`params.sample_seed` of the request's seed and the output's
@@ -23,12 +23,12 @@ import collections
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from ..native.fused import GreedyPicks
+from ..native.fused import Picks
 from .backend import Backend
 from .cache import KVCache
 from .params import sample_seed
@@ -49,10 +49,24 @@ class _Row:
     text: RowText | None
     prompt: list[int]  # the prompt's ids (no padding)
     tokens: list[int] = field(default_factory=list)  # generated so far
+    # uniforms drawn from `generator` for a burst's picks that did not run: the next picks take them first
+    pending: list[float] = field(default_factory=list)
 
     @property
     def generated(self) -> int:
         return len(self.tokens)
+
+    def uniforms(self, n: int) -> list[float]:
+        """The row's next n uniform draws (one per sampled token): its stream, whether the picks run in
+        Python or in a burst."""
+        taken, self.pending = self.pending[:n], self.pending[n:]
+        if len(taken) < n:
+            taken += torch.rand(n - len(taken), generator=self.generator).tolist()
+        return taken
+
+    def unused(self, uniforms: list[float]) -> None:
+        """Give back the draws of picks that did not run (ahead of any still pending)."""
+        self.pending[:0] = uniforms
 
 
 class Scheduler:
@@ -60,10 +74,12 @@ class Scheduler:
     bound); a tokenizer is needed for text (stop strings, patterns, deltas) and sets the EOS and
     the vocabulary limit, which otherwise come from the model. With a `prefix_cache` (or a
     request's own), prompts reuse the KV of a stored common prefix and prefill only the rest.
-    A lone greedy row (no other running or waiting, no repetition penalty, no logprobs) decodes up to
-    `burst` tokens (and about BURST_SECONDS) per step in one native call (`Backend.decode_greedy`) where the model's one-row
-    step is native: the same tokens and events, without Python between the tokens (~0.5-1.5 ms of a
-    12-17 ms int8 step of the 350M model on a 2-core Xeon); a request queued meanwhile ends the burst
+    A lone row, greedy or sampled (no other running or waiting, no repetition penalty, no logprobs),
+    decodes up to `burst` tokens (and about BURST_SECONDS) per step in one native call
+    (`Backend.decode_picks`) where the model's one-row step is native: the same tokens and events
+    (sampled: the same draws of the row's stream, picks equal up to fp32 rounding), without Python
+    between the tokens (~0.5-1.5 ms of a 12-17 ms int8 step of the 350M model on a 2-core Xeon greedy,
+    ~1.6 ms of an 8.6 ms int8-bf16 one on a Zen 5 sampled); a request queued meanwhile ends the burst
     after its current token, so it waits no longer than one token for its admission."""
 
     BURST = 16  # tokens at most per burst
@@ -252,14 +268,15 @@ class Scheduler:
         return reason
 
     # ------------------------------------------------------------------ bursts
-    def _burst(self) -> GreedyPicks | None:
-        """The native greedy picks of the next steps, when they can run in one call: one greedy row
-        running and none waiting, no repetition penalty or logprobs, the native step available."""
+    def _burst(self) -> Picks | None:
+        """The native picks of the next steps, when they can run in one call: one row running and none
+        waiting, no repetition penalty or logprobs, the native step available. A sampled row's picks
+        carry its next uniform draws (those of picks that do not run go back: `_step_burst`)."""
         if self.burst < 2 or len(self.rows) != 1 or self.waiting or not self.backend.can_pick:
             return None
         row = self.rows[0]
         p = row.request.params
-        if not p.greedy or p.repetition_penalty != 1.0 or p.logprobs is not None or self.positions.device.type != "cpu":
+        if p.repetition_penalty != 1.0 or p.logprobs is not None or self.positions.device.type != "cpu":
             return None
         V, ban_stop = self.logits.shape[1], max(0, p.min_new_tokens - row.generated)
         stop = self._stop_ids(row.request)
@@ -270,22 +287,27 @@ class Scheduler:
                     self.n_positions - int(self.positions.numpy()[0]))
         if count < 1:
             return None
-        return GreedyPicks(count, self._limit(row.request), tuple(p.suppress_tokens),
-                           tuple(t for t in stop if 0 <= t < V), ban_stop)
+        picks = Picks(count, self._limit(row.request), tuple(p.suppress_tokens), tuple(t for t in stop if 0 <= t < V),
+                      ban_stop)
+        if p.greedy:
+            return picks
+        return replace(picks, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, uniforms=tuple(row.uniforms(count)))
 
-    def _step_burst(self, picks: GreedyPicks, events: list) -> bool:
-        """Up to picks.count steps of the one running row in one native call (Backend.decode_greedy),
+    def _step_burst(self, picks: Picks, events: list) -> bool:
+        """Up to picks.count steps of the one running row in one native call (Backend.decode_picks),
         then their events, as those steps would have reported them; False where the call does not
         apply (nothing done). Picks past the row's end (a stop string in the text) are dropped, with
-        their cache columns."""
+        their cache columns; the uniforms of sampled picks that did not run go back to the row."""
         self.cache.reserve(picks.count)
         row = self.rows[0]
         position = int(self.positions.numpy()[0])
         began = time.perf_counter()
-        ran = self.backend.decode_greedy(row.tokens[-1], position, self.cache, picks, self._interrupt)
+        ran = self.backend.decode_picks(row.tokens[-1], position, self.cache, picks, self._interrupt)
         if ran is None:
+            row.unused(list(picks.uniforms))
             return False
         chosen, self.logits = ran
+        row.unused(list(picks.uniforms[len(chosen):]))
         self._token_seconds = (time.perf_counter() - began) / len(chosen)
         self.positions.numpy()[:] += len(chosen)
         self.steps += 1
@@ -503,7 +525,7 @@ class Scheduler:
                 if p.greedy:
                     picked = greedy(sub)
                 else:
-                    u = torch.cat([torch.rand(1, generator=self.rows[i].generator) for i in idx]).to(self.device)
+                    u = torch.tensor([self.rows[i].uniforms(1)[0] for i in idx], dtype=torch.float32, device=self.device)
                     picked = sample(sub, p.temperature, p.top_k, p.top_p, u)
             except (ValueError, RuntimeError) as e:  # this request's distribution, not the batch's
                 self._fail(first.request, e, events, status=400)

@@ -6,7 +6,10 @@ temperature -> top-k -> top-p and a draw; greedy rows take the argmax after the 
 
 A sampled row draws exactly one uniform number per token from its own generator and picks the
 token by inverse CDF over its warped distribution (ids in vocabulary order), so its tokens depend
-only on its seed and its logits, never on which other rows share the batch.
+only on its seed and its logits, never on which other rows share the batch. Ties are settled by id
+(top-k keeps the lower ids among values equal to the k-th, top-p's stable sort removes them first):
+a pick is a function of the logits and the draw alone, the one the native sampler (native/sample.cpp,
+the scheduler's sampled bursts) makes too.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor
     top-k before, by keeping the k largest logits)."""
     if temperature != 1.0:
         logits = logits / temperature
-    if top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+    if top_p < 1.0:  # a stable sort: among equal logits the lower ids go first (bf16 models tie often)
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False, stable=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         remove = cum <= (1 - top_p)
         remove[..., -1:] = False
@@ -60,16 +63,26 @@ def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.minimum(idx, last).squeeze(1)
 
 
+def top_k_ids(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The ids of the k largest of each row of (G, V) logits, (G, k) in vocabulary order; among values
+    equal to the k-th largest the lower ids are kept (torch.topk's choice there depends on its sort's
+    internals), so the pick is a function of the logits alone, which the native sampler reproduces."""
+    values, ids = torch.topk(logits, k)
+    if torch.isnan(values).any():  # a NaN counts as the largest: kept, and the draw refuses it
+        return ids.sort(dim=-1).values
+    kth = values[:, -1:]
+    ties = logits == kth
+    keep = (logits > kth) | (ties & (ties.cumsum(dim=-1) <= k - (logits > kth).sum(dim=-1, keepdim=True)))
+    return keep.nonzero()[:, 1].view(logits.shape[0], k)
+
+
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
     """(G, V) processed logits of rows that share warp parameters -> (G,) sampled ids."""
     if top_k and top_k < logits.shape[-1]:
         # Same distribution as warping the whole vocabulary (ids outside the top k get probability 0
-        # either way), but top-p sorts k values instead of V. Ties and order: the top k in vocabulary
-        # order, so the pick does not depend on how topk orders equal values.
-        values, ids = torch.topk(logits, top_k)
-        ids, order = ids.sort(dim=-1)
-        values = values.gather(1, order)
-        probs = warp(values, temperature, top_p).softmax(dim=-1)
+        # either way), but top-p sorts k values instead of V.
+        ids = top_k_ids(logits, top_k)
+        probs = warp(logits.gather(1, ids), temperature, top_p).softmax(dim=-1)
         return ids.gather(1, draw(probs, uniforms)[:, None]).squeeze(1)
     probs = warp(logits, temperature, top_p).softmax(dim=-1)
     return draw(probs, uniforms)

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "qdot.h"
+#include "sample.h"
 
 namespace {
 
@@ -129,7 +130,7 @@ void attend(const float* q, const float* v, const float* k, const float* sin, co
 // The arguments of codegen_decode_step, declared here once: codegen/native/fused.py mirrors them as a
 // ctypes.Structure and checks it against codegen_decode_layout() (every field's name and offset) when
 // the library loads; the step itself checks abi and size.
-constexpr int64_t DECODE_ABI = 4;
+constexpr int64_t DECODE_ABI = 5;
 struct DecodeArgs {
     int64_t abi, size;  // DECODE_ABI, sizeof(DecodeArgs)
     int64_t n_layer, embd, heads, head_dim, inner, vocab;
@@ -147,13 +148,17 @@ struct DecodeArgs {
     void *key, *value;            // the cache, (n_layer, 1, heads, capacity, head_dim) of T
     const float *sin, *cos;       // head_dim values for this position (the next positions' follow)
     float *scratch, *logits;      // codegen_decode_scratch floats; vocab fp32 logits
-    // Greedy decoding in this call (picks > 0): after each forward pass the next token is the first
-    // index of the largest logit in [0, limit) (a NaN counts as the largest, as numpy's argmax), with the
-    // `banned` ids, and the `stop` ids for the first `ban_stop` picks, set to -inf in the logits first;
-    // the pass for it follows, at the next position, until `picks` tokens are picked, a stop id is picked,
-    // or *interrupt is nonzero (another thread queued work). Each pass writes one more cache column.
-    // picks == 0: one pass, the logits only.
+    // Decoding in this call (picks > 0): after each forward pass the `banned` ids, and the `stop` ids for
+    // the first `ban_stop` picks, are set to -inf in the logits; then the next token is the first index
+    // of the largest logit in [0, limit) (a NaN counts as the largest, as numpy's argmax), or, with
+    // `uniforms` (one per pick), a sample (sample.h: the logits from limit on -inf, top_k, temperature,
+    // top_p, pick j by uniforms[j]); the pass for it follows, at the next position, until `picks` tokens
+    // are picked, a stop id is picked, or *interrupt is nonzero (another thread queued work). Each pass
+    // writes one more cache column. picks == 0: one pass, the logits only.
     int64_t picks, limit, n_banned, n_stop, ban_stop;
+    int64_t top_k;
+    double temperature, top_p;
+    const float* uniforms;  // null: greedy
     int64_t embed_fd, embed_offset;  // the picks' embedding rows: pread from this file at this offset (fd >= 0),
     const void* embed_table;         // else from this table (rows of `embed`'s type)
     const float* embed_scales;       // an int8 table's scale per row
@@ -166,7 +171,7 @@ struct DecodeArgs {
     X(abi) X(size) X(n_layer) X(embd) X(heads) X(head_dim) X(inner) X(vocab) X(shards) X(qformat) X(group) X(bf16)     \
     X(capacity) X(length) X(start) X(threads) X(embed_int8) X(eps) X(embed_scale) X(layers) X(embed) X(lnf_w)          \
     X(lnf_b) X(head_w) X(head_s) X(head_b) X(key) X(value) X(sin) X(cos) X(scratch) X(logits) X(picks) X(limit)        \
-    X(n_banned) X(n_stop) X(ban_stop) X(embed_fd) X(embed_offset) X(embed_table) X(embed_scales) X(banned) X(stop)     \
+    X(n_banned) X(n_stop) X(ban_stop) X(top_k) X(temperature) X(top_p) X(uniforms) X(embed_fd) X(embed_offset) X(embed_table) X(embed_scales) X(banned) X(stop)     \
     X(interrupt) X(tokens) X(picked)
 // Per layer: ln_1 weight and bias, qkv_proj, out_proj, fc_in weight and bias, fc_out weight and bias,
 // then the four products' scales (*_S, null when dense). Biases are T, or fp32 when quantized (as
@@ -187,13 +192,18 @@ inline int chunk(int64_t row_bytes, int64_t unit = 1) {
     return (int)(n > 1 ? n : 1);
 }
 
-// The greedy pick after pass j of a call (DecodeArgs): the bans written into the logits, then the
-// first index of the largest value in [0, limit), a NaN counting as the largest (numpy's argmax, which
-// the engine's Python path takes over the same banned logits).
-inline int64_t pick(const DecodeArgs& A, float* logits, int64_t j) {
+// The pick after pass j of a call (DecodeArgs): the bans written into the logits, then the first index
+// of the largest value in [0, limit), a NaN counting as the largest (numpy's argmax, which the engine's
+// Python path takes over the same banned logits), or a sample (sample.h; -1 where its distribution is
+// not finite). `buf`: sample_scratch_bytes(vocab).
+inline int64_t pick(const DecodeArgs& A, float* logits, int64_t j, void* buf) {
     for (int64_t i = 0; i < A.n_banned; ++i) logits[A.banned[i]] = -INFINITY;
     if (j < A.ban_stop)
         for (int64_t i = 0; i < A.n_stop; ++i) logits[A.stop[i]] = -INFINITY;
+    if (A.uniforms) {
+        for (int64_t i = A.limit; i < A.vocab; ++i) logits[i] = -INFINITY;
+        return sample_token(logits, A.vocab, SampleParams{A.temperature, A.top_p, A.top_k, A.uniforms[j]}, buf);
+    }
     int64_t best = 0;
     float top = logits[0];
     if (isnan(top)) return 0;
@@ -236,8 +246,9 @@ bool embed_pick(const DecodeArgs& A, int64_t token, float* h, void* buf) {
     return true;
 }
 
-// One forward pass of the token in A.embed, then (A.picks > 0) greedy picks and their passes; returns
-// 0, or 3 when a pick's embedding row could not be read (the picks before it stand).
+// One forward pass of the token in A.embed, then (A.picks > 0) picks and their passes; returns 0, 3 when
+// a pick's embedding row could not be read, or 4 when a sampled pick's distribution is not finite (the
+// picks before either stand).
 template <typename T>
 int decode_step(DecodeArgs& A) {
     const int fmt = (int)A.qformat;
@@ -277,6 +288,7 @@ int decode_step(DecodeArgs& A) {
     const int64_t nb = 2 * act_bytes(E) + act_bytes(I);  // the unsigned copies after the signed bytes
     void* row_buf = (uint8_t*)bytes + 2 * nb + 64;              // a picked token's embedding row read from the file
     float* stage = (float*)((uint8_t*)row_buf + E * sizeof(float) + 64);  // max(E, I): bf16 inputs widened to quantize
+    void* sample_buf = stage + (E > I ? E : I) + 16;                      // a sampled pick's (sample_scratch_bytes)
     QBuf xa{{}, bytes, lanes, (uint8_t*)bytes + nb};
     QBuf xo{{}, xa.q + act_bytes(E), xa.bias + act_lanes(E), xa.u + act_bytes(E)};
     QBuf xi{{}, xo.q + act_bytes(E), xo.bias + act_lanes(E), xo.u + act_bytes(E)};
@@ -380,12 +392,16 @@ int decode_step(DecodeArgs& A) {
             if (A.picks == 0) break;
 #pragma omp single
             {
-                const int64_t token = pick(A, logits, picked);
-                A.tokens[picked++] = token;
-                ++len, sin += D, cos += D;  // the pass wrote cache column len
-                const int32_t* stop_now = A.interrupt;
-                more = picked < A.picks && !is_stop(A, token) && !(stop_now && __atomic_load_n(stop_now, __ATOMIC_RELAXED));
-                if (more && !embed_pick<T>(A, token, h, row_buf)) more = false, rc = 3;
+                const int64_t token = pick(A, logits, picked, sample_buf);
+                if (token < 0) {
+                    more = false, rc = 4;  // this pass's column stays unpicked: the caller does not count it
+                } else {
+                    A.tokens[picked++] = token;
+                    ++len, sin += D, cos += D;  // the pass wrote cache column len
+                    const int32_t* stop_now = A.interrupt;
+                    more = picked < A.picks && !is_stop(A, token) && !(stop_now && __atomic_load_n(stop_now, __ATOMIC_RELAXED));
+                    if (more && !embed_pick<T>(A, token, h, row_buf)) more = false, rc = 3;
+                }
             }
             if (!more) break;
         }
@@ -399,9 +415,10 @@ int decode_step(DecodeArgs& A) {
 // Floats of scratch that codegen_decode_step needs.
 extern "C" int64_t codegen_decode_scratch(const DecodeArgs* a) {
     const int64_t E = a->embd, I = a->inner;  // + the quantized activations' lanes and bytes (decode_step)
-    // + E + 16 for a picked token's embedding row read from its file, + max(E, I) + 16 for the stage
+    // + E + 16 for a picked token's embedding row read from its file, + max(E, I) + 16 for the stage, + a
+    // sampled pick's scratch
     return 8 * E + 2 * I + a->heads * a->capacity + 64 + 2 * act_lanes(E) + act_lanes(I) + (2 * act_bytes(E) + act_bytes(I)) / 2 + 16 +
-           E + 16 + (E > I ? E : I) + 16;
+           E + 16 + (E > I ? E : I) + 16 + sample_scratch_bytes(a->vocab) / 4 + 16;
 }
 
 // "name:offset,..." for every field of DecodeArgs, then "sizeof:N" (fused.py compares its mirror).
@@ -420,8 +437,9 @@ extern "C" const char* codegen_decode_layout() {
 // Returns 0; 1 for arguments it does not take (a head_dim over MAX_HEAD_DIM, shards that do not divide
 // the heads, int4 groups not a power
 // of two >= 32, a start past the length, picks past the cache's room, a limit outside [1, vocab], a ban
-// outside the vocabulary, picks without their table); 2 for a caller built against another DecodeArgs
-// (abi or size differ); 3 when a pick's embedding row could not be read from its file. Sets a->picked.
+// outside the vocabulary, picks without their table, sampling parameters out of range); 2 for a caller built against another DecodeArgs
+// (abi or size differ); 3 when a pick's embedding row could not be read from its file; 4 when a sampled
+// pick's distribution is not finite (a NaN logit, every candidate -inf). Sets a->picked.
 extern "C" int codegen_decode_step(DecodeArgs* a) {
     a->picked = 0;
     if (a->abi != DECODE_ABI || a->size != (int64_t)sizeof(DecodeArgs)) return 2;
@@ -435,8 +453,12 @@ extern "C" int codegen_decode_step(DecodeArgs* a) {
     if (a->picks > 0) {
         if (a->limit < 1 || a->limit > a->vocab || !a->tokens || a->n_banned < 0 || a->n_stop < 0 ||
             (a->n_banned && !a->banned) || (a->n_stop && !a->stop) || (a->embed_fd < 0 && !a->embed_table) ||
-            (a->embed_int8 && !a->embed_scales))
+            (a->embed_int8 && !a->embed_scales) || a->vocab > INT32_MAX)
             return 1;
+        if (a->uniforms && (!(a->temperature > 0.0) || a->top_k < 0 || !(a->top_p > 0.0 && a->top_p <= 1.0)))
+            return 1;
+        for (int64_t i = 0; a->uniforms && i < a->picks; ++i)
+            if (!(a->uniforms[i] >= 0.0f && a->uniforms[i] < 1.0f)) return 1;
         for (int64_t i = 0; i < a->n_banned; ++i)
             if (a->banned[i] < 0 || a->banned[i] >= a->vocab) return 1;
         for (int64_t i = 0; i < a->n_stop; ++i)

@@ -8,14 +8,15 @@ in inference, with the gelu_new activation, and plain `Linear` modules (no LoRA 
 weight-only quantized ones (int8 / int4, `codegen.quant`: fp32 or bf16 activations, quantized to int8 per product), decoding one
 sequence (left padding allowed) into a KVCache. `FusedDecoder.create` returns None
 otherwise, and the caller keeps the module path; results are those of the module path up to fp32
-summation order. `FusedDecoder.greedy` also picks the next tokens (argmax, with bans: `GreedyPicks`)
-and runs them, several steps in one call: the scheduler's bursts for a lone greedy row.
+summation order. `FusedDecoder.decode_picks` also picks the next tokens (argmax or a sample, with bans:
+`Picks`) and runs them, several steps in one call: the scheduler's bursts for a lone row.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ from . import kernels
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_DIM = 256  # decode.cpp keeps a head in stack arrays
-DECODE_ABI = 4
+DECODE_ABI = 5
 
 
 class DecodeArgs(ctypes.Structure):
@@ -41,16 +42,20 @@ class DecodeArgs(ctypes.Structure):
         ("eps", ctypes.c_float), ("embed_scale", ctypes.c_float)] + [
         (name, ctypes.c_void_p) for name in ("layers", "embed", "lnf_w", "lnf_b", "head_w", "head_s", "head_b", "key",
                                             "value", "sin", "cos", "scratch", "logits")] + [
-        (name, ctypes.c_int64) for name in ("picks", "limit", "n_banned", "n_stop", "ban_stop", "embed_fd", "embed_offset")] + [
+        (name, ctypes.c_int64) for name in ("picks", "limit", "n_banned", "n_stop", "ban_stop", "top_k")] + [
+        ("temperature", ctypes.c_double), ("top_p", ctypes.c_double), ("uniforms", ctypes.c_void_p)] + [
+        (name, ctypes.c_int64) for name in ("embed_fd", "embed_offset")] + [
         (name, ctypes.c_void_p) for name in ("embed_table", "embed_scales", "banned", "stop", "interrupt", "tokens")] + [
         ("picked", ctypes.c_int64)]
 
 
 @dataclass(frozen=True)
-class GreedyPicks:
-    """The greedy choice the native step makes itself (`FusedDecoder.greedy`), as the engine's Python
-    path makes it: the first largest logit in [0, limit) (a NaN counts as the largest), `banned` ids
-    excluded, and `stop` ids excluded from the first `ban_stop` picks; at most `count` picks, the last
+class Picks:
+    """The choice of the next tokens the native step makes itself (`FusedDecoder.decode_picks`), as the
+    engine's Python path makes it (`engine.select`): `banned` ids excluded, `stop` ids excluded from the
+    first `ban_stop` picks, ids from `limit` on never picked; then greedy (temperature 0: the first
+    largest logit, a NaN counting as the largest) or sampled (`select.sample`'s top_k, temperature,
+    top_p, and pick j drawn by uniforms[j], from the row's own stream); at most `count` picks, the last
     one a stop id if any is."""
 
     count: int
@@ -58,6 +63,14 @@ class GreedyPicks:
     banned: tuple[int, ...] = ()
     stop: tuple[int, ...] = ()
     ban_stop: int = 0
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    uniforms: tuple[float, ...] = ()  # sampled: one per pick, each in [0, 1)
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
 
 
 def layout() -> str:
@@ -177,7 +190,7 @@ class FusedDecoder:
 
     @property
     def can_pick(self) -> bool:
-        """Whether `greedy` applies: the step reads the picked tokens' embedding rows itself, from the
+        """Whether `decode_picks` applies: the step reads the picked tokens' embedding rows itself, from the
         table in memory or (an int8 table read from its checkpoint file) with positional reads."""
         reader = self._reader()
         return reader is None or hasattr(reader, "fileno")
@@ -195,13 +208,15 @@ class FusedDecoder:
         cache.advance(1)
         return logits
 
-    def greedy(self, token: int, position: int, cache, start: int, picks: GreedyPicks,
-               interrupt: np.ndarray | None = None) -> tuple[list[int], torch.Tensor]:
-        """Feed `token` at `position`, pick the next token greedily (`picks`), feed it at the next
-        position, and so on, in one native call: (the picked ids, the last pass's logits (1, vocab)).
-        Every pick but the last has had its pass: the cache grows by as many columns as there are
-        picks. A nonzero `interrupt[0]` (an int32 array another thread may set) ends the run after the
-        current pick. Needs `can_pick`."""
+    def decode_picks(self, token: int, position: int, cache, start: int, picks: Picks,
+                     interrupt: np.ndarray | None = None) -> tuple[list[int], torch.Tensor]:
+        """Feed `token` at `position`, pick the next token (`picks`: greedily or sampled), feed it at the
+        next position, and so on, in one native call: (the picked ids, the last pass's logits (1, vocab)).
+        Every pick but the last has had its pass: the cache grows by as many columns as there are picks.
+        A nonzero `interrupt[0]` (an int32 array another thread may set) ends the run after the current
+        pick. A sampled pick whose distribution is not finite (NaN logits) ends the run before it: the
+        picks so far are returned (none: the caller's Python path raises the error), the unpicked pass's
+        column not counted. Needs `can_pick`."""
         n = picks.count
         if n < 1:
             raise ValueError(f"picks.count must be >= 1, got {n}")
@@ -211,6 +226,14 @@ class FusedDecoder:
             ids = getattr(picks, name)
             if any(not 0 <= t < self.vocab for t in ids):
                 raise ValueError(f"picks.{name} holds ids outside [0, {self.vocab}): {list(ids)}")
+        uniforms = None
+        if picks.sampled:
+            if not (math.isfinite(picks.temperature) and picks.top_k >= 0 and 0 < picks.top_p <= 1):
+                raise ValueError(f"picks: temperature {picks.temperature} must be finite and > 0, top_k {picks.top_k} "
+                                 f">= 0, top_p {picks.top_p} in (0, 1]")
+            uniforms = np.asarray(picks.uniforms, dtype=np.float32)
+            if uniforms.shape != (n,) or not ((uniforms >= 0) & (uniforms < 1)).all():
+                raise ValueError(f"picks.uniforms must be {n} values in [0, 1), got {list(picks.uniforms)}")
         if not self.can_pick:
             raise ValueError("this model's token embedding is read through a reader the native step cannot call")
         if interrupt is not None and (interrupt.dtype != np.int32 or interrupt.size < 1):
@@ -222,6 +245,8 @@ class FusedDecoder:
         a.picks, a.limit, a.ban_stop = n, picks.limit, picks.ban_stop
         a.n_banned, a.banned = banned.size, banned.ctypes.data if banned.size else None
         a.n_stop, a.stop = stop.size, stop.ctypes.data if stop.size else None
+        a.temperature, a.top_k, a.top_p = picks.temperature, picks.top_k, picks.top_p
+        a.uniforms = None if uniforms is None else uniforms.ctypes.data
         a.tokens = out.ctypes.data
         a.interrupt = None if interrupt is None else interrupt.ctypes.data
         reader = self._reader()
@@ -230,7 +255,7 @@ class FusedDecoder:
         else:
             a.embed_fd, a.embed_offset, a.embed_table = reader.fileno(), reader.offset, None
         a.embed_scales = None if self.embed_scales is None else self.embed_scales.ctypes.data
-        rc = self._run(allow={3})
+        rc = self._run(allow={3, 4})
         picked = int(a.picked)
         cache.advance(picked)
         if rc == 3:

@@ -41,8 +41,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp", "qgemm.cpp", "attention.cpp")]
-HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h")]
+SOURCES = [os.path.join(_HERE, name) for name in ("kernels.cpp", "decode.cpp", "quant.cpp", "qgemm.cpp", "attention.cpp", "sample.cpp")]
+HEADERS = [os.path.join(_HERE, name) for name in ("simd.h", "qdot.h", "sample.h")]
 
 X86_TIERS = ("generic", "avx2", "avxvnni", "avx512", "avx512bf16")  # lowest first
 ARM_TIERS = ("generic", "dotprod")
@@ -192,6 +192,9 @@ def library(tier: str) -> ctypes.CDLL:
         ("codegen_decode_scratch", [ctypes.c_void_p], ctypes.c_int64),  # DecodeArgs* (fused.py)
         ("codegen_decode_step", [ctypes.c_void_p], ctypes.c_int),
         ("codegen_decode_layout", [], ctypes.c_char_p),
+        ("codegen_sample_scratch", [ctypes.c_int64], ctypes.c_int64),
+        ("codegen_sample", [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int64, ctypes.c_double,
+                            ctypes.c_float, ctypes.c_void_p], ctypes.c_int64),
         ("codegen_q8_mm", [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_mm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
         ("codegen_q4_gemm", [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_int], ctypes.c_int),
