@@ -6,10 +6,11 @@
     python benchmarks/generate.py --rss                # also peak RSS of load + generate, each library in a fresh process
     python benchmarks/generate.py --hf-compile         # also transformers' StaticCache + torch.compile (slow to compile)
 
-After the cases, our dtypes run once more side by side (batch 1 greedy, interleaved round by round), for
-ratios between them taken over the same minutes: bf16 / fp32, int8 / fp32, int4 / int8, and int8-bf16 /
-int8, int4-bf16 / int4, int4-bf16 / int8-bf16 (bf16 activations and KV cache, what `--dtype auto` picks for a quantized model
-where it picks bf16).
+After the cases, our dtypes run once more side by side (batch 1 greedy, and sampled beside it when
+--mode has sample; interleaved round by round), for ratios between them taken over the same minutes:
+bf16 / fp32, int8 / fp32, int4 / int8, and int8-bf16 / int8, int4-bf16 / int4, int4-bf16 / int8-bf16
+(bf16 activations and KV cache, what `--dtype auto` picks for a quantized model where it picks bf16),
+and each dtype's sampled / greedy.
 
 One random checkpoint of a preset shape (default 350M-mono) is built once; transformers'
 CodeGenForCausalLM gets the same weights. Prompt 64 tokens, 128 new tokens, EOS disabled
@@ -343,10 +344,11 @@ def rss_section(ours, args) -> None:
 
 
 def modes_section(ours32, streamed: int, args, probe) -> None:
-    """Our dtypes side by side: batch 1 greedy decode of each, interleaved round by round (so that a
-    ratio between two of them, e.g. bf16 / fp32 or int4 / int8, is taken over the same minutes of the
-    host's bandwidth), with a read ceiling measured before and after, and between any two timings
-    (the "per round" shares of weights and of weights + KV)."""
+    """Our dtypes side by side: batch 1 greedy decode of each (and, with --mode sample, sampled decode
+    beside it), interleaved round by round (so that a ratio between two of them, e.g. bf16 / fp32,
+    int4 / int8 or sampled / greedy, is taken over the same minutes of the host's bandwidth), with a
+    read ceiling measured before and after, and between any two timings (the "per round" shares of
+    weights and of weights + KV)."""
     import copy
 
     models = {}
@@ -357,21 +359,26 @@ def modes_section(ours32, streamed: int, args, probe) -> None:
             models[dtype] = copy.deepcopy(ours32).to(getattr(torch, dtype))
     x = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     rounds = max(3, args.repeats)
-    runners = {dtype: (lambda m: lambda n: m.generate(x, **gen_kwargs("greedy", n)))(m) for dtype, m in models.items()}
+    modes = ["greedy"] + (["sample"] if "sample" in args.mode else [])
+    cases = {(dtype if mode == "greedy" else f"{dtype} sample"): (dtype, mode) for dtype in models for mode in modes}
+    runners = {name: (lambda m, mode: lambda n: m.generate(x, **gen_kwargs(mode, n)))(models[dtype], mode)
+               for name, (dtype, mode) in cases.items()}
     r = interleave(runners, 1, args.new, rounds, probe=probe)
     ceiling = r[next(iter(r))]["ceiling"]
-    print(f"\nours side by side, batch 1 greedy, {rounds} interleaved rounds (median), read ceiling {ceiling:.1f} GB/s:")
-    print(f"{'dtype':<10}{'tok/s':>8}{'GB/s':>7}{'of ceiling':>12}{'per round':>11}{'+KV':>6}")
+    print(f"\nours side by side, batch 1 {' and '.join(modes)}, {rounds} interleaved rounds (median), read ceiling {ceiling:.1f} GB/s:")
+    print(f"{'dtype':<17}{'tok/s':>8}{'GB/s':>7}{'of ceiling':>12}{'per round':>11}{'+KV':>6}")
     speed = {}
-    for dtype, m in models.items():
-        speed[dtype] = r[dtype]["decode_tok_s"]
+    for name, (dtype, _mode) in cases.items():
+        m = models[dtype]
+        speed[name] = r[name]["decode_tok_s"]
         nbytes = weight_bytes(m, streamed)
         kv = kv_bytes_per_step(m.config, 1, args.prompt, args.new, m.transformer.ln_f.weight.element_size())
-        gbs = nbytes * speed[dtype] / 1e9
-        print(f"{dtype:<10}{speed[dtype]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}"
-              f"{round_share(r[dtype]['rounds'], nbytes):>11.0%}{round_share(r[dtype]['rounds'], nbytes + kv):>6.0%}")
+        gbs = nbytes * speed[name] / 1e9
+        print(f"{name:<17}{speed[name]:>8.1f}{gbs:>7.1f}{gbs / ceiling:>11.0%}"
+              f"{round_share(r[name]['rounds'], nbytes):>11.0%}{round_share(r[name]['rounds'], nbytes + kv):>6.0%}")
     pairs = [(a, b) for a, b in (("bfloat16", "float32"), ("int8", "float32"), ("int4", "int8"), ("int8-bf16", "int8"),
                                  ("int4-bf16", "int4"), ("int4-bf16", "int8-bf16")) if a in speed and b in speed]
+    pairs += [(f"{d} sample", d) for d in models if f"{d} sample" in speed]
     if pairs:
         print("ratios: " + ", ".join(f"{a} / {b} {speed[a] / speed[b]:.2f}x" for a, b in pairs))
 
