@@ -308,3 +308,27 @@ def test_greedy_equals_torchs_argmax_on_ties_nans_and_infinities():
         for rows in (x, x[:, ::2], x[2:3], x.bfloat16(), x.double()):
             got = greedy(rows)
             assert got.dtype == torch.long and torch.equal(got, rows.argmax(dim=-1))
+
+
+def test_top_k_ties_go_to_the_lower_ids_whatever_topk_chose():
+    """select.top_k_ids: a bf16 model's logits tie often at the k-th value; the lower ids among the
+    tied are kept (numpy per row on the CPU, whole-tensor masks elsewhere: the same ids)."""
+    from codegen.engine.select import _top_k_ids_by_mask, top_k_ids
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(16, 3000, generator=gen) * 3).bfloat16().float()
+    x[3] = 1.0  # a row of one value: the first k ids
+    x[5, :10] = float("nan")  # NaNs count as the largest
+    for k in (1, 7, 50, 400):
+        ids = top_k_ids(x, k)
+        assert ids.shape == (16, k) and bool((ids.diff(dim=-1) > 0).all())
+        kth = torch.topk(x, k).values[:, -1:]
+        rows = [r for r in range(16) if not (r == 5 and k <= 10)]  # there the k-th is a NaN: topk's own choice
+        assert torch.equal(ids[rows], _top_k_ids_by_mask(x[rows], k, kth[rows]))
+        assert ids[3].tolist() == list(range(k))
+        assert k <= 10 or set(range(10)) <= set(ids[5].tolist())
+        for r in (0, 7, 15):
+            row = x[r]
+            above = (row > kth[r]).sum().item()
+            tied = torch.nonzero(row == kth[r])[:, 0][: k - above]
+            assert set(ids[r].tolist()) == set(torch.nonzero(row > kth[r])[:, 0].tolist()) | set(tied.tolist())

@@ -14,6 +14,7 @@ the scheduler's sampled bursts) makes too.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
@@ -68,11 +69,30 @@ def top_k_ids(logits: torch.Tensor, k: int) -> torch.Tensor:
     equal to the k-th largest the lower ids are kept (torch.topk's choice there depends on its sort's
     internals), so the pick is a function of the logits alone, which the native sampler reproduces."""
     values, ids = torch.topk(logits, k)
-    if torch.isnan(values).any():  # a NaN counts as the largest: kept, and the draw refuses it
-        return ids.sort(dim=-1).values
     kth = values[:, -1:]
+    # topk's own choice stands where it kept every value equal to the k-th (fp32 logits nearly always),
+    # or holds a NaN (the largest: kept, and the draw refuses it); other rows are redone one by one
+    settled = ((logits == kth).sum(dim=-1) == (values == kth).sum(dim=-1)) | torch.isnan(kth[:, 0])
+    ids = ids.sort(dim=-1).values
+    if bool(settled.all()):
+        return ids
+    if logits.device.type != "cpu":
+        redo = ~settled
+        ids[redo] = _top_k_ids_by_mask(logits[redo], k, kth[redo])
+        return ids
+    for r in (~settled).nonzero()[:, 0].tolist():  # numpy: a few tens of us a row
+        row, t = logits[r].float().numpy(), kth[r, 0].item()
+        above = np.flatnonzero((row > t) | np.isnan(row))  # a NaN counts as the largest
+        ids[r] = torch.from_numpy(np.sort(np.concatenate([above, np.flatnonzero(row == t)[:k - above.size]])))
+    return ids
+
+
+def _top_k_ids_by_mask(logits: torch.Tensor, k: int, kth: torch.Tensor) -> torch.Tensor:
+    """top_k_ids in whole-tensor ops (off the CPU): the values above the k-th (G, 1) `kth`, then the
+    first of those equal to it, as many as are left of k."""
     ties = logits == kth
-    keep = (logits > kth) | (ties & (ties.cumsum(dim=-1) <= k - (logits > kth).sum(dim=-1, keepdim=True)))
+    above = (logits > kth) | logits.isnan()  # a NaN counts as the largest
+    keep = above | (ties & (ties.cumsum(dim=-1) <= k - above.sum(dim=-1, keepdim=True)))
     return keep.nonzero()[:, 1].view(logits.shape[0], k)
 
 
