@@ -1,7 +1,8 @@
 """Native kernels for decode-sized work, on every CPU: the bf16 and fp32 matrix-vector products of a
 batch-1 step, fp32 products of 2 to 8 rows, gelu_new (kernels.cpp), int8 / int4 weight products of 1
 to 16 rows with int8 activations (quant.cpp, qdot.h), and a whole batch-1 decode step (decode.cpp,
-driven by fused.py), all written once against the SIMD layer in simd.h.
+driven by fused.py) that also picks the next tokens, greedily or sampled (sample.cpp), all written once
+against the SIMD layer in simd.h.
 
 The sources are compiled for one tier of the CPU, on first use, with the system's C++ compiler
 (`$CXX`, else g++ or c++) into the user cache (`$CODEGEN_CACHE`, else `$XDG_CACHE_HOME/codegen`, else
