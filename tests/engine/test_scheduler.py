@@ -332,3 +332,32 @@ def test_top_k_ties_go_to_the_lower_ids_whatever_topk_chose():
             above = (row > kth[r]).sum().item()
             tied = torch.nonzero(row == kth[r])[:, 0][: k - above]
             assert set(ids[r].tolist()) == set(torch.nonzero(row > kth[r])[:, 0].tolist()) | set(tied.tolist())
+
+
+def test_top_p_over_a_large_vocabulary_sorts_only_what_it_may_keep():
+    """select.warp's top-p on CPU rows of more than SORT_ALL logits leaves out a low tail that is
+    certainly removed: the same removals as sorting all of them (torch's stable sort, transformers'
+    rule), except where a cumulative probability lies within rounding of the threshold."""
+    from codegen.engine.select import SORT_ALL, warp
+
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    for trial in range(24):
+        x = torch.randn(4, 51200 if trial % 2 else SORT_ALL + 7, generator=gen) * (0.3, 1.0, 3.0, 8.0)[trial % 4]
+        if trial % 3 == 0:
+            x = x.bfloat16().float()  # ties
+        for top_p in (0.5, 0.9, 0.95, 0.999):
+            got = warp(x, 1.0, top_p).isinf()
+            values, order = torch.sort(x, stable=True)
+            cum = values.softmax(dim=-1).cumsum(dim=-1)
+            remove = cum <= (1 - top_p)
+            remove[:, -1] = False
+            want = remove.scatter(1, order, remove)
+            for r in range(4):
+                differ = torch.nonzero(got[r] ^ want[r])[:, 0]
+                # a differing id's own cumulative probability (in the full sort) is the threshold's, up to rounding
+                at = torch.nonzero(order[r][:, None] == differ[None])[:, 0]
+                assert torch.allclose(cum[r, at], torch.tensor(1 - top_p), rtol=1e-6, atol=0), (trial, top_p, r)
+                assert differ.numel() <= 1 and not got[r].all()
+                checked += 1
+    assert checked == 24 * 4 * 4
