@@ -1,6 +1,6 @@
 """Token selection of a batched step (engine.select.sample, the Python path of every batch of two or
 more rows) against the selection it replaced, side by side in one run (the same logits and draws,
-interleaved, median of N), and the native sampler of a lone row's bursts (sample.cpp) beside them.
+interleaved, median of N), and the native sampler (interleaved with them too) of a lone row's bursts (sample.cpp) beside them.
 
     python benchmarks/sampling.py                     # 1, 8 and 16 rows of 51200 logits
     python benchmarks/sampling.py --rows 16 --repeats 50
@@ -63,14 +63,11 @@ def native_sampler():
     return call
 
 
-def timed(fn, repeats: int) -> float:
+def ms(fn) -> float:
+    """Milliseconds one call of `fn` took."""
+    t = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return (time.perf_counter() - t) * 1e3
 
 
 def main() -> None:
@@ -99,15 +96,19 @@ def main() -> None:
                 if kind == "bf16":
                     x = x.bfloat16().float()
                 u = torch.rand(rows, generator=gen)
-                old, new = [], []
-                for _ in range(args.repeats):  # interleaved: the same minutes for both
-                    old.append(timed(lambda: before(x, temperature, top_k, top_p, u), 1))
-                    new.append(timed(lambda: select.sample(x, temperature, top_k, top_p, u), 1))
-                a, b = statistics.median(old), statistics.median(new)
-                nat = "-"
+                runs = {"before": lambda: before(x, temperature, top_k, top_p, u),
+                        "now": lambda: select.sample(x, temperature, top_k, top_p, u)}
                 if native is not None:
                     row, uu = x[0].contiguous(), float(u[0])
-                    nat = f"{timed(lambda: native(row, temperature, top_k, top_p, uu), args.repeats):.3f}"
+                    runs["native"] = lambda: native(row, temperature, top_k, top_p, uu)
+                times = {k: [] for k in runs}
+                for fn in runs.values():  # warm-up
+                    fn()
+                for _ in range(args.repeats):  # interleaved: the same minutes for each
+                    for k, fn in runs.items():
+                        times[k].append(ms(fn))
+                a, b = statistics.median(times["before"]), statistics.median(times["now"])
+                nat = f"{statistics.median(times['native']):.3f}" if native is not None else "-"
                 print(f"{name:<30}{kind:>8}{rows:>6}{a:>10.2f}{b:>9.2f}{a / b:>7.2f}x{nat:>12}")
 
 

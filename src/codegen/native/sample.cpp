@@ -5,8 +5,8 @@
 // Why: a sampled row stepped once per token through Python, ~1.6 ms of torch ops and bookkeeping
 // around an 8.6 ms int8-bf16 step of the 350M model on a 2-core AMD EPYC (Zen 5), 0.81x greedy's
 // speed; picked here, a lone sampled row runs in the scheduler's bursts like a greedy one. Scalar
-// code beside a step that streams the weights: with top-k 50 one pass over 51200 logits, 0.03 ms;
-// top-p alone 0.55 ms on peaked logits, ~4 ms on flat ones, whose kept values are all sorted
+// code beside a step that streams the weights: with top-k 50 one pass over 51200 logits, 0.06-0.09 ms;
+// top-p alone 0.65-0.69 ms on peaked logits, ~4.8 ms on flat ones, whose kept values are all sorted
 // (benchmarks/sampling.py, AMD EPYC Zen 5).
 #include <math.h>
 #include <string.h>
