@@ -425,18 +425,22 @@ def _module_path_gives(model, ids, kwargs, fused):
         hook.remove()
 
 
+@pytest.mark.parametrize("shape", [(40, 97), (168, 300)], ids=["tiny", "chunks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64)], ids=lambda s: s.name)
-def test_fused_quantized_step_on_odd_shapes_equals_the_module_path(tier, spec, dtype):
-    """Odd n_inner and vocabulary (the step takes rows in blocks: a last, partial block of each) and
-    n_embd % 32 != 0 (partial vectors and groups): the fused step's logits and cache are the module
+@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 64), QuantSpec(4, 128)],
+                         ids=lambda s: s.name)
+def test_fused_quantized_step_on_odd_shapes_equals_the_module_path(tier, spec, dtype, shape):
+    """Odd n_inner and vocabulary (the step takes rows in tiles: a last, partial tile of each) and
+    n_embd % 32 != 0 (partial vectors and groups); "chunks": rows of whole kernel steps (128 weights on
+    AVX-512, 64 on AVX2) and a partial last one: the fused step's logits and cache are the module
     path's up to fp32 summation order (both quantize the same activations and sum in int32); with
     bf16 activations (and KV cache) every value is rounded to bf16 where torch rounds it."""
     from codegen.engine.cache import KVCache
     from codegen.native.fused import FusedDecoder
 
     torch.manual_seed(3)
-    cfg = codegen.CodeGenConfig(vocab_size=301, n_embd=40, n_inner=97, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
+    cfg = codegen.CodeGenConfig(vocab_size=301, n_embd=shape[0], n_inner=shape[1], n_layer=2, n_head=4, rotary_dim=4,
+                                n_positions=64)
     q = quantize_model(codegen.CodeGenForCausalLM(cfg).eval(), spec).to(dtype)
     fused = FusedDecoder.create(q, linear_types=(torch.nn.Linear, QuantLinear))
     assert fused is not None

@@ -43,43 +43,15 @@ struct Lin {
     const float* s;
 };
 
-// Weight rows per block of the quantized step, by format. Interleaved A/B, 350M shape, 2 threads, ms
-// per step: on an AVX-512 VNNI Xeon, int4 with 1 / 2 / 4 rows 12.96 / 12.39 / 13.54 (avx512bf16 tier),
-// 15.36 / 16.23 / 16.81 (its avx2 tier: 16 registers), int8 with 2 or 4 rows within noise; on an AMD
-// EPYC (Zen 5), int8 with 1 / 2 rows 8.87 / 11.29 (avx512bf16 tier), 9.21 / 11.57 (avx2 tier), int4
-// with 1 / 2 rows 3.27 / 4.80 (avx512bf16; avx2's one row 4.11), after the 512 KB chunks below. One
-// row for every tier: the Xeon's 4 % for int4 at two rows against Zen 5's 47 % at one.
-constexpr int Q8_ROWS = 1, Q4_ROWS = 1, QR_MAX = Q8_ROWS > Q4_ROWS ? Q8_ROWS : Q4_ROWS;
+// Rows per iteration of the quantized products' loops (the rows kernels of qdot.h run them one after
+// another). Before, an iteration was one row (a block of one to four rows interleaved, measured: one row
+// was fastest on Zen 5, 47 % over two, and within 4 % on an AVX-512 VNNI Xeon), each a call.
+constexpr int TILE = 16;
 
-// Rows n0 .. n0 + rows - 1 (rows <= R) of a quantized matrix . x, finished (scales applied).
-template <int R>
+// Rows n0 .. n0 + rows - 1 (rows <= TILE) of a quantized matrix . x, finished (scales applied).
 inline void qrows(int fmt, int64_t G, Lin l, int64_t n0, int rows, int64_t K, const QRow& x, float* out) {
-    float o[R][1];
-    if (fmt == 8) {
-        const int8_t* w[R];
-        float sw[R];
-        for (int r = 0; r < R; ++r) {
-            const int64_t row = n0 + (r < rows ? r : 0);  // past the end: re-read a valid row
-            w[r] = (const int8_t*)l.w + row * K;
-            sw[r] = l.s[row];
-        }
-        q8_block<1, R>(w, sw, K, &x, o);
-    } else {
-        const int64_t Kp = round_up(K, G);
-        const uint8_t* w[R];
-        const float* sc[R];
-        for (int r = 0; r < R; ++r) {
-            const int64_t row = n0 + (r < rows ? r : 0);
-            w[r] = (const uint8_t*)l.w + row * (Kp / 2);
-            sc[r] = l.s + row * (Kp / G);
-        }
-        q4_block<1, R>(w, sc, K, Kp, G, &x, o);
-    }
-    for (int r = 0; r < rows; ++r) out[r] = o[r][0];
-}
-inline void qrows(int fmt, int64_t G, Lin l, int64_t n0, int rows, int64_t K, const QRow& x, float* out) {
-    if (fmt == 8) qrows<Q8_ROWS>(fmt, G, l, n0, rows, K, x, out);
-    else qrows<Q4_ROWS>(fmt, G, l, n0, rows, K, x, out);
+    if (fmt == 8) q8_rows((const int8_t*)l.w, l.s, n0, n0 + rows, K, x, out);
+    else q4_rows((const uint8_t*)l.w, l.s, n0, n0 + rows, K, round_up(K, G), G, x, out);
 }
 
 // A quantized activation row in scratch: K values' bytes, their unsigned copy and bias lanes.
@@ -178,7 +150,7 @@ struct DecodeArgs {
 // lm_head's head_b).
 enum { LN_W, LN_B, QKV, OUT, FC_IN, FC_IN_B, FC_OUT, FC_OUT_B, QKV_S, OUT_S, FC_IN_S, FC_OUT_S, PER_LAYER };
 
-// Blocks of qr rows that cover n rows (the quantized products take Q8_ROWS or Q4_ROWS at a time).
+// Tiles of TILE rows that cover n rows (the quantized products' loops take one at a time).
 inline int64_t blocks(int64_t qr, int64_t n) { return (n + qr - 1) / qr; }
 
 // Weight bytes per chunk of rows that a thread takes at a time. Each chunk starts new streams for the
@@ -253,7 +225,7 @@ template <typename T>
 int decode_step(DecodeArgs& A) {
     const int fmt = (int)A.qformat;
     const bool quant = fmt != 0;
-    const int QR = fmt == 8 ? Q8_ROWS : Q4_ROWS;
+    const int QR = TILE;
     const int64_t G = A.group;
     const int64_t E = A.embd, H = A.heads, D = A.head_dim, I = A.inner, cap = A.capacity;
     int64_t len = A.length;  // cache columns before this pass (each pass of a call writes one more)
@@ -320,7 +292,7 @@ int decode_step(DecodeArgs& A) {
                 if (quant) {
 #pragma omp for schedule(dynamic, chunk_e)
                     for (int64_t blk = 0; blk < blocks(QR, 3 * E) + blocks(QR, I); ++blk) {
-                        float o[QR_MAX];
+                        float o[TILE];
                         const bool first = blk < blocks(QR, 3 * E);
                         const int64_t n0 = QR * (first ? blk : blk - blocks(QR, 3 * E)), N = first ? 3 * E : I;
                         const int rows = (int)(N - n0 < QR ? N - n0 : QR);
@@ -352,7 +324,7 @@ int decode_step(DecodeArgs& A) {
                     }
 #pragma omp for schedule(dynamic, chunk_i)
                     for (int64_t blk = 0; blk < 2 * blocks(QR, E); ++blk) {
-                        float o[QR_MAX];
+                        float o[TILE];
                         const bool fc = blk < blocks(QR, E);  // fc_out's rows first: the larger blocks
                         const int64_t n0 = QR * (fc ? blk : blk - blocks(QR, E));
                         const int rows = (int)(E - n0 < QR ? E - n0 : QR);
@@ -378,7 +350,7 @@ int decode_step(DecodeArgs& A) {
             if (quant) {
 #pragma omp for schedule(dynamic, chunk_e)
                 for (int64_t blk = 0; blk < blocks(QR, V); ++blk) {
-                    float o[QR_MAX];
+                    float o[TILE];
                     const int64_t n0 = QR * blk;
                     const int rows = (int)(V - n0 < QR ? V - n0 : QR);
                     qrows(fmt, G, Lin{head_w, head_s}, n0, rows, E, xa.row, o);

@@ -141,14 +141,18 @@ def cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "codegen")
 
 
-def build(compiler: str, tier: str = "avx512bf16") -> str:
-    """Path of the library compiled for `tier` (built now if the cache lacks it); raises on a failed build."""
+def build(compiler: str, tier: str = "avx512bf16", source_dir: str | None = None) -> str:
+    """Path of the library compiled for `tier` (built now if the cache lacks it); raises on a failed build.
+    `source_dir`: the same files from another directory (benchmarks/native_ab.py builds a git revision's)."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     if "clang" in version.lower():  # its -fopenmp links libomp: a second thread pool beside torch's libgomp
         raise RuntimeError(f"{compiler} is clang; the kernels need g++ (set CXX=g++)")
     flags = ["-O3", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp", *FLAGS[tier]]
     digest = hashlib.sha256(version.encode() + " ".join(flags).encode())
-    for path in SOURCES + HEADERS:
+    sources, headers = SOURCES, HEADERS
+    if source_dir is not None:
+        sources, headers = ([os.path.join(source_dir, os.path.basename(p)) for p in ps] for ps in (SOURCES, HEADERS))
+    for path in sources + headers:
         with open(path, "rb") as fh:
             digest.update(fh.read())
     out = os.path.join(cache_dir(), f"kernels-{tier}-{digest.hexdigest()[:16]}.so")
@@ -158,7 +162,7 @@ def build(compiler: str, tier: str = "avx512bf16") -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
     os.close(fd)
     try:
-        cmd = [compiler, *flags, *SOURCES, "-o", tmp]
+        cmd = [compiler, *flags, *sources, "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"

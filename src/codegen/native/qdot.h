@@ -140,6 +140,7 @@ inline bvec bload(const void* p, int64_t n) {  // n < VB bytes, zeros after
 inline ivec izero() { return _mm512_setzero_si512(); }
 inline ivec iload(const int32_t* p) { return _mm512_loadu_si512(p); }
 inline ivec iset(int32_t v) { return _mm512_set1_epi32(v); }
+inline ivec iadd(ivec a, ivec b) { return _mm512_add_epi32(a, b); }
 inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }  // 4 bytes to every lane
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const bvec m = _mm512_set1_epi8(15);
@@ -178,6 +179,15 @@ inline vf group_scales(const float* s, int64_t k0, int gs, int64_t groups) {
     const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), shift);
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
 }
+// The same for a chunk wholly inside the row (its CHUNK / G scales all there), G = 2^GS known: no mask.
+template <int GS> inline vf group_scales(const float* s, int64_t k0) {
+    constexpr int n = (1 << GS) >= CHUNK ? 1 : CHUNK >> GS;
+    const float* p = s + (k0 >> GS);
+    if constexpr (n == 1) return _mm512_set1_ps(*p);  // a broadcast load
+    const __m128 v = n == 4 ? _mm_loadu_ps(p) : _mm_castpd_ps(_mm_load_sd((const double*)p));
+    const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), GS - 3);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
+}
 
 #elif defined(__AVX2__)
 // --------------------------------------------------------------------------------------------- AVX2
@@ -192,6 +202,7 @@ inline bvec bload(const void* p, int64_t n) {
 inline ivec izero() { return _mm256_setzero_si256(); }
 inline ivec iload(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
 inline ivec iset(int32_t v) { return _mm256_set1_epi32(v); }
+inline ivec iadd(ivec a, ivec b) { return _mm256_add_epi32(a, b); }
 inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const bvec m = _mm256_set1_epi8(15);
@@ -234,6 +245,12 @@ inline vf group_scales(const float* s, int64_t k0, int gs, int64_t groups) {
     const __m128 v = g0 + 1 < groups ? _mm_castpd_ps(_mm_load_sd((const double*)(s + g0))) : _mm_set1_ps(s[g0]);
     return (vf)_mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
 }
+template <int GS> inline vf group_scales(const float* s, int64_t k0) {
+    const int64_t g0 = k0 >> GS;
+    if constexpr (GS != 5) return (vf)_mm256_set1_ps(s[g0]);
+    const __m128 v = _mm_castpd_ps(_mm_load_sd((const double*)(s + g0)));
+    return (vf)_mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
 
 #elif defined(__ARM_FEATURE_DOTPROD)
 // ------------------------------------------------------------------------------- ARM NEON with SDOT
@@ -250,6 +267,7 @@ inline bvec bload(const void* p, int64_t n) {
 inline ivec izero() { return vdupq_n_s32(0); }
 inline ivec iload(const int32_t* p) { return vld1q_s32(p); }
 inline ivec iset(int32_t v) { return vdupq_n_s32(v); }
+inline ivec iadd(ivec a, ivec b) { return vaddq_s32(a, b); }
 inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return vreinterpretq_s8_s32(vdupq_n_s32(v)); }
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const uint8x16_t u = vreinterpretq_u8_s8(v);
@@ -264,6 +282,7 @@ inline ivec udot2(ivec acc, bvec u, bvec s, bvec u2, bvec s2) { return vdotq_s32
 inline vf itof(ivec v) { return (vf)vcvtq_f32_s32(v); }
 inline int32_t isum(ivec v) { return vaddvq_s32(v); }
 inline vf group_scales(const float* s, int64_t k0, int gs, int64_t) { return vset(s[k0 >> gs]); }
+template <int GS> inline vf group_scales(const float* s, int64_t k0) { return vset(s[k0 >> GS]); }  // CHUNK 32: one group
 
 #else
 // ------------------------------------------------------------------------------------------ generic
@@ -288,6 +307,7 @@ inline ivec iload(const int32_t* p) {
     return v;
 }
 inline ivec iset(int32_t v) { return ivec{} + v; }
+inline ivec iadd(ivec a, ivec b) { return a + b; }
 inline bvec bcast4(const int8_t* p) {
     bvec v;
     for (int i = 0; i < VB; i += 4) memcpy(v.b + i, p, 4);
@@ -313,6 +333,7 @@ inline int32_t isum(ivec v) {
     return s;
 }
 inline vf group_scales(const float* s, int64_t k0, int gs, int64_t) { return vset(s[k0 >> gs]); }
+template <int GS> inline vf group_scales(const float* s, int64_t k0) { return vset(s[k0 >> GS]); }  // CHUNK 32: one group
 #endif
 
 // One step of K of the block products below: VB int8 weights (int4: CHUNK) of each of R rows times the
@@ -401,6 +422,69 @@ inline void q4_block(const uint8_t* const* w, const float* const* s, int64_t K, 
     if (k0 < K) q4_step<M, R, true>(w, s, k0, Kp, gs, groups, x, acc);
     for (int r = 0; r < R; ++r)
         for (int m = 0; m < M; ++m) out[r][m] = vsum(acc[r][m]) * x[m].scale;
+}
+
+// The decode step's products (decode.cpp): rows [n0, n1) of a matrix times one activation row, scales
+// applied, into out[0 .. n1 - n0). The rows run one after another, one stream, with whatever a row
+// needs (its pointers, the group size's shift, the scale loads' form) fixed outside the row loop: the
+// step's matrices have short rows (K = 1024 for most of the 350M shape's), where a call per row (two
+// 64-bit divisions, the masked scale loads' tests, the horizontal sums' setup) cost as much as the
+// row's own 8 int4 steps (one thread, a 0.5 MB matrix in L2, AMD EPYC Zen 5, avx512bf16 tier: 32 GB/s
+// a call per row against 64 here; int8 72 against 96). Each row's sums are exactly those of
+// q8_block / q4_block with one row (int8: two integer accumulators, alternate steps; int4: the same
+// fp32 chain), so the step's outputs equal the batched products' bit for bit.
+inline void q8_rows(const int8_t* Q, const float* s, int64_t n0, int64_t n1, int64_t K, const QRow& x, float* out) {
+    for (int64_t n = n0; n < n1; ++n) {
+        const int8_t* w[1] = {Q + n * K};
+        ivec a[1][1] = {{izero()}}, b[1][1] = {{izero()}}, sa[1] = {izero()}, sb[1] = {izero()};
+        int64_t k = 0;
+        for (; k + 2 * VB <= K; k += 2 * VB) {
+            q8_step<1, 1, false, false>(w, k, K, &x, a, sa);
+            q8_step<1, 1, false, false>(w, k + VB, K, &x, b, sb);
+        }
+        for (; k + VB <= K; k += VB) q8_step<1, 1, false, false>(w, k, K, &x, a, sa);
+        if (k < K) q8_step<1, 1, true, false>(w, k, K, &x, a, sa);
+        const int32_t off = UNSIGNED_ACTS ? 128 * isum(iadd(sa[0], sb[0])) : 0;
+        out[n - n0] = (float)(isum(iadd(a[0][0], b[0][0])) - off) * x.scale * s[n];
+    }
+}
+
+// int4 rows in groups of G = 2^GS (rows of Kp / 2 bytes, Kp >> GS scales each).
+template <int GS>
+inline void q4_rows(const uint8_t* Q, const float* S, int64_t n0, int64_t n1, int64_t K, int64_t Kp, const QRow& x,
+                    float* out) {
+    const int64_t row = Kp / 2, groups = Kp >> GS;
+    for (int64_t n = n0; n < n1; ++n) {
+        const uint8_t* w = Q + n * row;
+        const float* s = S + n * groups;
+        vf acc[1][1] = {{vzero()}};
+        int64_t k0 = 0;
+        for (; k0 < K && k0 + CHUNK <= Kp; k0 += CHUNK) {  // whole chunks: no masks
+            __builtin_prefetch(w + k0 / 2 + Q4_PREFETCH, 0, 2);
+            bvec lo, hi;
+            nibbles(bload(w + k0 / 2), lo, hi);
+            const ivec d = udot2(iload(x.bias + k0 / 8), lo, bload(x.q + k0), hi, bload(x.q + k0 + VB));
+            acc[0][0] = vfma(itof(d), group_scales<GS>(s, k0), acc[0][0]);
+        }
+        if (k0 < K) q4_step<1, 1, true>(&w, &s, k0, Kp, GS, groups, &x, acc);
+        out[n - n0] = vsum(acc[0][0]) * x.scale;
+    }
+}
+inline void q4_rows(const uint8_t* Q, const float* S, int64_t n0, int64_t n1, int64_t K, int64_t Kp, int64_t G,
+                    const QRow& x, float* out) {
+    switch (__builtin_ctzll(G)) {
+        case 5: return q4_rows<5>(Q, S, n0, n1, K, Kp, x, out);
+        case 6: return q4_rows<6>(Q, S, n0, n1, K, Kp, x, out);
+        case 7: return q4_rows<7>(Q, S, n0, n1, K, Kp, x, out);
+        default:  // groups past the formats' 128 weights (the C entry takes any power of two): a call per row
+            for (int64_t n = n0; n < n1; ++n) {
+                const uint8_t* w = Q + n * (Kp / 2);
+                const float* s = S + n * (Kp / G);
+                float o[1][1];
+                q4_block<1, 1>(&w, &s, K, Kp, G, &x, o);
+                out[n - n0] = o[0][0];
+            }
+    }
 }
 
 }  // namespace codegen
