@@ -121,6 +121,26 @@ def test_unbuildable_or_disabled_kernel_falls_back(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
 
 
+@pytest.mark.skipif(kernels._compiler() is None, reason="no C++ compiler here")
+def test_a_build_from_another_source_directory_is_keyed_by_its_contents(tmp_path):
+    """benchmarks/native_ab.py builds a git revision's sources with build(source_dir=...): the same
+    files elsewhere give this tree's cached library; a changed file gives another, freshly compiled one."""
+    import shutil
+
+    for path in kernels.SOURCES + kernels.HEADERS:
+        shutil.copy(path, tmp_path)
+    generic = kernels.build(kernels._compiler(), "generic")
+    assert kernels.build(kernels._compiler(), "generic", source_dir=str(tmp_path)) == generic
+    with open(tmp_path / "sample.cpp", "a") as fh:
+        fh.write("\nextern \"C\" int codegen_test_marker() { return 7; }\n")
+    other = kernels.build(kernels._compiler(), "generic", source_dir=str(tmp_path))
+    assert other != generic and os.path.exists(other)
+    import ctypes
+
+    assert ctypes.CDLL(other).codegen_test_marker() == 7
+    os.unlink(other)
+
+
 @pytest.mark.skipif(kernels._gelu is None, reason="no AVX-512 CPU or no C++ compiler here")
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 65536])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
