@@ -225,7 +225,6 @@ template <typename T>
 int decode_step(DecodeArgs& A) {
     const int fmt = (int)A.qformat;
     const bool quant = fmt != 0;
-    const int QR = TILE;
     const int64_t G = A.group;
     const int64_t E = A.embd, H = A.heads, D = A.head_dim, I = A.inner, cap = A.capacity;
     int64_t len = A.length;  // cache columns before this pass (each pass of a call writes one more)
@@ -233,7 +232,7 @@ int decode_step(DecodeArgs& A) {
     auto row_bytes = [&](int64_t K) -> int64_t {
         return !quant ? K * (int64_t)sizeof(T) : fmt == 8 ? K : round_up(K, G) / 2 + round_up(K, G) / G * 4;
     };
-    const int chunk_e = chunk(row_bytes(E), quant ? QR : 1), chunk_i = chunk(row_bytes(I), quant ? QR : 1);
+    const int chunk_e = chunk(row_bytes(E), quant ? TILE : 1), chunk_i = chunk(row_bytes(I), quant ? TILE : 1);
     const int64_t L = E / A.shards, per_shard = H / A.shards, V = A.vocab;
     const void* const* layers = A.layers;
     const T *lnf_w = (const T*)A.lnf_w, *lnf_b = (const T*)A.lnf_b;
@@ -291,11 +290,11 @@ int decode_step(DecodeArgs& A) {
                 }
                 if (quant) {
 #pragma omp for schedule(dynamic, chunk_e)
-                    for (int64_t blk = 0; blk < blocks(QR, 3 * E) + blocks(QR, I); ++blk) {
+                    for (int64_t blk = 0; blk < blocks(TILE, 3 * E) + blocks(TILE, I); ++blk) {
                         float o[TILE];
-                        const bool first = blk < blocks(QR, 3 * E);
-                        const int64_t n0 = QR * (first ? blk : blk - blocks(QR, 3 * E)), N = first ? 3 * E : I;
-                        const int rows = (int)(N - n0 < QR ? N - n0 : QR);
+                        const bool first = blk < blocks(TILE, 3 * E);
+                        const int64_t n0 = TILE * (first ? blk : blk - blocks(TILE, 3 * E)), N = first ? 3 * E : I;
+                        const int rows = (int)(N - n0 < TILE ? N - n0 : TILE);
                         qrows(fmt, G, first ? wqkv : win, n0, rows, E, xa.row, o);
                         for (int r = 0; r < rows; ++r)
                             if (first) qkv[n0 + r] = rnd<T>(o[r]);
@@ -323,11 +322,11 @@ int decode_step(DecodeArgs& A) {
                         xi.set(inner, I, fmt, stage);
                     }
 #pragma omp for schedule(dynamic, chunk_i)
-                    for (int64_t blk = 0; blk < 2 * blocks(QR, E); ++blk) {
+                    for (int64_t blk = 0; blk < 2 * blocks(TILE, E); ++blk) {
                         float o[TILE];
-                        const bool fc = blk < blocks(QR, E);  // fc_out's rows first: the larger blocks
-                        const int64_t n0 = QR * (fc ? blk : blk - blocks(QR, E));
-                        const int rows = (int)(E - n0 < QR ? E - n0 : QR);
+                        const bool fc = blk < blocks(TILE, E);  // fc_out's rows first: the larger blocks
+                        const int64_t n0 = TILE * (fc ? blk : blk - blocks(TILE, E));
+                        const int rows = (int)(E - n0 < TILE ? E - n0 : TILE);
                         qrows(fmt, G, fc ? wfo : wout, n0, rows, fc ? I : E, fc ? xi.row : xo.row, o);
                         for (int r = 0; r < rows; ++r)
                             if (fc) out_f[n0 + r] = rnd<T>(o[r] + qbias(bfo, n0 + r));
@@ -349,10 +348,10 @@ int decode_step(DecodeArgs& A) {
             }
             if (quant) {
 #pragma omp for schedule(dynamic, chunk_e)
-                for (int64_t blk = 0; blk < blocks(QR, V); ++blk) {
+                for (int64_t blk = 0; blk < blocks(TILE, V); ++blk) {
                     float o[TILE];
-                    const int64_t n0 = QR * blk;
-                    const int rows = (int)(V - n0 < QR ? V - n0 : QR);
+                    const int64_t n0 = TILE * blk;
+                    const int rows = (int)(V - n0 < TILE ? V - n0 : TILE);
                     qrows(fmt, G, Lin{head_w, head_s}, n0, rows, E, xa.row, o);
                     for (int r = 0; r < rows; ++r) logits[n0 + r] = rnd<T>(o[r] + (head_b ? qbias(head_b, n0 + r) : 0.0f));
                 }

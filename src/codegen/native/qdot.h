@@ -390,15 +390,19 @@ inline void q8_block(const int8_t* const* w, const float* sw, int64_t K, const Q
 // (avx2 tier: 15.5 -> 18.6); int8 (4096) showed no difference beyond noise.
 constexpr int Q4_PREFETCH = 8192;
 
-template <int M, int R, bool TAIL>
+// GS > 0 (not in the TAIL): the group size 2^GS is known and the chunk is wholly inside the row, so its
+// scales load without masks or tests (q4_rows).
+template <int M, int R, bool TAIL, int GS = 0>
 CODEGEN_INLINE void q4_step(const uint8_t* const* w, const float* const* s, int64_t k0, int64_t Kp, int gs, int64_t groups,
                             const QRow* x, vf (&acc)[R][M]) {
+    static_assert(GS == 0 || !TAIL, "a partial chunk's scales need the masked loads");
     bvec lo[R], hi[R];
     vf sv[R];
     for (int r = 0; r < R; ++r) {
         if constexpr (!TAIL) __builtin_prefetch(w[r] + k0 / 2 + Q4_PREFETCH, 0, 2);
         nibbles(TAIL ? bload(w[r] + k0 / 2, (Kp - k0) / 2) : bload(w[r] + k0 / 2), lo[r], hi[r]);
-        sv[r] = group_scales(s[r], k0, gs, groups);
+        if constexpr (GS > 0) sv[r] = group_scales<GS>(s[r], k0);
+        else sv[r] = group_scales(s[r], k0, gs, groups);
     }
     for (int m = 0; m < M; ++m) {
         const bvec xlo = bload(x[m].q + k0), xhi = bload(x[m].q + k0 + VB);
@@ -459,13 +463,7 @@ inline void q4_rows(const uint8_t* Q, const float* S, int64_t n0, int64_t n1, in
         const float* s = S + n * groups;
         vf acc[1][1] = {{vzero()}};
         int64_t k0 = 0;
-        for (; k0 < K && k0 + CHUNK <= Kp; k0 += CHUNK) {  // whole chunks: no masks
-            __builtin_prefetch(w + k0 / 2 + Q4_PREFETCH, 0, 2);
-            bvec lo, hi;
-            nibbles(bload(w + k0 / 2), lo, hi);
-            const ivec d = udot2(iload(x.bias + k0 / 8), lo, bload(x.q + k0), hi, bload(x.q + k0 + VB));
-            acc[0][0] = vfma(itof(d), group_scales<GS>(s, k0), acc[0][0]);
-        }
+        for (; k0 < K && k0 + CHUNK <= Kp; k0 += CHUNK) q4_step<1, 1, false, GS>(&w, &s, k0, Kp, GS, groups, &x, acc);
         if (k0 < K) q4_step<1, 1, true>(&w, &s, k0, Kp, GS, groups, &x, acc);
         out[n - n0] = vsum(acc[0][0]) * x.scale;
     }
