@@ -140,7 +140,6 @@ inline bvec bload(const void* p, int64_t n) {  // n < VB bytes, zeros after
 inline ivec izero() { return _mm512_setzero_si512(); }
 inline ivec iload(const int32_t* p) { return _mm512_loadu_si512(p); }
 inline ivec iset(int32_t v) { return _mm512_set1_epi32(v); }
-inline ivec iadd(ivec a, ivec b) { return _mm512_add_epi32(a, b); }
 inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }  // 4 bytes to every lane
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const bvec m = _mm512_set1_epi8(15);
@@ -202,7 +201,6 @@ inline bvec bload(const void* p, int64_t n) {
 inline ivec izero() { return _mm256_setzero_si256(); }
 inline ivec iload(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
 inline ivec iset(int32_t v) { return _mm256_set1_epi32(v); }
-inline ivec iadd(ivec a, ivec b) { return _mm256_add_epi32(a, b); }
 inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const bvec m = _mm256_set1_epi8(15);
@@ -267,7 +265,6 @@ inline bvec bload(const void* p, int64_t n) {
 inline ivec izero() { return vdupq_n_s32(0); }
 inline ivec iload(const int32_t* p) { return vld1q_s32(p); }
 inline ivec iset(int32_t v) { return vdupq_n_s32(v); }
-inline ivec iadd(ivec a, ivec b) { return vaddq_s32(a, b); }
 inline bvec bcast4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return vreinterpretq_s8_s32(vdupq_n_s32(v)); }
 inline void nibbles(bvec v, bvec& lo, bvec& hi) {
     const uint8x16_t u = vreinterpretq_u8_s8(v);
@@ -307,7 +304,6 @@ inline ivec iload(const int32_t* p) {
     return v;
 }
 inline ivec iset(int32_t v) { return ivec{} + v; }
-inline ivec iadd(ivec a, ivec b) { return a + b; }
 inline bvec bcast4(const int8_t* p) {
     bvec v;
     for (int i = 0; i < VB; i += 4) memcpy(v.b + i, p, 4);
@@ -434,22 +430,16 @@ inline void q4_block(const uint8_t* const* w, const float* const* s, int64_t K, 
 // step's matrices have short rows (K = 1024 for most of the 350M shape's), where a call per row (two
 // 64-bit divisions, the masked scale loads' tests, the horizontal sums' setup) cost as much as the
 // row's own 8 int4 steps (one thread, a 0.5 MB matrix in L2, AMD EPYC Zen 5, avx512bf16 tier: 32 GB/s
-// a call per row against 64 here; int8 72 against 96). Each row's sums are exactly those of
-// q8_block / q4_block with one row (int8: two integer accumulators, alternate steps; int4: the same
-// fp32 chain), so the step's outputs equal the batched products' bit for bit.
+// a call per row against 64 here). int8 rows have no such setup: each is q8_block's one-row product
+// (two accumulators taking alternate steps measured 0.96-1.04x of it in the whole step, AMD EPYC Zen 5,
+// avx512bf16 and avx2 tiers, benchmarks/native_ab.py). Each row's sums are exactly those of q8_block /
+// q4_block with one row, so the step's outputs equal the batched products' bit for bit.
 inline void q8_rows(const int8_t* Q, const float* s, int64_t n0, int64_t n1, int64_t K, const QRow& x, float* out) {
     for (int64_t n = n0; n < n1; ++n) {
-        const int8_t* w[1] = {Q + n * K};
-        ivec a[1][1] = {{izero()}}, b[1][1] = {{izero()}}, sa[1] = {izero()}, sb[1] = {izero()};
-        int64_t k = 0;
-        for (; k + 2 * VB <= K; k += 2 * VB) {
-            q8_step<1, 1, false, false>(w, k, K, &x, a, sa);
-            q8_step<1, 1, false, false>(w, k + VB, K, &x, b, sb);
-        }
-        for (; k + VB <= K; k += VB) q8_step<1, 1, false, false>(w, k, K, &x, a, sa);
-        if (k < K) q8_step<1, 1, true, false>(w, k, K, &x, a, sa);
-        const int32_t off = UNSIGNED_ACTS ? 128 * isum(iadd(sa[0], sb[0])) : 0;
-        out[n - n0] = (float)(isum(iadd(a[0][0], b[0][0])) - off) * x.scale * s[n];
+        const int8_t* w = Q + n * K;
+        float o[1][1];
+        q8_block<1, 1>(&w, s + n, K, &x, o);
+        out[n - n0] = o[0][0];
     }
 }
 
