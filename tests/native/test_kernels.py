@@ -141,6 +141,19 @@ def test_a_build_from_another_source_directory_is_keyed_by_its_contents(tmp_path
     os.unlink(other)
 
 
+@pytest.mark.skipif(kernels.decode_step is None, reason="no native decode step here")
+def test_native_ab_names_a_revision_it_cannot_read():
+    """benchmarks/native_ab.py with a revision git does not know stops with git's complaint and the
+    file it asked for, before building or timing anything."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.isdir(os.path.join(root, ".git")):
+        pytest.skip("not a git checkout")
+    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "native_ab.py"), "--against", "no-such-rev",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "git show no-such-rev:src/codegen/native/kernels.cpp failed" in done.stderr, done.stderr
+
+
 @pytest.mark.skipif(kernels._gelu is None, reason="no AVX-512 CPU or no C++ compiler here")
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 65536])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
